@@ -1,0 +1,205 @@
+//! Wiring: from a [`Config`] to a running server.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::clock::SharedClock;
+use crate::config::{Config, WxMode};
+use crate::http::{self, ConnSettings};
+use crate::service::{Policy, Service};
+use crate::store::{SledStore, Store, StoreError};
+use crate::token::{AccessTokens, RefreshKey, random_bytes};
+use crate::wechat::WxClient;
+
+/// Name of the generated signing key in the database.
+const SIGNING_KEY: &str = "signing_key";
+/// Name of the generated refresh-successor key in the database.
+const REFRESH_KEY: &str = "refresh_key";
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The database could not be opened.
+    #[error("cannot open the database at {path}: {source}")]
+    Store {
+        /// `storage.path`.
+        path: String,
+        /// What failed.
+        source: StoreError,
+    },
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What failed.
+        source: std::io::Error,
+    },
+}
+
+/// Opens the store named by `config`.
+pub fn open_store(config: &Config) -> Result<SledStore, StartError> {
+    SledStore::open(&config.storage.path, config.storage.cache_capacity_bytes).map_err(|source| {
+        StartError::Store {
+            path: config.storage.path.display().to_string(),
+            source,
+        }
+    })
+}
+
+/// Builds the service over an open store: keys (configured or generated and stored),
+/// the WeChat client and the session policy.
+pub async fn build_service<S: Store>(
+    config: &Config,
+    store: Arc<S>,
+    clock: SharedClock,
+) -> Result<Service<S>, StoreError> {
+    let signing = if config.token.secret.expose().is_empty() {
+        store
+            .key_or_init(SIGNING_KEY, || random_bytes::<32>().to_vec())
+            .await?
+    } else {
+        config.token.secret.expose().as_bytes().to_vec()
+    };
+    let refresh = store
+        .key_or_init(REFRESH_KEY, || random_bytes::<32>().to_vec())
+        .await?;
+    let t = &config.token;
+    Ok(Service::new(
+        store,
+        clock,
+        AccessTokens::new(&signing, &t.issuer, &t.audience, t.access_ttl_secs),
+        RefreshKey::new(refresh),
+        WxClient::from_config(&config.wx),
+        Policy::new(t, config.server.max_query_uids),
+    ))
+}
+
+/// A running server, for the binary and for tests.
+pub struct Running {
+    /// The bound public address.
+    pub addr: SocketAddr,
+    /// The service, for in-process inspection.
+    pub service: Arc<Service<SledStore>>,
+    stop: watch::Sender<bool>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Asks the server to stop, waits for in-flight requests and the final flush.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.done.await;
+    }
+
+    /// Waits until the server stops by itself (it does not, unless shut down).
+    pub async fn wait(self) {
+        let _ = self.done.await;
+    }
+
+    /// A handle that stops the server when sent `true`.
+    pub fn stopper(&self) -> watch::Sender<bool> {
+        self.stop.clone()
+    }
+}
+
+/// Opens storage, binds `config.server.listen`, and serves until shut down.
+pub async fn start(config: &Config, clock: SharedClock) -> Result<Running, StartError> {
+    let store = Arc::new(open_store(config)?);
+    let service = build_service(config, store.clone(), clock)
+        .await
+        .map_err(|source| StartError::Store {
+            path: config.storage.path.display().to_string(),
+            source,
+        })?;
+    let service = Arc::new(service);
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.server.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.server.listen,
+        source,
+    })?;
+
+    if config.wx.mode == WxMode::Mock {
+        tracing::warn!(
+            "wx.mode = \"mock\": logins are NOT checked with WeChat; any code logs in. Development only."
+        );
+    } else if config.wx.appid.is_empty() || config.wx.secret.expose().is_empty() {
+        tracing::warn!("wx.appid or wx.secret is empty: every Login will answer `unavailable`");
+    }
+
+    let (stop, mut stopped) = watch::channel(false);
+    let sweeper = tokio::spawn(sweep_forever(
+        service.clone(),
+        Duration::from_secs(config.storage.sweep_interval_secs),
+        stopped.clone(),
+    ));
+    let routes = http::routes::api(service.clone(), config.server.body_limit_bytes);
+    let done = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        http::serve(listener, routes, ConnSettings::default(), shutdown).await;
+        sweeper.abort();
+        match store.flush() {
+            Ok(()) => tracing::info!("storage flushed; stopped"),
+            Err(e) => tracing::error!(error = %e, "final flush failed"),
+        }
+    });
+    tracing::info!(%addr, "liveuser listening");
+    Ok(Running {
+        addr,
+        service,
+        stop,
+        done,
+    })
+}
+
+async fn sweep_forever<S: Store>(
+    service: Arc<Service<S>>,
+    every: Duration,
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+        match service.sweep().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(sessions = n, "swept dead sessions"),
+            Err(e) => tracing::error!(error = %e, "session sweep failed"),
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn termination_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            std::future::pending::<()>().await;
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

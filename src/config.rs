@@ -1,0 +1,643 @@
+//! `liveuser.toml`: the keys and defaults of the product contract, layered file → env.
+//!
+//! Every key can be overridden by an environment variable `LIVEUSER_<SECTION>_<KEY>`
+//! (`LIVEUSER_WX_SECRET`, `LIVEUSER_LIMITS_LOGIN_PER_MIN`). Section names have no
+//! underscore, so the split is unambiguous. Unknown keys in the file are refused, so a
+//! typo never silently falls back to a default; unknown `LIVEUSER_*` variables are
+//! returned as warnings for the caller to log.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::secret::Secret;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[server]`: listeners and request limits.
+    pub server: ServerConfig,
+    /// `[storage]`: the sled database.
+    pub storage: StorageConfig,
+    /// `[token]`: access tokens and refresh-token sessions.
+    pub token: TokenConfig,
+    /// `[wx]`: the WeChat code exchange.
+    pub wx: WxConfig,
+    /// `[log]`: log level and format.
+    pub log: LogConfig,
+    /// `[limits]`: per-client-address rate limits.
+    pub limits: LimitsConfig,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Public API listener; port 0 picks a free port (the bound address is logged).
+    pub listen: SocketAddr,
+    /// Admin API listener (loopback by default).
+    pub admin_listen: SocketAddr,
+    /// Largest accepted request body.
+    pub body_limit_bytes: u64,
+    /// Most uids one QueryUser call may ask for.
+    pub max_query_uids: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            body_limit_bytes: 64 * 1024,
+            max_query_uids: 100,
+        }
+    }
+}
+
+/// `[storage]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Directory of the sled database.
+    pub path: PathBuf,
+    /// Size of sled's page cache. sled's own default (1 GiB) is far more than a login
+    /// service needs, so liveuser defaults to 128 MiB.
+    pub cache_capacity_bytes: u64,
+    /// How often expired and revoked sessions are swept from storage.
+    pub sweep_interval_secs: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            path: PathBuf::from("./data/liveuser.db"),
+            cache_capacity_bytes: 128 * 1024 * 1024,
+            sweep_interval_secs: 600,
+        }
+    }
+}
+
+/// `[token]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenConfig {
+    /// `iss` of access tokens.
+    pub issuer: String,
+    /// `aud` of access tokens.
+    pub audience: String,
+    /// Access-token lifetime.
+    pub access_ttl_secs: u64,
+    /// Absolute session lifetime; rotation never extends it.
+    pub refresh_ttl_secs: u64,
+    /// A session unused for this long expires.
+    pub refresh_idle_secs: u64,
+    /// Live sessions per user; a new login evicts the oldest.
+    pub max_sessions_per_user: usize,
+    /// Whether RenewToken rotates the refresh token.
+    pub rotation: bool,
+    /// How long a just-rotated refresh token may be retried for the same successor.
+    pub reuse_grace_secs: u64,
+    /// HS256 signing secret; empty means "generate one and keep it in the database".
+    pub secret: Secret<String>,
+}
+
+impl Default for TokenConfig {
+    fn default() -> Self {
+        TokenConfig {
+            issuer: "liveuser".into(),
+            audience: "liveuser".into(),
+            access_ttl_secs: 7200,
+            refresh_ttl_secs: 30 * 86400,
+            refresh_idle_secs: 15 * 86400,
+            max_sessions_per_user: 50,
+            rotation: true,
+            reuse_grace_secs: 10,
+            secret: Secret::default(),
+        }
+    }
+}
+
+/// How Login turns a code into an openid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WxMode {
+    /// Call WeChat's `jscode2session`.
+    Wechat,
+    /// Development only: the code itself names the user; WeChat is never called.
+    Mock,
+}
+
+/// `[wx]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WxConfig {
+    /// `wechat` or `mock`.
+    pub mode: WxMode,
+    /// Mini-program appid.
+    pub appid: String,
+    /// Mini-program app secret.
+    pub secret: Secret<String>,
+    /// Base URL of WeChat's API (tests point it at a fake on loopback).
+    pub api_base: String,
+    /// Timeout of one call to WeChat.
+    pub timeout_ms: u64,
+}
+
+impl Default for WxConfig {
+    fn default() -> Self {
+        WxConfig {
+            mode: WxMode::Wechat,
+            appid: String::new(),
+            secret: Secret::default(),
+            api_base: "https://api.weixin.qq.com".into(),
+            timeout_ms: 5000,
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A level (`info`) or a `tracing` filter directive (`info,liveuser=debug`).
+    pub level: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// `[limits]`: per client address; 0 turns a limit off.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Login calls per minute per client address.
+    pub login_per_min: u32,
+    /// RenewToken calls per minute per client address.
+    pub renew_per_min: u32,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpAddr>,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            login_per_min: 60,
+            renew_per_min: 120,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// A refused configuration: where, which key, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file, or the environment variable, the bad value came from.
+    pub source: String,
+    /// The key, as `section.key`, when known.
+    pub key: Option<String>,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.key {
+            Some(key) => write!(f, "{}: {}: {}", self.source, key, self.reason),
+            None => write!(f, "{}: {}", self.source, self.reason),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Where the configuration file is and whether the operator named it.
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    /// Path of the TOML file.
+    pub path: PathBuf,
+    /// `true` when given with `--config`: then a missing file is an error, not defaults.
+    pub explicit: bool,
+}
+
+/// A loaded configuration and the warnings to log once logging is up.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The configuration.
+    pub config: Config,
+    /// Things worth telling the operator (unknown `LIVEUSER_*` variables).
+    pub warnings: Vec<String>,
+}
+
+/// Prefix of environment overrides.
+pub const ENV_PREFIX: &str = "LIVEUSER_";
+
+impl Config {
+    /// Loads the file (or defaults when it is absent and was not named explicitly), then
+    /// applies `LIVEUSER_*` overrides from the process environment, then validates.
+    pub fn load(source: &ConfigSource) -> Result<Loaded, ConfigError> {
+        Self::load_with_env(source, std::env::vars())
+    }
+
+    /// [`Config::load`] with the environment given explicitly (tests).
+    pub fn load_with_env(
+        source: &ConfigSource,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Loaded, ConfigError> {
+        let file_label = source.path.display().to_string();
+        let text = match std::fs::read_to_string(&source.path) {
+            Ok(text) => Some(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !source.explicit => None,
+            Err(e) => {
+                return Err(ConfigError {
+                    source: file_label,
+                    key: None,
+                    reason: format!("cannot read the file: {e}"),
+                });
+            }
+        };
+        Self::from_parts(&file_label, text.as_deref(), env)
+    }
+
+    /// Builds a configuration from the file text (if any) and environment pairs.
+    pub fn from_parts(
+        file_label: &str,
+        text: Option<&str>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Loaded, ConfigError> {
+        let mut table: toml::Table = match text {
+            Some(text) => text
+                .parse::<toml::Table>()
+                .map_err(|e| toml_error(file_label, text, e.message(), e.span()))?,
+            None => toml::Table::new(),
+        };
+        // Check the file alone first, so a typo in it is reported against the file.
+        if let Some(text) = text {
+            toml::from_str::<Config>(text)
+                .map_err(|e| toml_error(file_label, text, e.message(), e.span()))?;
+        }
+
+        let defaults = toml::Table::try_from(Config::default()).expect("defaults serialize");
+        let mut warnings = Vec::new();
+        let mut from_env = BTreeSet::new();
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let Some((section, key)) = rest.split_once('_') else {
+                warnings.push(format!("ignoring unknown environment variable {name}"));
+                continue;
+            };
+            let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
+            let Some(default) = defaults
+                .get(&section)
+                .and_then(|s| s.as_table())
+                .and_then(|s| s.get(&key))
+            else {
+                warnings.push(format!("ignoring unknown environment variable {name}"));
+                continue;
+            };
+            let parsed = env_value(default, &value).map_err(|reason| ConfigError {
+                source: format!("environment variable {name}"),
+                key: Some(format!("{section}.{key}")),
+                reason,
+            })?;
+            // Check the override alone, so a bad value is reported against its variable.
+            let mut probe = defaults.clone();
+            if let Some(s) = probe.get_mut(&section).and_then(|s| s.as_table_mut()) {
+                s.insert(key.clone(), parsed.clone());
+            }
+            if let Err(e) = probe.try_into::<Config>() {
+                return Err(ConfigError {
+                    source: format!("environment variable {name}"),
+                    key: Some(format!("{section}.{key}")),
+                    reason: e.message().trim().to_string(),
+                });
+            }
+            table
+                .entry(section.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                .as_table_mut()
+                .ok_or_else(|| ConfigError {
+                    source: file_label.to_string(),
+                    key: Some(section.clone()),
+                    reason: "must be a table".into(),
+                })?
+                .insert(key.clone(), parsed);
+            from_env.insert(format!("{section}.{key}"));
+        }
+
+        let config: Config = table.try_into().map_err(|e: toml::de::Error| ConfigError {
+            source: "environment".into(),
+            key: None,
+            reason: e.message().to_string(),
+        })?;
+        config.validate().map_err(|(key, reason)| ConfigError {
+            source: if from_env.contains(key) {
+                format!("environment variable {}", env_name(key))
+            } else {
+                file_label.to_string()
+            },
+            key: Some(key.to_string()),
+            reason,
+        })?;
+        Ok(Loaded { config, warnings })
+    }
+
+    /// Checks what types alone cannot; the error names the key.
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        fn check(ok: bool, key: &'static str, reason: &str) -> Result<(), (&'static str, String)> {
+            if ok {
+                Ok(())
+            } else {
+                Err((key, reason.to_string()))
+            }
+        }
+        let s = &self.server;
+        check(
+            (1024..=16 * 1024 * 1024).contains(&s.body_limit_bytes),
+            "server.body_limit_bytes",
+            "must be between 1024 and 16777216",
+        )?;
+        check(
+            (1..=10_000).contains(&s.max_query_uids),
+            "server.max_query_uids",
+            "must be between 1 and 10000",
+        )?;
+        check(
+            !self.storage.path.as_os_str().is_empty(),
+            "storage.path",
+            "must not be empty",
+        )?;
+        check(
+            self.storage.sweep_interval_secs >= 1,
+            "storage.sweep_interval_secs",
+            "must be at least 1",
+        )?;
+        let t = &self.token;
+        check(!t.issuer.is_empty(), "token.issuer", "must not be empty")?;
+        check(
+            !t.audience.is_empty(),
+            "token.audience",
+            "must not be empty",
+        )?;
+        check(
+            (60..=7 * 86400).contains(&t.access_ttl_secs),
+            "token.access_ttl_secs",
+            "must be between 60 and 604800",
+        )?;
+        check(
+            t.refresh_ttl_secs >= 60,
+            "token.refresh_ttl_secs",
+            "must be at least 60",
+        )?;
+        check(
+            t.refresh_idle_secs >= 60,
+            "token.refresh_idle_secs",
+            "must be at least 60",
+        )?;
+        check(
+            t.max_sessions_per_user >= 1,
+            "token.max_sessions_per_user",
+            "must be at least 1",
+        )?;
+        check(
+            t.reuse_grace_secs <= 300,
+            "token.reuse_grace_secs",
+            "must be at most 300",
+        )?;
+        check(
+            t.secret.expose().is_empty() || t.secret.expose().len() >= 32,
+            "token.secret",
+            "must be at least 32 bytes (HS256 needs a 256-bit key), or empty to generate one",
+        )?;
+        let w = &self.wx;
+        check(
+            w.api_base.starts_with("https://") || w.api_base.starts_with("http://"),
+            "wx.api_base",
+            "must be an http:// or https:// URL",
+        )?;
+        check(
+            (100..=60_000).contains(&w.timeout_ms),
+            "wx.timeout_ms",
+            "must be between 100 and 60000",
+        )?;
+        check(
+            tracing_subscriber::EnvFilter::try_new(&self.log.level).is_ok(),
+            "log.level",
+            "must be a level (error, warn, info, debug, trace) or a tracing filter directive",
+        )?;
+        Ok(())
+    }
+}
+
+/// `token.secret` → `LIVEUSER_TOKEN_SECRET`.
+fn env_name(key: &str) -> String {
+    format!("{ENV_PREFIX}{}", key.replace('.', "_").to_ascii_uppercase())
+}
+
+/// Reads an environment value as the type of the key's default.
+fn env_value(default: &toml::Value, raw: &str) -> Result<toml::Value, String> {
+    match default {
+        toml::Value::String(_) => Ok(toml::Value::String(raw.to_string())),
+        toml::Value::Integer(_) => raw
+            .trim()
+            .parse::<i64>()
+            .map(toml::Value::Integer)
+            .map_err(|_| format!("expected an integer, got {raw:?}")),
+        toml::Value::Boolean(_) => match raw.trim() {
+            "true" | "1" => Ok(toml::Value::Boolean(true)),
+            "false" | "0" => Ok(toml::Value::Boolean(false)),
+            _ => Err(format!("expected true or false, got {raw:?}")),
+        },
+        toml::Value::Array(_) => {
+            let items = raw
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_string()))
+                .collect();
+            Ok(toml::Value::Array(items))
+        }
+        _ => Err("this key cannot be set from the environment".into()),
+    }
+}
+
+/// Turns a TOML error into "file: line N (`key`): reason".
+fn toml_error(
+    file: &str,
+    text: &str,
+    message: &str,
+    span: Option<std::ops::Range<usize>>,
+) -> ConfigError {
+    let key = span.map(|span| {
+        let start = span.start.min(text.len());
+        let line_no = text[..start].matches('\n').count() + 1;
+        let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+        let line = text[line_start..].lines().next().unwrap_or("");
+        match line.split_once('=') {
+            Some((key, _)) => format!("line {line_no} (`{}`)", key.trim()),
+            None => format!("line {line_no}"),
+        }
+    });
+    // A type error quotes the value; for a secret key that would print the secret.
+    let reason = if key.as_deref().is_some_and(|k| k.contains("secret")) {
+        "invalid value (not shown: this key holds a secret)".to_string()
+    } else {
+        message.trim().to_string()
+    };
+    ConfigError {
+        source: file.to_string(),
+        key,
+        reason,
+    }
+}
+
+/// The default location of the configuration file.
+pub fn default_path() -> &'static Path {
+    Path::new("./liveuser.toml")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Loaded, ConfigError> {
+        Config::from_parts(
+            "test.toml",
+            Some(text),
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn an_empty_file_gives_the_documented_defaults() {
+        let c = load("", &[]).unwrap().config;
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.server.admin_listen.to_string(), "127.0.0.1:8081");
+        assert_eq!(c.server.body_limit_bytes, 65536);
+        assert_eq!(c.server.max_query_uids, 100);
+        assert_eq!(c.storage.path, PathBuf::from("./data/liveuser.db"));
+        assert_eq!(c.token.access_ttl_secs, 7200);
+        assert_eq!(c.token.refresh_ttl_secs, 2_592_000);
+        assert_eq!(c.token.refresh_idle_secs, 1_296_000);
+        assert_eq!(c.token.max_sessions_per_user, 50);
+        assert!(c.token.rotation);
+        assert_eq!(c.token.reuse_grace_secs, 10);
+        assert_eq!(c.wx.mode, WxMode::Wechat);
+        assert_eq!(c.wx.api_base, "https://api.weixin.qq.com");
+        assert_eq!(c.wx.timeout_ms, 5000);
+        assert_eq!(c.log.format, LogFormat::Text);
+        assert_eq!(c.limits.login_per_min, 60);
+        assert_eq!(c.limits.renew_per_min, 120);
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_with_file_line_and_key() {
+        let err = load("[server]\nlisten = \"127.0.0.1:1\"\nlisten_port = 5\n", &[]).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("test.toml: line 3 (`listen_port`)"),
+            "{text}"
+        );
+        assert!(text.contains("unknown field"), "{text}");
+    }
+
+    #[test]
+    fn a_wrong_type_is_refused_naming_the_key() {
+        let err = load("[wx]\ntimeout_ms = \"soon\"\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("`timeout_ms`"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_value_is_refused_naming_the_key() {
+        let err = load("[token]\naccess_ttl_secs = 5\n", &[]).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("token.access_ttl_secs"));
+        assert_eq!(err.source, "test.toml");
+    }
+
+    #[test]
+    fn env_overrides_the_file_with_the_keys_type() {
+        let c = load(
+            "[wx]\nmode = \"mock\"\n",
+            &[
+                ("LIVEUSER_WX_SECRET", "12345"),
+                ("LIVEUSER_LIMITS_LOGIN_PER_MIN", "7"),
+                ("LIVEUSER_TOKEN_ROTATION", "false"),
+                ("LIVEUSER_LIMITS_TRUSTED_PROXIES", "10.0.0.1, ::1"),
+                ("LIVEUSER_SERVER_LISTEN", "127.0.0.1:0"),
+            ],
+        )
+        .unwrap()
+        .config;
+        assert_eq!(c.wx.secret.expose(), "12345");
+        assert_eq!(c.wx.mode, WxMode::Mock);
+        assert_eq!(c.limits.login_per_min, 7);
+        assert!(!c.token.rotation);
+        assert_eq!(c.limits.trusted_proxies.len(), 2);
+        assert_eq!(c.server.listen.port(), 0);
+    }
+
+    #[test]
+    fn a_bad_env_value_names_the_variable() {
+        let err = load("", &[("LIVEUSER_WX_TIMEOUT_MS", "soon")]).unwrap_err();
+        assert_eq!(err.source, "environment variable LIVEUSER_WX_TIMEOUT_MS");
+        let err = load("", &[("LIVEUSER_TOKEN_SECRET", "short")]).unwrap_err();
+        assert_eq!(err.source, "environment variable LIVEUSER_TOKEN_SECRET");
+        assert!(
+            !err.to_string().contains("short"),
+            "the value is a secret: {err}"
+        );
+    }
+
+    #[test]
+    fn unknown_env_variables_are_warnings() {
+        let loaded = load("", &[("LIVEUSER_WX_SECRTE", "x"), ("LIVEUSER_X", "y")]).unwrap();
+        assert_eq!(loaded.warnings.len(), 2);
+    }
+
+    #[test]
+    fn the_secret_does_not_show_in_debug_output() {
+        let c = load("[wx]\nsecret = \"very-secret-value\"\n", &[])
+            .unwrap()
+            .config;
+        assert!(!format!("{c:?}").contains("very-secret-value"));
+    }
+
+    #[test]
+    fn a_missing_explicit_file_is_an_error_and_a_missing_default_file_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("none.toml");
+        let explicit = ConfigSource {
+            path: path.clone(),
+            explicit: true,
+        };
+        assert!(Config::load_with_env(&explicit, []).is_err());
+        let implicit = ConfigSource {
+            path,
+            explicit: false,
+        };
+        assert!(Config::load_with_env(&implicit, []).is_ok());
+    }
+}

@@ -1,0 +1,92 @@
+//! The HTTP layer: the server loop and the public routes.
+//!
+//! The server owns its accept loop (rather than `warp::serve`) so it can put the peer
+//! address on each request, bound header reads, and drain connections on shutdown.
+
+pub mod error;
+pub mod routes;
+pub mod wire;
+
+use std::future::Future;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use std::convert::Infallible;
+use tokio::net::TcpListener;
+use warp::Filter;
+use warp::reply::Response;
+
+use routes::PeerAddr;
+
+/// Connection settings of a listener.
+#[derive(Debug, Clone)]
+pub struct ConnSettings {
+    /// How long a client may take to send its request headers.
+    pub header_read_timeout: Duration,
+    /// How long shutdown waits for in-flight requests.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ConnSettings {
+    fn default() -> Self {
+        ConnSettings {
+            header_read_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Serves `filter` on `listener` until `shutdown` completes, then stops accepting and
+/// waits (at most `drain_timeout`) for in-flight requests to finish.
+pub async fn serve<F>(
+    listener: TcpListener,
+    filter: F,
+    settings: ConnSettings,
+    shutdown: impl Future<Output = ()>,
+) where
+    F: Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static,
+{
+    let service = TowerToHyperService::new(warp::service(filter));
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = service.clone();
+        let handler = hyper::service::service_fn(move |mut request| {
+            request.extensions_mut().insert(PeerAddr(peer));
+            hyper::service::Service::call(&service, request)
+        });
+        let connection = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(settings.header_read_timeout)
+            .serve_connection(TokioIo::new(stream), handler);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(settings.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("in-flight requests did not finish in time; closing them");
+    }
+}

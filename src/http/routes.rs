@@ -1,0 +1,253 @@
+//! The public API as warp filters: one function per route, each only decoding, calling
+//! the service, and encoding.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+use warp::http::{HeaderMap, HeaderValue, Method, header};
+use warp::reply::Response;
+use warp::{Filter, Rejection};
+
+use super::error::{ApiError, recover};
+use super::wire;
+use crate::service::{Caller, Service};
+use crate::store::Store;
+
+/// The address of the TCP peer, put on each request by the server loop.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// Every public route, with errors rendered as the JSON error body.
+pub fn api<S: Store>(
+    service: Arc<Service<S>>,
+    body_limit: u64,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    healthz()
+        .or(login(service.clone(), body_limit))
+        .unify()
+        .or(renew_token(service.clone(), body_limit))
+        .unify()
+        .or(add_user(service.clone(), body_limit))
+        .unify()
+        .or(query_user(service, body_limit))
+        .unify()
+        .recover(recover)
+        .unify()
+}
+
+/// `GET /healthz`: `{"status":"ok"}` (storage is open before the listener starts).
+pub fn healthz() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("healthz")
+        .and(method(Method::GET))
+        .map(|| json(br#"{"status":"ok"}"#.to_vec()))
+}
+
+/// `POST /liveuser/Wx/Login`
+pub fn login<S: Store>(
+    service: Arc<Service<S>>,
+    limit: u64,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("liveuser" / "Wx" / "Login")
+        .and(rpc(limit))
+        .and(with(service))
+        .then(|body: Bytes, service: Arc<Service<S>>| async move {
+            respond(async {
+                let code = wire::login(&body)?;
+                Ok(wire::grant(&service.login(&code).await?))
+            })
+            .await
+        })
+}
+
+/// `POST /liveuser/Wx/RenewToken`
+pub fn renew_token<S: Store>(
+    service: Arc<Service<S>>,
+    limit: u64,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("liveuser" / "Wx" / "RenewToken")
+        .and(rpc(limit))
+        .and(peer())
+        .and(with(service))
+        .then(
+            |body: Bytes, peer: Option<PeerAddr>, service: Arc<Service<S>>| async move {
+                respond(async {
+                    let token = wire::renew(&body)?;
+                    let client = peer.map(|p| p.0.ip());
+                    Ok(wire::grant(&service.renew(&token, client).await?))
+                })
+                .await
+            },
+        )
+}
+
+/// `POST /liveuser/User/AddUser` (Bearer)
+pub fn add_user<S: Store>(
+    service: Arc<Service<S>>,
+    limit: u64,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("liveuser" / "User" / "AddUser")
+        .and(rpc(limit))
+        .and(warp::header::headers_cloned())
+        .and(with(service))
+        .then(
+            |body: Bytes, headers: HeaderMap, service: Arc<Service<S>>| async move {
+                respond(async {
+                    let caller = authenticate(&service, &headers).await?;
+                    let (uid, patch) = wire::add_user(&body)?;
+                    service.add_user(&caller, uid, &patch).await?;
+                    Ok(b"{}".to_vec())
+                })
+                .await
+            },
+        )
+}
+
+/// `POST /liveuser/User/QueryUser` (Bearer)
+pub fn query_user<S: Store>(
+    service: Arc<Service<S>>,
+    limit: u64,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("liveuser" / "User" / "QueryUser")
+        .and(rpc(limit))
+        .and(warp::header::headers_cloned())
+        .and(with(service))
+        .then(
+            |body: Bytes, headers: HeaderMap, service: Arc<Service<S>>| async move {
+                respond(async {
+                    let caller = authenticate(&service, &headers).await?;
+                    let uids = wire::query_user(&body)?;
+                    Ok(wire::users(&service.query_users(&caller, &uids).await?))
+                })
+                .await
+            },
+        )
+}
+
+/// Checks `Authorization: Bearer <token>` — exactly that scheme spelling and one space —
+/// and the token behind it.
+async fn authenticate<S: Store>(
+    service: &Service<S>,
+    headers: &HeaderMap,
+) -> Result<Caller, ApiError> {
+    let refused = || ApiError::unauthenticated(crate::service::ACCESS_REFUSED);
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(refused)?;
+    let token = value.strip_prefix("Bearer ").ok_or_else(refused)?;
+    if token.is_empty() || token.bytes().any(|b| b.is_ascii_whitespace()) {
+        return Err(refused());
+    }
+    Ok(service.authenticate(token).await?)
+}
+
+/// Runs a handler body and renders its outcome.
+async fn respond(work: impl Future<Output = Result<Vec<u8>, ApiError>>) -> Response {
+    match work.await {
+        Ok(body) => json(body),
+        Err(e) => e.to_response(),
+    }
+}
+
+fn json(body: Vec<u8>) -> Response {
+    let mut response = Response::new(body.into());
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn with<T: Clone + Send>(value: T) -> impl Filter<Extract = (T,), Error = Infallible> + Clone {
+    warp::any().map(move || value.clone())
+}
+
+fn peer() -> impl Filter<Extract = (Option<PeerAddr>,), Error = Infallible> + Clone {
+    warp::ext::optional::<PeerAddr>()
+}
+
+/// The common front of the four methods: POST, a JSON content type, a bounded body.
+fn rpc(limit: u64) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
+    warp::path::end()
+        .and(method(Method::POST))
+        .and(json_content_type())
+        .and(body(limit))
+}
+
+fn method(expected: Method) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::method()
+        .and_then(move |m: Method| {
+            let expected = expected.clone();
+            async move {
+                if m == expected {
+                    Ok(())
+                } else {
+                    Err(warp::reject::custom(ApiError::method_not_allowed(
+                        m.as_str(),
+                        expected.as_str(),
+                    )))
+                }
+            }
+        })
+        .untuple_one()
+}
+
+/// `application/json`, any case, with or without parameters such as `charset`.
+fn json_content_type() -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::header::optional::<String>("content-type")
+        .and_then(|ct: Option<String>| async move {
+            let essence = ct
+                .as_deref()
+                .and_then(|ct| ct.split(';').next())
+                .map(str::trim);
+            match essence {
+                Some(e) if e.eq_ignore_ascii_case("application/json") => Ok(()),
+                _ => Err(warp::reject::custom(ApiError::unsupported_media_type())),
+            }
+        })
+        .untuple_one()
+}
+
+/// The body, at most `limit` bytes: refused early by `Content-Length`, or while reading
+/// a chunked body as soon as it passes the limit.
+fn body(limit: u64) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
+    warp::header::optional::<String>("content-length")
+        .and(warp::body::stream())
+        .and_then(move |length: Option<String>, stream| async move {
+            let declared = match length.map(|l| l.trim().parse::<u64>()) {
+                Some(Ok(n)) => Some(n),
+                Some(Err(_)) => {
+                    return Err(warp::reject::custom(ApiError::malformed(
+                        "the Content-Length header is not a number",
+                    )));
+                }
+                None => None,
+            };
+            if declared.is_some_and(|n| n > limit) {
+                return Err(warp::reject::custom(ApiError::too_large(limit)));
+            }
+            read_limited(stream, limit, declared.unwrap_or(0))
+                .await
+                .map_err(warp::reject::custom)
+        })
+}
+
+async fn read_limited<B: Buf>(
+    stream: impl Stream<Item = Result<B, warp::Error>>,
+    limit: u64,
+    hint: u64,
+) -> Result<Bytes, ApiError> {
+    let mut stream = std::pin::pin!(stream);
+    let mut buf = BytesMut::with_capacity(hint as usize);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| ApiError::malformed("the request body could not be read"))?;
+        if (buf.len() + chunk.remaining()) as u64 > limit {
+            return Err(ApiError::too_large(limit));
+        }
+        buf.put(chunk);
+    }
+    Ok(buf.freeze())
+}

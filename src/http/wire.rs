@@ -1,0 +1,236 @@
+//! JSON in and out: request bodies decoded into typed requests, field by field, so every
+//! error names its field; responses encoded as the protocol writes them.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::error::ApiError;
+use crate::model::{Uid, UserPatch, UserRecord};
+use crate::service::Grant;
+
+type Object = Map<String, Value>;
+
+/// Parses a body that must be a JSON object. Not JSON (including invalid UTF-8 and
+/// nesting past serde_json's depth limit) is `malformed`; JSON that is not an object is
+/// `invalid_argument`.
+pub fn object(body: &[u8]) -> Result<Object, ApiError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(ApiError::invalid_argument(
+            "the request body must be a JSON object",
+        )),
+        Err(e) => Err(ApiError::malformed(format!(
+            "the request body is not valid JSON: {e}"
+        ))),
+    }
+}
+
+/// An optional string field; `null` counts as absent.
+fn opt_string<'a>(obj: &'a Object, field: &str, path: &str) -> Result<Option<&'a str>, ApiError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(ApiError::invalid_argument(format!(
+            "{path} must be a string"
+        ))),
+    }
+}
+
+fn req_string<'a>(obj: &'a Object, field: &str) -> Result<&'a str, ApiError> {
+    opt_string(obj, field, field)?
+        .ok_or_else(|| ApiError::invalid_argument(format!("{field} is required")))
+}
+
+/// `Wx.Login`: `{"code": string}`.
+pub fn login(body: &[u8]) -> Result<String, ApiError> {
+    Ok(req_string(&object(body)?, "code")?.to_string())
+}
+
+/// `Wx.RenewToken`: `{"refresh_token": string}`.
+pub fn renew(body: &[u8]) -> Result<String, ApiError> {
+    Ok(req_string(&object(body)?, "refresh_token")?.to_string())
+}
+
+/// `User.AddUser`: `{"user": UserRecord}`; an empty or missing uid means "myself", and
+/// `update_at` is ignored (the server sets it).
+pub fn add_user(body: &[u8]) -> Result<(Option<Uid>, UserPatch), ApiError> {
+    let obj = object(body)?;
+    let user = match obj.get("user") {
+        Some(Value::Object(user)) => user,
+        None | Some(Value::Null) => return Err(ApiError::invalid_argument("user is required")),
+        Some(_) => return Err(ApiError::invalid_argument("user must be an object")),
+    };
+    let uid = match opt_string(user, "uid", "user.uid")? {
+        None | Some("") => None,
+        Some(uid) => {
+            Some(Uid::parse(uid).map_err(|e| ApiError::invalid_argument(format!("user.uid {e}")))?)
+        }
+    };
+    let patch = UserPatch {
+        name: opt_string(user, "name", "user.name")?.map(str::to_string),
+        agent: opt_string(user, "agent", "user.agent")?.map(str::to_string),
+        avatar: opt_string(user, "avatar", "user.avatar")?.map(str::to_string),
+    };
+    patch
+        .validate()
+        .map_err(|(field, e)| ApiError::invalid_argument(format!("user.{field} {e}")))?;
+    Ok((uid, patch))
+}
+
+/// `User.QueryUser`: `{"uids": [string]}`.
+pub fn query_user(body: &[u8]) -> Result<Vec<Uid>, ApiError> {
+    let obj = object(body)?;
+    let uids = match obj.get("uids") {
+        Some(Value::Array(uids)) => uids,
+        None | Some(Value::Null) => return Err(ApiError::invalid_argument("uids is required")),
+        Some(_) => {
+            return Err(ApiError::invalid_argument(
+                "uids must be an array of strings",
+            ));
+        }
+    };
+    uids.iter()
+        .enumerate()
+        .map(|(i, v)| match v {
+            Value::String(s) => {
+                Uid::parse(s).map_err(|e| ApiError::invalid_argument(format!("uids[{i}] {e}")))
+            }
+            _ => Err(ApiError::invalid_argument(format!(
+                "uids[{i}] must be a string"
+            ))),
+        })
+        .collect()
+}
+
+#[derive(Serialize)]
+struct GrantOut<'a> {
+    access_token: &'a str,
+    refresh_token: &'a str,
+    expiry: u64,
+    uid: &'a str,
+}
+
+/// Login / RenewToken answer.
+pub fn grant(g: &Grant) -> Vec<u8> {
+    to_vec(&GrantOut {
+        access_token: &g.access_token,
+        refresh_token: &g.refresh_token,
+        expiry: g.expiry,
+        uid: g.uid.as_str(),
+    })
+}
+
+#[derive(Serialize)]
+struct UserOut<'a> {
+    uid: &'a str,
+    name: &'a str,
+    agent: &'a str,
+    update_at: String,
+    avatar: &'a str,
+}
+
+impl<'a> From<&'a UserRecord> for UserOut<'a> {
+    fn from(u: &'a UserRecord) -> Self {
+        UserOut {
+            uid: u.uid.as_str(),
+            name: &u.name,
+            agent: &u.agent,
+            update_at: u.update_at.to_string(),
+            avatar: &u.avatar,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct UsersOut<'a> {
+    users: Vec<UserOut<'a>>,
+}
+
+/// QueryUser answer.
+pub fn users(users: &[UserRecord]) -> Vec<u8> {
+    to_vec(&UsersOut {
+        users: users.iter().map(UserOut::from).collect(),
+    })
+}
+
+fn to_vec<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("plain structs always serialize")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(r: Result<impl std::fmt::Debug, ApiError>) -> (&'static str, String) {
+        let e = r.unwrap_err();
+        (e.code, e.msg)
+    }
+
+    #[test]
+    fn non_json_is_malformed_and_non_objects_are_invalid() {
+        assert_eq!(err(login(b"code=1")).0, "malformed");
+        assert_eq!(err(login(b"")).0, "malformed");
+        assert_eq!(err(login(b"{\"code\": \"\xff\"}")).0, "malformed");
+        assert_eq!(err(login(b"[1]")).0, "invalid_argument");
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        assert_eq!(err(login(deep.as_bytes())).0, "malformed");
+    }
+
+    #[test]
+    fn wrong_types_name_the_field() {
+        assert_eq!(
+            err(login(br#"{"code": 5}"#)),
+            ("invalid_argument", "code must be a string".into())
+        );
+        assert_eq!(
+            err(login(br#"{}"#)),
+            ("invalid_argument", "code is required".into())
+        );
+        assert_eq!(
+            err(add_user(br#"{"user": {"name": 1}}"#)).1,
+            "user.name must be a string"
+        );
+        assert_eq!(
+            err(add_user(br#"{"user": []}"#)).1,
+            "user must be an object"
+        );
+        assert_eq!(
+            err(query_user(br#"{"uids": ["a", 2]}"#)).1,
+            "uids[1] must be a string"
+        );
+        assert_eq!(
+            err(query_user(br#"{"uids": "a"}"#)).1,
+            "uids must be an array of strings"
+        );
+    }
+
+    #[test]
+    fn add_user_reads_a_partial_record_and_ignores_update_at() {
+        let (uid, patch) =
+            add_user(br#"{"user": {"uid": "", "name": "n", "update_at": 99, "x": 1}}"#).unwrap();
+        assert_eq!(uid, None);
+        assert_eq!(
+            patch,
+            UserPatch {
+                name: Some("n".into()),
+                ..Default::default()
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        assert_eq!(
+            login(br#"{"code": "c", "extra": {"a": [1]}}"#).unwrap(),
+            "c"
+        );
+    }
+
+    #[test]
+    fn user_records_encode_update_at_as_a_string() {
+        let user = UserRecord::new(Uid::parse("u").unwrap(), 42);
+        let out: Value = serde_json::from_slice(&users(&[user])).unwrap();
+        assert_eq!(out["users"][0]["update_at"], "42");
+        assert_eq!(out["users"][0]["uid"], "u");
+    }
+}

@@ -1,0 +1,30 @@
+//! liveuser: a self-hosted, single-binary user and login-state service for WeChat
+//! mini-programs.
+//!
+//! A mini-program sends its `wx.login()` code to [`Wx.Login`](http::routes::login) and
+//! gets liveuser's own access token (a JWT) and refresh token; with them it writes and
+//! reads user profiles. Modules, from the edge inwards:
+//!
+//! - [`cli`]: the command line (`serve` and the admin subcommands).
+//! - [`config`]: `liveuser.toml` and `LIVEUSER_*` overrides.
+//! - [`app`]: wiring a configuration into a running server.
+//! - [`http`]: the server loop, the routes, JSON decoding and the error body.
+//! - [`service`]: the four methods as plain Rust — login, rotation, access checks.
+//! - [`token`]: access tokens (HS256 JWT) and refresh tokens.
+//! - [`wechat`]: the `jscode2session` exchange, real or mocked.
+//! - [`store`]: the storage interface and its sled backend (codec, group commit).
+//! - [`model`]: validated identifiers and the records.
+//! - [`clock`], [`secret`], [`logging`]: injected time, secret wrapper, log setup.
+
+pub mod app;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod http;
+pub mod logging;
+pub mod model;
+pub mod secret;
+pub mod service;
+pub mod store;
+pub mod token;
+pub mod wechat;

@@ -1,0 +1,434 @@
+//! The service logic: the four API methods as plain Rust over a [`Store`], no HTTP.
+//!
+//! Where things are decided:
+//! - login, first-login user creation, idempotent codes: [`Service::login`]
+//! - rotation, the grace retry, reuse detection and family revocation: [`Service::renew`]
+//! - the per-request access check (signature, claims, live session): [`Service::authenticate`]
+//! - who may write which record: [`Service::add_user`]
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::OnceCell;
+
+use crate::clock::SharedClock;
+use crate::config::TokenConfig;
+use crate::model::{
+    Identity, RefreshState, Session, SessionState, Sid, Uid, UserPatch, UserRecord, check_text,
+};
+use crate::store::{RotateOutcome, Store, StoreError};
+use crate::token::{AccessTokens, RefreshKey, RefreshToken, sha256};
+use crate::wechat::{WxClient, WxError};
+
+/// How long a login code stays idempotent: WeChat codes live five minutes.
+pub const CODE_LIFETIME_SECS: u64 = 300;
+/// Longest accepted login code.
+pub const CODE_MAX: usize = 256;
+
+/// The one answer to every refused access token, so the reply is no oracle.
+pub const ACCESS_REFUSED: &str = "a valid access token is required";
+/// The one answer to every refused refresh token (unknown, expired, revoked, reused).
+pub const REFRESH_REFUSED: &str = "the refresh token is invalid, expired or revoked";
+
+/// Why a call failed, in the vocabulary of the API's error codes.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ServiceError {
+    /// A field is missing, of the wrong form, or over a limit; the message names it.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// A token or code was refused.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller may not do this.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// A rate limit was hit.
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// An upstream (WeChat) is unavailable or not configured.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Storage failed.
+    #[error(transparent)]
+    Storage(#[from] StoreError),
+}
+
+impl From<WxError> for ServiceError {
+    fn from(e: WxError) -> Self {
+        let msg = e.to_string();
+        match e {
+            WxError::InvalidCode(_) => ServiceError::Unauthenticated(msg),
+            WxError::RateLimited => ServiceError::ResourceExhausted(msg),
+            WxError::HighRisk => ServiceError::PermissionDenied(msg),
+            WxError::Unavailable(_) | WxError::NotConfigured => ServiceError::Unavailable(msg),
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, ServiceError>;
+
+/// What Login and RenewToken hand the client.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    /// JWT access token.
+    pub access_token: String,
+    /// Refresh token (new after a rotation).
+    pub refresh_token: String,
+    /// The access token's `exp`.
+    pub expiry: u64,
+    /// The user.
+    pub uid: Uid,
+}
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// Whose token it is.
+    pub uid: Uid,
+    /// Which session it belongs to.
+    pub sid: Sid,
+}
+
+/// Session policy, from `[token]`.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Absolute session lifetime.
+    pub refresh_ttl_secs: u64,
+    /// Idle session lifetime.
+    pub refresh_idle_secs: u64,
+    /// Live sessions per user.
+    pub max_sessions_per_user: usize,
+    /// Rotate refresh tokens on renewal.
+    pub rotation: bool,
+    /// Grace period of a just-rotated token.
+    pub reuse_grace_secs: u64,
+    /// Most uids per QueryUser.
+    pub max_query_uids: usize,
+}
+
+impl Policy {
+    /// The policy of a `[token]` section and `server.max_query_uids`.
+    pub fn new(token: &TokenConfig, max_query_uids: usize) -> Self {
+        Policy {
+            refresh_ttl_secs: token.refresh_ttl_secs,
+            refresh_idle_secs: token.refresh_idle_secs,
+            max_sessions_per_user: token.max_sessions_per_user,
+            rotation: token.rotation,
+            reuse_grace_secs: token.reuse_grace_secs,
+            max_query_uids,
+        }
+    }
+}
+
+/// liveuser's logic over a store.
+pub struct Service<S> {
+    store: Arc<S>,
+    clock: SharedClock,
+    access: AccessTokens,
+    refresh_key: RefreshKey,
+    wx: WxClient,
+    codes: LoginCodes,
+    policy: Policy,
+}
+
+impl<S> std::fmt::Debug for Service<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Store> Service<S> {
+    /// Assembles the service.
+    pub fn new(
+        store: Arc<S>,
+        clock: SharedClock,
+        access: AccessTokens,
+        refresh_key: RefreshKey,
+        wx: WxClient,
+        policy: Policy,
+    ) -> Self {
+        Service {
+            store,
+            clock,
+            access,
+            refresh_key,
+            wx,
+            codes: LoginCodes::default(),
+            policy,
+        }
+    }
+
+    /// The store underneath.
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    /// Now, by the service's clock.
+    pub fn now(&self) -> u64 {
+        self.clock.now()
+    }
+
+    /// `Wx.Login`: exchanges a code and opens a new session.
+    ///
+    /// Concurrent requests with one code share one exchange, and a repeat within
+    /// [`CODE_LIFETIME_SECS`] opens a new session for the same user without asking
+    /// WeChat again (which would answer 40163). Only a hash of the code is kept.
+    pub async fn login(&self, code: &str) -> Result<Grant> {
+        if code.is_empty() {
+            return Err(ServiceError::InvalidArgument(
+                "code must not be empty".into(),
+            ));
+        }
+        check_text(code, CODE_MAX)
+            .map_err(|e| ServiceError::InvalidArgument(format!("code {e}")))?;
+        let now = self.now();
+        let uid = self
+            .codes
+            .resolve(code, now, || async {
+                let identity = self.wx.exchange(code).await?;
+                let candidate = Identity {
+                    uid: Uid::generate(),
+                    unionid: identity.unionid,
+                    session_key: identity.session_key,
+                };
+                Ok(self
+                    .store
+                    .upsert_identity(&identity.openid, candidate, now)
+                    .await?)
+            })
+            .await?;
+        self.open_session(&uid, now).await
+    }
+
+    /// Opens a session for `uid`, evicting its oldest live sessions beyond the cap.
+    pub async fn open_session(&self, uid: &Uid, now: u64) -> Result<Grant> {
+        let live: Vec<Session> = self
+            .store
+            .sessions_of(uid)
+            .await?
+            .into_iter()
+            .filter(|s| s.is_live(now))
+            .collect();
+        let excess = (live.len() + 1).saturating_sub(self.policy.max_sessions_per_user);
+        let evict: Vec<Sid> = live.iter().take(excess).map(|s| s.sid).collect();
+
+        let token = RefreshToken::generate();
+        let expires_at = now + self.policy.refresh_ttl_secs;
+        let session = Session {
+            sid: Sid::generate(),
+            uid: uid.clone(),
+            created_at: now,
+            last_used_at: now,
+            expires_at,
+            idle_expires_at: (now + self.policy.refresh_idle_secs).min(expires_at),
+            state: SessionState::Active,
+            current: token.hash(),
+        };
+        self.store.create_session(&session, &evict).await?;
+        Ok(self.grant(&session, token.encode(), now))
+    }
+
+    /// `Wx.RenewToken`: a new access token, and with rotation a new refresh token.
+    ///
+    /// With rotation, the presented token must be its family's current one; it is then
+    /// retired and its successor returned. Presenting the just-retired token again within
+    /// the grace period, while its successor is unused, is a retry and returns the same
+    /// successor. Anything else is reuse: the family is revoked and the answer is the
+    /// same `unauthenticated` as for an unknown token.
+    pub async fn renew(&self, presented: &str, client: Option<IpAddr>) -> Result<Grant> {
+        let refused = || ServiceError::Unauthenticated(REFRESH_REFUSED.into());
+        let token = RefreshToken::parse(presented).ok_or_else(refused)?;
+        let hash = token.hash();
+        let now = self.now();
+        // A second pass only happens after losing a rotation race; by then the record
+        // says who won.
+        for _ in 0..2 {
+            let record = self.store.refresh_record(hash).await?.ok_or_else(refused)?;
+            let session = self.store.session(record.sid).await?.ok_or_else(refused)?;
+            if !session.is_live(now) {
+                return Err(refused());
+            }
+            let idle_expires_at = (now + self.policy.refresh_idle_secs).min(session.expires_at);
+
+            if !self.policy.rotation {
+                if record.state != RefreshState::Current
+                    || !self
+                        .store
+                        .touch_session(session.sid, now, idle_expires_at)
+                        .await?
+                {
+                    return Err(refused());
+                }
+                return Ok(self.grant(&session, token.encode(), now));
+            }
+
+            let successor = token.successor(&self.refresh_key);
+            match record.state {
+                RefreshState::Current => {
+                    let outcome = self
+                        .store
+                        .rotate(session.sid, hash, successor.hash(), now, idle_expires_at)
+                        .await?;
+                    if outcome == RotateOutcome::Rotated {
+                        return Ok(self.grant(&session, successor.encode(), now));
+                    }
+                }
+                RefreshState::Rotated {
+                    successor: next,
+                    at,
+                } => {
+                    let in_grace = self.policy.reuse_grace_secs > 0
+                        && now <= at + self.policy.reuse_grace_secs
+                        && next == successor.hash();
+                    if in_grace {
+                        let next_unused = self
+                            .store
+                            .refresh_record(next)
+                            .await?
+                            .is_some_and(|r| r.state == RefreshState::Current);
+                        if next_unused {
+                            return Ok(self.grant(&session, successor.encode(), now));
+                        }
+                    }
+                    self.store.revoke_sessions(&[session.sid]).await?;
+                    tracing::warn!(
+                        uid = %session.uid,
+                        family = %session.sid,
+                        client = %client.map_or_else(|| "unknown".to_string(), |c| c.to_string()),
+                        "refresh token reuse detected; the session family is revoked"
+                    );
+                    return Err(refused());
+                }
+            }
+        }
+        Err(refused())
+    }
+
+    /// Checks a bearer access token: signature, claims, and that its session is live.
+    pub async fn authenticate(&self, token: &str) -> Result<Caller> {
+        let refused = || ServiceError::Unauthenticated(ACCESS_REFUSED.into());
+        let now = self.now();
+        let claims = self.access.verify(token, now).map_err(|e| {
+            tracing::debug!(reason = ?e, "access token refused");
+            refused()
+        })?;
+        let sid = Sid::parse(&claims.sid).ok_or_else(refused)?;
+        let session = self.store.session(sid).await?.ok_or_else(refused)?;
+        if !session.is_live(now) || session.uid.as_str() != claims.sub {
+            return Err(refused());
+        }
+        Ok(Caller {
+            uid: session.uid,
+            sid,
+        })
+    }
+
+    /// `User.AddUser`: writes the caller's own record (`uid` empty or the caller's).
+    pub async fn add_user(
+        &self,
+        caller: &Caller,
+        uid: Option<Uid>,
+        patch: &UserPatch,
+    ) -> Result<()> {
+        let target = uid.unwrap_or_else(|| caller.uid.clone());
+        if target != caller.uid {
+            return Err(ServiceError::PermissionDenied(
+                "a user may write only its own record".into(),
+            ));
+        }
+        self.store.update_user(&target, patch, self.now()).await?;
+        Ok(())
+    }
+
+    /// `User.QueryUser`: the records that exist, in the order asked, each uid once.
+    pub async fn query_users(&self, _caller: &Caller, uids: &[Uid]) -> Result<Vec<UserRecord>> {
+        if uids.len() > self.policy.max_query_uids {
+            return Err(ServiceError::InvalidArgument(format!(
+                "uids has {} entries; at most {} are allowed",
+                uids.len(),
+                self.policy.max_query_uids
+            )));
+        }
+        let mut seen = HashSet::with_capacity(uids.len());
+        let unique: Vec<Uid> = uids.iter().filter(|u| seen.insert(*u)).cloned().collect();
+        Ok(self.store.users(&unique).await?)
+    }
+
+    /// Removes dead sessions and forgotten login codes; returns the sessions removed.
+    pub async fn sweep(&self) -> Result<usize> {
+        let now = self.now();
+        self.codes.prune(now);
+        Ok(self.store.sweep(now).await?)
+    }
+
+    fn grant(&self, session: &Session, refresh_token: String, now: u64) -> Grant {
+        let (access_token, expiry) =
+            self.access
+                .issue(&session.uid, session.sid, now, session.expires_at);
+        Grant {
+            access_token,
+            refresh_token,
+            expiry,
+            uid: session.uid.clone(),
+        }
+    }
+}
+
+/// Login codes seen in the last five minutes, by SHA-256, with their outcome.
+#[derive(Default)]
+struct LoginCodes {
+    entries: Mutex<HashMap<[u8; 32], Arc<CodeEntry>>>,
+}
+
+struct CodeEntry {
+    first_seen: u64,
+    uid: OnceCell<Result<Uid>>,
+}
+
+/// Above this many remembered codes, expired ones are pruned on insert.
+const CODE_PRUNE_AT: usize = 4096;
+
+impl LoginCodes {
+    /// The uid for `code`: from a live entry, by joining an exchange in flight, or by
+    /// running `exchange`. Failures are shared with requests waiting at that moment but
+    /// not remembered, so a later retry asks again.
+    async fn resolve<F, Fut>(&self, code: &str, now: u64, exchange: F) -> Result<Uid>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Uid>>,
+    {
+        let key = sha256(code.as_bytes());
+        let entry = {
+            let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            let reusable = entries.get(&key).filter(|e| {
+                now < e.first_seen + CODE_LIFETIME_SECS && !matches!(e.uid.get(), Some(Err(_)))
+            });
+            match reusable {
+                Some(entry) => entry.clone(),
+                None => {
+                    if entries.len() >= CODE_PRUNE_AT {
+                        entries.retain(|_, e| now < e.first_seen + CODE_LIFETIME_SECS);
+                    }
+                    let entry = Arc::new(CodeEntry {
+                        first_seen: now,
+                        uid: OnceCell::new(),
+                    });
+                    entries.insert(key, entry.clone());
+                    entry
+                }
+            }
+        };
+        entry.uid.get_or_init(exchange).await.clone()
+    }
+
+    fn prune(&self, now: u64) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, e| now < e.first_seen + CODE_LIFETIME_SECS);
+    }
+}

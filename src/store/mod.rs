@@ -1,0 +1,155 @@
+//! Storage behind a narrow interface: users, identities, sessions.
+//!
+//! The service logic talks only to the [`Store`] trait. Every write method returns once
+//! the write is durable. Decisions (who may rotate, when a token is reused, which
+//! sessions to evict) belong to the service; a store offers the atomic steps those
+//! decisions need — notably [`Store::rotate`], a compare-and-swap on the presented token —
+//! so another backend (PostgreSQL for several instances) implements the same steps with
+//! its own transactions and the service does not change.
+
+pub mod codec;
+mod flush;
+pub mod sled;
+
+use std::future::Future;
+
+use crate::model::{Identity, RefreshRecord, Session, Sid, TokenHash, Uid, UserPatch, UserRecord};
+
+pub use self::sled::SledStore;
+
+/// A storage failure. The message never holds a token or a secret.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The disk or the database engine failed (full disk, read-only directory …).
+    #[error("storage I/O failed: {0}")]
+    Io(String),
+    /// A stored record could not be decoded.
+    #[error("a stored record is corrupt: {0}")]
+    Corrupt(String),
+    /// Another process holds the database open (the server is running).
+    #[error("the database is in use by another process")]
+    Locked,
+}
+
+/// What [`Store::rotate`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RotateOutcome {
+    /// The presented token was current; it is now retired and the successor is current.
+    Rotated,
+    /// The presented token was no longer current or its session no longer active
+    /// (another request rotated or revoked it first); nothing was written.
+    NotCurrent,
+}
+
+/// A page of records and the key to continue after.
+pub type Page<T> = Vec<T>;
+
+/// Result of a storage call.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The operations the service needs, each atomic, each write durable on return.
+pub trait Store: Send + Sync + 'static {
+    // ----- users -----
+
+    /// The records of `uids` that exist, in the order given (duplicates are the caller's
+    /// business).
+    fn users(&self, uids: &[Uid]) -> impl Future<Output = StoreResult<Vec<UserRecord>>> + Send;
+
+    /// Applies `patch` to `uid`'s record (creating it if absent) with `update_at = now`,
+    /// atomically against concurrent writers, and returns the stored record.
+    fn update_user(
+        &self,
+        uid: &Uid,
+        patch: &UserPatch,
+        now: u64,
+    ) -> impl Future<Output = StoreResult<UserRecord>> + Send;
+
+    /// Replaces `uid`'s record wholesale (import).
+    fn put_user(&self, user: &UserRecord) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// Up to `limit` users with uid greater than `after`, in uid order.
+    fn list_users(
+        &self,
+        after: Option<&Uid>,
+        limit: usize,
+    ) -> impl Future<Output = StoreResult<Page<UserRecord>>> + Send;
+
+    // ----- identities -----
+
+    /// The uid for `openid`. If the openid is known, its unionid (when given) and
+    /// session_key are updated and its existing uid returned. If not, `candidate` is stored
+    /// and an empty user record for `candidate.uid` created, in one transaction.
+    fn upsert_identity(
+        &self,
+        openid: &str,
+        candidate: Identity,
+        now: u64,
+    ) -> impl Future<Output = StoreResult<Uid>> + Send;
+
+    // ----- sessions -----
+
+    /// The session `sid`, live or not.
+    fn session(&self, sid: Sid) -> impl Future<Output = StoreResult<Option<Session>>> + Send;
+
+    /// Every stored session of `uid`, oldest first.
+    fn sessions_of(&self, uid: &Uid) -> impl Future<Output = StoreResult<Vec<Session>>> + Send;
+
+    /// Up to `limit` stored sessions with sid greater than `after`, in sid order.
+    fn list_sessions(
+        &self,
+        after: Option<Sid>,
+        limit: usize,
+    ) -> impl Future<Output = StoreResult<Page<Session>>> + Send;
+
+    /// The refresh token stored under `hash`.
+    fn refresh_record(
+        &self,
+        hash: TokenHash,
+    ) -> impl Future<Output = StoreResult<Option<RefreshRecord>>> + Send;
+
+    /// Creates `session` with its first refresh token (`session.current`) and revokes
+    /// the sessions in `evict`, in one transaction.
+    fn create_session(
+        &self,
+        session: &Session,
+        evict: &[Sid],
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// Compare-and-swap rotation: if `parent` is still the current token of active session
+    /// `sid`, retire it in favour of `successor` and set the session's last use and idle
+    /// expiry, all in one transaction.
+    fn rotate(
+        &self,
+        sid: Sid,
+        parent: TokenHash,
+        successor: TokenHash,
+        now: u64,
+        idle_expires_at: u64,
+    ) -> impl Future<Output = StoreResult<RotateOutcome>> + Send;
+
+    /// Records a use of active session `sid` without rotation; `false` if it is gone or
+    /// no longer active.
+    fn touch_session(
+        &self,
+        sid: Sid,
+        now: u64,
+        idle_expires_at: u64,
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
+
+    /// Revokes the given sessions (their whole token families); returns how many were
+    /// active before.
+    fn revoke_sessions(&self, sids: &[Sid]) -> impl Future<Output = StoreResult<usize>> + Send;
+
+    /// Deletes sessions that are revoked or expired at `now`, with their tokens; returns
+    /// how many sessions were removed.
+    fn sweep(&self, now: u64) -> impl Future<Output = StoreResult<usize>> + Send;
+
+    // ----- keys -----
+
+    /// The stored key `name`, generating and durably storing it first if absent.
+    fn key_or_init(
+        &self,
+        name: &str,
+        generate: impl FnOnce() -> Vec<u8> + Send,
+    ) -> impl Future<Output = StoreResult<Vec<u8>>> + Send;
+}

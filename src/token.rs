@@ -1,0 +1,336 @@
+//! Tokens: HS256 access tokens (JWT) and opaque refresh tokens.
+//!
+//! Access tokens are short-lived JWTs; the algorithm is pinned to HS256 (RFC 8725), and
+//! `iss`, `aud` and `exp` are checked here against the injected clock. Whether the
+//! session behind the token is still live is checked by the service, not here.
+//!
+//! Refresh tokens are 32 bytes from the OS CSPRNG, base64url, behind the prefix
+//! [`REFRESH_PREFIX`] so secret scanners can recognise a leaked one. Only their SHA-256
+//! ([`TokenHash`]) is ever stored. A rotated token's successor is derived as
+//! HMAC-SHA256(refresh key, parent), so a retry within the grace period gets the same
+//! successor without its plaintext being kept anywhere.
+
+use std::fmt;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, KeyInit, Mac};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use rand::TryRng;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::model::{Sid, TokenHash, Uid, hex};
+use crate::secret::Secret;
+
+/// Prefix of every refresh token ("liveuser refresh token").
+pub const REFRESH_PREFIX: &str = "lvrt_";
+
+/// `N` bytes from the operating system's CSPRNG.
+///
+/// # Panics
+/// If the OS has no entropy source; nothing sensible can run without one.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    rand::rngs::SysRng
+        .try_fill_bytes(&mut out)
+        .expect("the operating system's random number generator failed");
+    out
+}
+
+/// SHA-256 of `data`.
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+/// A refresh token in plaintext. Held only in memory, on its way to or from a client.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RefreshToken([u8; 32]);
+
+impl RefreshToken {
+    /// A fresh random token.
+    pub fn generate() -> Self {
+        RefreshToken(random_bytes())
+    }
+
+    /// Parses the wire form; `None` for anything that is not a well-formed token.
+    pub fn parse(s: &str) -> Option<Self> {
+        let body = s.strip_prefix(REFRESH_PREFIX)?;
+        if body.len() != 43 {
+            return None;
+        }
+        let bytes = URL_SAFE_NO_PAD.decode(body).ok()?;
+        Some(RefreshToken(bytes.try_into().ok()?))
+    }
+
+    /// The wire form: prefix + base64url.
+    pub fn encode(&self) -> String {
+        let mut s = String::with_capacity(REFRESH_PREFIX.len() + 43);
+        s.push_str(REFRESH_PREFIX);
+        URL_SAFE_NO_PAD.encode_string(self.0, &mut s);
+        s
+    }
+
+    /// The form in which it is stored.
+    pub fn hash(&self) -> TokenHash {
+        TokenHash(sha256(&self.0))
+    }
+
+    /// The token that replaces this one on rotation: HMAC-SHA256(key, self).
+    pub fn successor(&self, key: &RefreshKey) -> RefreshToken {
+        let mut mac = Hmac::<Sha256>::new_from_slice(key.0.expose()).expect("HMAC takes any key");
+        mac.update(&self.0);
+        RefreshToken(mac.finalize().into_bytes().into())
+    }
+}
+
+impl fmt::Debug for RefreshToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RefreshToken(***)")
+    }
+}
+
+/// The key from which rotated refresh tokens are derived. Separate from the signing
+/// key, so rotating the signing key does not change successors mid-grace.
+#[derive(Clone, Debug)]
+pub struct RefreshKey(Secret<Vec<u8>>);
+
+impl RefreshKey {
+    /// Wraps key bytes.
+    pub fn new(bytes: Vec<u8>) -> Self {
+        RefreshKey(Secret::new(bytes))
+    }
+}
+
+/// The claims of an access token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessClaims {
+    /// Issuer (`token.issuer`).
+    pub iss: String,
+    /// Audience (`token.audience`).
+    pub aud: String,
+    /// The uid.
+    pub sub: String,
+    /// The session id, as hex.
+    pub sid: String,
+    /// Issued at, Unix seconds.
+    pub iat: u64,
+    /// Expiry, Unix seconds.
+    pub exp: u64,
+    /// Not before; liveuser never sets it, but honours it when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+}
+
+/// Why an access token was refused. Callers answer every case with the same
+/// `unauthenticated`; the detail is for debug logs only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessTokenError {
+    /// Not a JWT, wrong algorithm, bad signature, unknown key, wrong `iss`/`aud`, bad claims.
+    Invalid,
+    /// Past `exp`.
+    Expired,
+    /// Before `nbf`.
+    NotYetValid,
+}
+
+/// An HS256 key with its key id.
+#[derive(Clone)]
+struct SigningKey {
+    kid: String,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+}
+
+impl SigningKey {
+    fn new(secret: &[u8]) -> Self {
+        // The kid is a short hash of the key: stable across restarts, reveals nothing.
+        let mut tagged = b"liveuser-kid:".to_vec();
+        tagged.extend_from_slice(secret);
+        SigningKey {
+            kid: hex(&sha256(&tagged)[..8]),
+            encoding: EncodingKey::from_secret(secret).expect("non-empty HS256 secret"),
+            decoding: DecodingKey::from_secret(secret).expect("non-empty HS256 secret"),
+        }
+    }
+}
+
+/// Issues and verifies access tokens.
+#[derive(Clone)]
+pub struct AccessTokens {
+    key: SigningKey,
+    validation: Validation,
+    issuer: String,
+    audience: String,
+    ttl_secs: u64,
+}
+
+impl fmt::Debug for AccessTokens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AccessTokens")
+            .field("kid", &self.key.kid)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AccessTokens {
+    /// Tokens signed with `secret`, for `issuer` and `audience`, living `ttl_secs`.
+    pub fn new(secret: &[u8], issuer: &str, audience: &str, ttl_secs: u64) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_issuer(&[issuer]);
+        validation.set_audience(&[audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        // Time is checked against the injected clock in `verify`, not the system clock.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.leeway = 0;
+        AccessTokens {
+            key: SigningKey::new(secret),
+            validation,
+            issuer: issuer.to_string(),
+            audience: audience.to_string(),
+            ttl_secs,
+        }
+    }
+
+    /// Issues a token for `uid`'s session `sid` at `now`, expiring after the configured
+    /// lifetime or at `not_after` (the session's own expiry), whichever is first.
+    pub fn issue(&self, uid: &Uid, sid: Sid, now: u64, not_after: u64) -> (String, u64) {
+        let exp = (now + self.ttl_secs).min(not_after);
+        let claims = AccessClaims {
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            sub: uid.as_str().to_string(),
+            sid: sid.to_string(),
+            iat: now,
+            exp,
+            nbf: None,
+        };
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(self.key.kid.clone());
+        let token = jsonwebtoken::encode(&header, &claims, &self.key.encoding)
+            .expect("HS256 signing of plain claims cannot fail");
+        (token, exp)
+    }
+
+    /// Verifies signature, algorithm, key id, `iss`, `aud`, `sub`, `exp` and `nbf`.
+    ///
+    /// There is no leeway: the server that checks a token is the one whose clock issued it.
+    pub fn verify(&self, token: &str, now: u64) -> Result<AccessClaims, AccessTokenError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AccessTokenError::Invalid)?;
+        if header.alg != Algorithm::HS256 || header.kid.as_deref() != Some(&self.key.kid) {
+            return Err(AccessTokenError::Invalid);
+        }
+        let data =
+            jsonwebtoken::decode::<AccessClaims>(token, &self.key.decoding, &self.validation)
+                .map_err(|_| AccessTokenError::Invalid)?;
+        let claims = data.claims;
+        if now >= claims.exp {
+            return Err(AccessTokenError::Expired);
+        }
+        if claims.nbf.is_some_and(|nbf| nbf > now) {
+            return Err(AccessTokenError::NotYetValid);
+        }
+        Ok(claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn tokens() -> AccessTokens {
+        AccessTokens::new(SECRET, "liveuser", "liveuser", 7200)
+    }
+
+    #[test]
+    fn refresh_tokens_round_trip_and_carry_the_prefix() {
+        let t = RefreshToken::generate();
+        let wire = t.encode();
+        assert!(wire.starts_with(REFRESH_PREFIX));
+        assert_eq!(wire.len(), REFRESH_PREFIX.len() + 43);
+        assert_eq!(RefreshToken::parse(&wire), Some(t));
+    }
+
+    #[test]
+    fn malformed_refresh_tokens_do_not_parse() {
+        let wire = RefreshToken::generate().encode();
+        for bad in [
+            "",
+            REFRESH_PREFIX,
+            &wire[REFRESH_PREFIX.len()..],
+            &wire[..wire.len() - 1],
+            &format!("{wire}A"),
+            &format!("xxxx_{}", &wire[REFRESH_PREFIX.len()..]),
+        ] {
+            assert!(RefreshToken::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn successors_are_deterministic_per_key_and_differ_from_the_parent() {
+        let t = RefreshToken::generate();
+        let k1 = RefreshKey::new(vec![1; 32]);
+        let k2 = RefreshKey::new(vec![2; 32]);
+        assert_eq!(t.successor(&k1), t.successor(&k1));
+        assert_ne!(t.successor(&k1), t.successor(&k2));
+        assert_ne!(t.successor(&k1), t);
+        assert_ne!(t.hash(), t.successor(&k1).hash());
+    }
+
+    #[test]
+    fn debug_output_hides_refresh_tokens() {
+        let t = RefreshToken::generate();
+        assert!(!format!("{t:?}").contains(&t.encode()[REFRESH_PREFIX.len()..]));
+    }
+
+    #[test]
+    fn an_issued_token_verifies_until_it_expires() {
+        let uid = Uid::parse("u1").unwrap();
+        let sid = Sid::generate();
+        let (token, exp) = tokens().issue(&uid, sid, 1_000_000, u64::MAX);
+        assert_eq!(exp, 1_007_200);
+        let claims = tokens().verify(&token, 1_000_000).unwrap();
+        assert_eq!(claims.sub, "u1");
+        assert_eq!(claims.sid, sid.to_string());
+        assert_eq!(tokens().verify(&token, 1_007_199).map(|c| c.exp), Ok(exp));
+        assert_eq!(
+            tokens().verify(&token, 1_007_200),
+            Err(AccessTokenError::Expired)
+        );
+    }
+
+    #[test]
+    fn expiry_is_capped_by_the_session() {
+        let uid = Uid::parse("u1").unwrap();
+        let (_, exp) = tokens().issue(&uid, Sid::generate(), 1000, 1500);
+        assert_eq!(exp, 1500);
+    }
+
+    #[test]
+    fn other_keys_issuers_and_audiences_are_refused() {
+        let uid = Uid::parse("u1").unwrap();
+        let (token, _) = tokens().issue(&uid, Sid::generate(), 1000, u64::MAX);
+        let other_key = AccessTokens::new(
+            b"another-secret-another-secret-xx",
+            "liveuser",
+            "liveuser",
+            60,
+        );
+        let other_iss = AccessTokens::new(SECRET, "someone", "liveuser", 60);
+        let other_aud = AccessTokens::new(SECRET, "liveuser", "someone", 60);
+        assert!(other_key.verify(&token, 1000).is_err());
+        assert!(other_iss.verify(&token, 1000).is_err());
+        assert!(other_aud.verify(&token, 1000).is_err());
+        assert!(tokens().verify("not a jwt", 1000).is_err());
+        assert!(
+            tokens()
+                .verify(&RefreshToken::generate().encode(), 1000)
+                .is_err()
+        );
+    }
+}

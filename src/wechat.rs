@@ -1,0 +1,221 @@
+//! The WeChat code exchange (`auth.code2Session`), real or mocked.
+//!
+//! The real client calls `GET {api_base}/sns/jscode2session` through ureq on a blocking
+//! thread (never on the async workers), with `wx.timeout_ms`, and retries once when
+//! WeChat answers -1 ("system busy"). The app secret travels only in that request's
+//! query string: no error built here contains the URL or the underlying ureq error text,
+//! because those could carry it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::config::{WxConfig, WxMode};
+use crate::model::hex;
+use crate::secret::Secret;
+use crate::token::{random_bytes, sha256};
+
+/// What a successful exchange yields.
+#[derive(Debug, Clone)]
+pub struct WxIdentity {
+    /// The user's openid for this mini-program.
+    pub openid: String,
+    /// The unionid, when the mini-program is bound to an open platform account.
+    pub unionid: Option<String>,
+    /// The session key (for decrypting user data later); never returned to clients.
+    pub session_key: Secret<String>,
+}
+
+/// Why an exchange failed. Messages are safe to show: they hold at most an errcode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WxError {
+    /// 40029 (invalid code) or 40163 (code already used).
+    #[error("WeChat rejected the login code (errcode {0})")]
+    InvalidCode(i64),
+    /// 45011: WeChat's per-user rate limit.
+    #[error("WeChat rate limit reached (errcode 45011)")]
+    RateLimited,
+    /// 40226: WeChat flags the user as high-risk.
+    #[error("WeChat flagged this user as high-risk (errcode 40226)")]
+    HighRisk,
+    /// Unreachable, timed out, garbage, HTTP error, -1 twice, or an unknown errcode.
+    #[error("WeChat is unavailable: {0}")]
+    Unavailable(String),
+    /// Real mode without appid or secret.
+    #[error("WeChat is not configured (wx.appid and wx.secret must be set)")]
+    NotConfigured,
+}
+
+/// How a single call ended, before the retry policy.
+enum Attempt {
+    Done(Result<WxIdentity, WxError>),
+    Busy,
+}
+
+/// The exchange client.
+#[derive(Clone, Debug)]
+pub enum WxClient {
+    /// Development: the code names the user; no network.
+    Mock,
+    /// Calls WeChat.
+    Real(Arc<RealClient>),
+}
+
+/// The real client's settings.
+#[derive(Debug)]
+pub struct RealClient {
+    agent: ureq::Agent,
+    url: String,
+    appid: String,
+    secret: Secret<String>,
+}
+
+/// WeChat's answer; every field optional because errors and successes share the shape.
+#[derive(Deserialize)]
+struct Answer {
+    openid: Option<String>,
+    unionid: Option<String>,
+    session_key: Option<String>,
+    errcode: Option<i64>,
+}
+
+impl WxClient {
+    /// Builds the client `wx` describes.
+    pub fn from_config(wx: &WxConfig) -> Self {
+        match wx.mode {
+            WxMode::Mock => WxClient::Mock,
+            WxMode::Wechat => {
+                let config = ureq::Agent::config_builder()
+                    .timeout_global(Some(Duration::from_millis(wx.timeout_ms)))
+                    .http_status_as_error(false)
+                    .max_redirects(0)
+                    .user_agent(concat!("liveuser/", env!("CARGO_PKG_VERSION")))
+                    .build();
+                WxClient::Real(Arc::new(RealClient {
+                    agent: ureq::Agent::new_with_config(config),
+                    url: format!("{}/sns/jscode2session", wx.api_base.trim_end_matches('/')),
+                    appid: wx.appid.clone(),
+                    secret: wx.secret.clone(),
+                }))
+            }
+        }
+    }
+
+    /// Exchanges a login code for the user's identity.
+    pub async fn exchange(&self, code: &str) -> Result<WxIdentity, WxError> {
+        match self {
+            WxClient::Mock => Ok(mock_identity(code)),
+            WxClient::Real(client) => {
+                if client.appid.is_empty() || client.secret.expose().is_empty() {
+                    return Err(WxError::NotConfigured);
+                }
+                let client = client.clone();
+                let code = code.to_string();
+                tokio::task::spawn_blocking(move || client.exchange_blocking(&code))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(WxError::Unavailable("the exchange was aborted".into()))
+                    })
+            }
+        }
+    }
+}
+
+/// Mock mode: the same code always gives the same openid.
+fn mock_identity(code: &str) -> WxIdentity {
+    let mut tagged = b"liveuser-mock:".to_vec();
+    tagged.extend_from_slice(code.as_bytes());
+    WxIdentity {
+        openid: format!("mock-{}", hex(&sha256(&tagged)[..12])),
+        unionid: None,
+        session_key: Secret::new(hex(&random_bytes::<16>())),
+    }
+}
+
+impl RealClient {
+    fn exchange_blocking(&self, code: &str) -> Result<WxIdentity, WxError> {
+        match self.call_once(code) {
+            Attempt::Done(result) => result,
+            Attempt::Busy => match self.call_once(code) {
+                Attempt::Done(result) => result,
+                Attempt::Busy => Err(WxError::Unavailable(
+                    "WeChat answered errcode -1 (system busy) twice".into(),
+                )),
+            },
+        }
+    }
+
+    fn call_once(&self, code: &str) -> Attempt {
+        let response = self
+            .agent
+            .get(&self.url)
+            .query("appid", &self.appid)
+            .query("secret", self.secret.expose())
+            .query("js_code", code)
+            .query("grant_type", "authorization_code")
+            .call();
+        let mut response = match response {
+            Ok(r) => r,
+            Err(e) => return Attempt::Done(Err(WxError::Unavailable(describe(&e).into()))),
+        };
+        let status = response.status().as_u16();
+        if status != 200 {
+            return Attempt::Done(Err(WxError::Unavailable(format!("HTTP status {status}"))));
+        }
+        let body = match response
+            .body_mut()
+            .with_config()
+            .limit(64 * 1024)
+            .read_to_vec()
+        {
+            Ok(body) => body,
+            Err(e) => return Attempt::Done(Err(WxError::Unavailable(describe(&e).into()))),
+        };
+        let Ok(answer) = serde_json::from_slice::<Answer>(&body) else {
+            return Attempt::Done(Err(WxError::Unavailable("the answer is not JSON".into())));
+        };
+        Attempt::Done(match answer.errcode {
+            None | Some(0) => match answer.openid {
+                Some(openid) if !openid.is_empty() && openid.len() <= 128 => Ok(WxIdentity {
+                    openid,
+                    unionid: answer.unionid.filter(|u| !u.is_empty() && u.len() <= 128),
+                    session_key: Secret::new(answer.session_key.unwrap_or_default()),
+                }),
+                _ => Err(WxError::Unavailable("the answer has no openid".into())),
+            },
+            Some(-1) => return Attempt::Busy,
+            Some(code @ (40029 | 40163)) => Err(WxError::InvalidCode(code)),
+            Some(45011) => Err(WxError::RateLimited),
+            Some(40226) => Err(WxError::HighRisk),
+            Some(other) => Err(WxError::Unavailable(format!("errcode {other}"))),
+        })
+    }
+}
+
+/// A safe description of a ureq failure: a category, never the error's own text (which
+/// can quote the request URL and with it the secret).
+fn describe(e: &ureq::Error) -> &'static str {
+    match e {
+        ureq::Error::Timeout(_) => "the request timed out",
+        ureq::Error::HostNotFound => "the host was not found",
+        ureq::Error::ConnectionFailed => "the connection failed",
+        ureq::Error::BodyExceedsLimit(_) => "the answer is too large",
+        ureq::Error::Io(_) => "the connection broke",
+        ureq::Error::Tls(_) | ureq::Error::Rustls(_) => "the TLS handshake failed",
+        _ => "the request failed",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mock_mode_maps_a_code_to_a_stable_openid() {
+        let a = mock_identity("alice");
+        assert_eq!(a.openid, mock_identity("alice").openid);
+        assert_ne!(a.openid, mock_identity("bob").openid);
+        assert!(!a.openid.contains("alice"));
+    }
+}
