@@ -1,0 +1,242 @@
+//! Bad input of every kind gets its JSON error, never a 5xx, a panic or a hang.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::common::TestApp;
+
+const JSON: (&str, &str) = ("content-type", "application/json");
+
+fn json_header() -> Vec<(&'static str, String)> {
+    vec![(JSON.0, JSON.1.to_string())]
+}
+
+#[test]
+fn non_json_bodies_are_malformed() {
+    let app = TestApp::spawn();
+    for body in [
+        &b"code=alice"[..],
+        b"",
+        b"{",
+        b"{\"code\": \"a\"",
+        b"\xff\xfe",
+        b"{\"code\": \"\xc3\x28\"}",
+    ] {
+        let r = app.raw("POST", "/liveuser/Wx/Login", &json_header(), body);
+        r.assert_error(400, "malformed");
+    }
+}
+
+#[test]
+fn json_that_is_not_an_object_or_has_wrong_types_is_invalid_argument() {
+    let app = TestApp::spawn();
+    let cases = [
+        ("/liveuser/Wx/Login", json!([1, 2]), ""),
+        ("/liveuser/Wx/Login", json!("code"), ""),
+        ("/liveuser/Wx/Login", json!({"code": 42}), "code"),
+        ("/liveuser/Wx/Login", json!({"code": {"x": 1}}), "code"),
+        ("/liveuser/Wx/Login", json!({"cod": "alice"}), "code"),
+        (
+            "/liveuser/Wx/RenewToken",
+            json!({"refresh_token": true}),
+            "refresh_token",
+        ),
+        ("/liveuser/Wx/RenewToken", json!({}), "refresh_token"),
+    ];
+    for (path, body, field) in cases {
+        let r = app.post(path, &body, None);
+        r.assert_error(400, "invalid_argument");
+        assert!(r.str("msg").contains(field), "{body}: {}", r.text);
+    }
+}
+
+#[test]
+fn deep_nesting_is_refused_without_a_crash() {
+    let app = TestApp::spawn();
+    let deep = format!("{{\"code\": {}1{}}}", "[".repeat(5000), "]".repeat(5000));
+    let r = app.raw(
+        "POST",
+        "/liveuser/Wx/Login",
+        &json_header(),
+        deep.as_bytes(),
+    );
+    r.assert_error(400, "malformed");
+    let shallow = format!("{{\"code\": {}1{}}}", "[".repeat(50), "]".repeat(50));
+    let r = app.raw(
+        "POST",
+        "/liveuser/Wx/Login",
+        &json_header(),
+        shallow.as_bytes(),
+    );
+    r.assert_error(400, "invalid_argument");
+    assert_eq!(
+        app.raw("GET", "/healthz", &[], b"").status,
+        200,
+        "still serving"
+    );
+}
+
+#[test]
+fn a_wrong_or_missing_content_type_is_bad_route_415() {
+    let app = TestApp::spawn();
+    let body = br#"{"code": "alice"}"#;
+    for ct in [
+        None,
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        Some("application/jsonx"),
+    ] {
+        let headers: Vec<(&str, String)> = ct
+            .map(|c| ("content-type", c.to_string()))
+            .into_iter()
+            .collect();
+        let r = app.raw("POST", "/liveuser/Wx/Login", &headers, body);
+        r.assert_error(415, "bad_route");
+    }
+    for ct in [
+        "application/json; charset=utf-8",
+        "Application/JSON",
+        "application/json;charset=UTF-8",
+    ] {
+        let r = app.raw(
+            "POST",
+            "/liveuser/Wx/Login",
+            &[("content-type", ct.to_string())],
+            body,
+        );
+        assert_eq!(r.status, 200, "{ct}: {}", r.text);
+    }
+}
+
+#[test]
+fn a_wrong_method_is_bad_route_405() {
+    let app = TestApp::spawn();
+    for method in ["GET", "PUT", "DELETE", "PATCH"] {
+        let r = app.raw(method, "/liveuser/Wx/Login", &json_header(), b"");
+        r.assert_error(405, "bad_route");
+        assert_eq!(r.headers.get("allow").map(String::as_str), Some("POST"));
+    }
+    app.raw("POST", "/healthz", &json_header(), b"{}")
+        .assert_error(405, "bad_route");
+}
+
+#[test]
+fn an_unknown_path_is_bad_route_404() {
+    let app = TestApp::spawn();
+    for path in [
+        "/",
+        "/liveuser",
+        "/liveuser/Wx",
+        "/liveuser/Wx/Logout",
+        "/liveuser/wx/login",
+        "/liveuser/Wx/Login/extra",
+        "/metrics2",
+    ] {
+        let r = app.raw("POST", path, &json_header(), b"{}");
+        r.assert_error(404, "bad_route");
+    }
+}
+
+#[test]
+fn a_body_over_the_limit_is_too_large() {
+    let app = TestApp::spawn_with(|c| c.server.body_limit_bytes = 4096);
+    let big = format!("{{\"code\": \"{}\"}}", "a".repeat(5000));
+    let r = app.raw("POST", "/liveuser/Wx/Login", &json_header(), big.as_bytes());
+    r.assert_error(413, "too_large");
+    // Just under the limit is read (and then refused for the code's own length limit).
+    let fits = format!("{{\"code\": \"{}\"}}", "a".repeat(4000));
+    let r = app.raw(
+        "POST",
+        "/liveuser/Wx/Login",
+        &json_header(),
+        fits.as_bytes(),
+    );
+    r.assert_error(400, "invalid_argument");
+}
+
+#[test]
+fn a_chunked_body_over_the_limit_is_too_large() {
+    let app = TestApp::spawn_with(|c| c.server.body_limit_bytes = 4096);
+    let mut stream = TcpStream::connect(app.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "POST /liveuser/Wx/Login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    .unwrap();
+    let chunk = "a".repeat(1000);
+    for _ in 0..5 {
+        write!(stream, "{:x}\r\n{chunk}\r\n", chunk.len()).unwrap();
+    }
+    let _ = write!(stream, "0\r\n\r\n");
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains(r#""code":"too_large""#), "{answer}");
+}
+
+#[test]
+fn a_large_content_length_is_refused_before_reading() {
+    let app = TestApp::spawn();
+    let mut stream = TcpStream::connect(app.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "POST /liveuser/Wx/Login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 999999999\r\n\r\n{{"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+}
+
+#[test]
+fn no_malformed_request_produces_a_server_error() {
+    let app = TestApp::spawn();
+    let token = app.login_ok("alice").str("access_token");
+    let paths = [
+        "/liveuser/Wx/Login",
+        "/liveuser/Wx/RenewToken",
+        "/liveuser/User/AddUser",
+        "/liveuser/User/QueryUser",
+    ];
+    let bodies: Vec<Vec<u8>> = vec![
+        b"null".to_vec(),
+        b"{}".to_vec(),
+        b"{\"user\": null, \"uids\": null, \"code\": null, \"refresh_token\": null}".to_vec(),
+        b"{\"user\": {\"uid\": null, \"name\": null}}".to_vec(),
+        b"{\"uids\": [null]}".to_vec(),
+        b"1e999999".to_vec(),
+        b"\"\\ud800\"".to_vec(),
+        vec![0u8; 100],
+        "{\"code\": \"\u{202e}\u{0}\"}".as_bytes().to_vec(),
+    ];
+    for path in paths {
+        for body in &bodies {
+            let mut headers = json_header();
+            headers.push(("authorization", format!("Bearer {token}")));
+            let r = app.raw("POST", path, &headers, body);
+            assert!(
+                r.status < 500,
+                "{path} {:?}: {}",
+                String::from_utf8_lossy(body),
+                r.text
+            );
+            assert!(r.body.is_object(), "non-JSON answer: {}", r.text);
+        }
+    }
+}
+
+#[test]
+fn healthz_answers_ok() {
+    let app = TestApp::spawn();
+    let r = app.raw("GET", "/healthz", &[], b"");
+    assert_eq!((r.status, r.body.clone()), (200, json!({"status": "ok"})));
+}

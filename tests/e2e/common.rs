@@ -1,0 +1,511 @@
+//! The test harness: a real liveuser server on a loopback port 0, a real sled database
+//! in a temp dir, a fake WeChat that is a real HTTP server on loopback, and a blocking
+//! HTTP client (ureq) to talk to them as a mini-program would.
+#![allow(dead_code)] // each test module uses a different part of the harness
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use liveuser::app::{self, Running};
+use liveuser::clock::OffsetClock;
+use liveuser::config::{Config, WxMode};
+use liveuser::secret::Secret;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use warp::Filter;
+
+/// The app secret the fake WeChat expects; tests check it never leaks.
+pub const WX_SECRET: &str = "wx-secret-7f3a9c1e5b2d4f60";
+/// The appid the fake WeChat expects.
+pub const WX_APPID: &str = "wx-test-appid";
+
+/// A running liveuser with everything it talks to.
+pub struct TestApp {
+    pub base: String,
+    pub addr: SocketAddr,
+    pub clock: Arc<OffsetClock>,
+    pub wx: Option<FakeWeChat>,
+    pub dir: TempDir,
+    pub config: Config,
+    running: Option<Running>,
+    runtime: tokio::runtime::Runtime,
+    agent: ureq::Agent,
+}
+
+/// An answer: status and parsed JSON body (`Value::Null` if the body is not JSON).
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+    pub text: String,
+    pub headers: HashMap<String, String>,
+}
+
+impl Reply {
+    /// The error code of an error body.
+    pub fn code(&self) -> &str {
+        self.body["code"].as_str().unwrap_or("")
+    }
+
+    /// A string field of the body.
+    pub fn str(&self, field: &str) -> String {
+        self.body[field]
+            .as_str()
+            .unwrap_or_else(|| panic!("no string {field} in {}", self.text))
+            .to_string()
+    }
+
+    /// Asserts an error answer with this status and code, and the error body shape.
+    #[track_caller]
+    pub fn assert_error(&self, status: u16, code: &str) {
+        assert_eq!(
+            (self.status, self.code()),
+            (status, code),
+            "unexpected answer: {}",
+            self.text
+        );
+        assert!(
+            self.body["msg"].as_str().is_some_and(|m| !m.is_empty()),
+            "error without msg: {}",
+            self.text
+        );
+        assert_eq!(
+            self.headers.get("content-type").map(String::as_str),
+            Some("application/json")
+        );
+    }
+}
+
+pub fn test_config(dir: &TempDir) -> Config {
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.storage.path = dir.path().join("db");
+    config.storage.cache_capacity_bytes = 16 * 1024 * 1024;
+    config.wx.mode = WxMode::Mock;
+    config
+}
+
+impl TestApp {
+    /// liveuser in mock WeChat mode with the default configuration.
+    pub fn spawn() -> TestApp {
+        Self::spawn_with(|_| {})
+    }
+
+    /// liveuser in mock mode, with `tweak` applied to the configuration.
+    pub fn spawn_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(&dir);
+        tweak(&mut config);
+        Self::start(dir, config, None)
+    }
+
+    /// liveuser in real WeChat mode against a fake WeChat on loopback.
+    pub fn spawn_wechat(tweak: impl FnOnce(&mut Config)) -> TestApp {
+        let dir = tempfile::tempdir().unwrap();
+        let wx = FakeWeChat::start();
+        let mut config = test_config(&dir);
+        config.wx.mode = WxMode::Wechat;
+        config.wx.appid = WX_APPID.into();
+        config.wx.secret = Secret::new(WX_SECRET.into());
+        config.wx.api_base = wx.base.clone();
+        config.wx.timeout_ms = 500;
+        tweak(&mut config);
+        Self::start(dir, config, Some(wx))
+    }
+
+    fn start(dir: TempDir, config: Config, wx: Option<FakeWeChat>) -> TestApp {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let clock = Arc::new(OffsetClock::new());
+        let running = runtime
+            .block_on(app::start(&config, clock.clone()))
+            .expect("server starts");
+        let addr = running.addr;
+        TestApp {
+            base: format!("http://{addr}"),
+            addr,
+            clock,
+            wx,
+            dir,
+            config,
+            running: Some(running),
+            runtime,
+            agent: agent(),
+        }
+    }
+
+    /// Stops the server (drains, flushes) and starts a new one on the same database.
+    pub fn restart(&mut self) {
+        let running = self.running.take().unwrap();
+        self.runtime.block_on(running.shutdown());
+        let running = self
+            .runtime
+            .block_on(app::start(&self.config, self.clock.clone()))
+            .expect("server restarts");
+        self.addr = running.addr;
+        self.base = format!("http://{}", running.addr);
+        self.running = Some(running);
+    }
+
+    /// Moves the server's clock.
+    pub fn advance(&self, secs: i64) {
+        self.clock.advance(secs);
+    }
+
+    /// Runs a future on the server's runtime (e.g. to sweep or inspect the store).
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.runtime.block_on(f)
+    }
+
+    /// The running service.
+    pub fn service(&self) -> &liveuser::service::Service<liveuser::store::SledStore> {
+        &self.running.as_ref().unwrap().service
+    }
+
+    /// POST a JSON body to `path`, optionally with a Bearer token.
+    pub fn post(&self, path: &str, body: &Value, bearer: Option<&str>) -> Reply {
+        let mut headers = vec![("content-type", "application/json".to_string())];
+        if let Some(token) = bearer {
+            headers.push(("authorization", format!("Bearer {token}")));
+        }
+        self.raw("POST", path, &headers, body.to_string().as_bytes())
+    }
+
+    /// Any request, byte for byte.
+    pub fn raw(&self, method: &str, path: &str, headers: &[(&str, String)], body: &[u8]) -> Reply {
+        send(
+            &self.agent,
+            method,
+            &format!("{}{path}", self.base),
+            headers,
+            body,
+        )
+    }
+
+    pub fn login(&self, code: &str) -> Reply {
+        self.post("/liveuser/Wx/Login", &json!({ "code": code }), None)
+    }
+
+    /// Logs in and asserts success.
+    #[track_caller]
+    pub fn login_ok(&self, code: &str) -> Reply {
+        let r = self.login(code);
+        assert_eq!(r.status, 200, "login failed: {}", r.text);
+        r
+    }
+
+    pub fn renew(&self, refresh_token: &str) -> Reply {
+        self.post(
+            "/liveuser/Wx/RenewToken",
+            &json!({ "refresh_token": refresh_token }),
+            None,
+        )
+    }
+
+    pub fn add_user(&self, token: &str, user: Value) -> Reply {
+        self.post(
+            "/liveuser/User/AddUser",
+            &json!({ "user": user }),
+            Some(token),
+        )
+    }
+
+    pub fn query(&self, token: &str, uids: &[&str]) -> Reply {
+        self.post(
+            "/liveuser/User/QueryUser",
+            &json!({ "uids": uids }),
+            Some(token),
+        )
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(running) = self.running.take() {
+            self.runtime.block_on(running.shutdown());
+        }
+    }
+}
+
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build(),
+    )
+}
+
+/// Sends one request and collects the answer.
+pub fn send(
+    agent: &ureq::Agent,
+    method: &str,
+    url: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> Reply {
+    let mut builder = ureq::http::Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        builder = builder.header(*name, value);
+    }
+    let request = builder.body(body.to_vec()).unwrap();
+    let mut response = agent.run(request).expect("request completes");
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    let text = response.body_mut().read_to_string().unwrap_or_default();
+    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Reply {
+        status,
+        body,
+        text,
+        headers,
+    }
+}
+
+/// A fake WeChat `jscode2session` on loopback. The code says how it answers:
+///
+/// | code                | answer                                              |
+/// |---------------------|-----------------------------------------------------|
+/// | `ok-<x>`            | openid `openid-<x>`, unionid `union-<x>`            |
+/// | `slow-ok-<x>`       | the same after 300 ms                               |
+/// | `e<N>`              | `{"errcode": N}`                                    |
+/// | `busy-once-<x>`     | -1 on the first call, then like `ok-<x>`            |
+/// | `busy-always`       | -1 every time                                       |
+/// | `http500`           | HTTP 500                                            |
+/// | `garbage`           | 200 with an HTML body                               |
+/// | `hang`              | waits 5 s (past any test timeout)                   |
+///
+/// A wrong appid or secret answers errcode 40125, so a test that logs in proves both
+/// were sent. Every call is counted per code.
+pub struct FakeWeChat {
+    pub base: String,
+    calls: Arc<Mutex<HashMap<String, usize>>>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl FakeWeChat {
+    pub fn start() -> FakeWeChat {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let calls: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+        let counter = calls.clone();
+        let route = warp::path!("sns" / "jscode2session")
+            .and(warp::query::<HashMap<String, String>>())
+            .then(move |q: HashMap<String, String>| {
+                let counter = counter.clone();
+                async move { answer(&counter, q).await }
+            });
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        runtime.spawn(warp::serve(route).incoming(listener).run());
+        FakeWeChat {
+            base: format!("http://{addr}"),
+            calls,
+            _runtime: runtime,
+        }
+    }
+
+    /// How many times WeChat was asked about `code`.
+    pub fn calls(&self, code: &str) -> usize {
+        self.calls.lock().unwrap().get(code).copied().unwrap_or(0)
+    }
+}
+
+async fn answer(
+    counter: &Mutex<HashMap<String, usize>>,
+    q: HashMap<String, String>,
+) -> warp::reply::Response {
+    use warp::Reply as _;
+    let code = q.get("js_code").cloned().unwrap_or_default();
+    let n = {
+        let mut calls = counter.lock().unwrap();
+        let n = calls.entry(code.clone()).or_insert(0);
+        *n += 1;
+        *n
+    };
+    let json = |v: Value| warp::reply::json(&v).into_response();
+    if q.get("appid").map(String::as_str) != Some(WX_APPID)
+        || q.get("secret").map(String::as_str) != Some(WX_SECRET)
+        || q.get("grant_type").map(String::as_str) != Some("authorization_code")
+    {
+        return json(json!({"errcode": 40125, "errmsg": "invalid appsecret"}));
+    }
+    let ok = |x: &str| {
+        json(json!({
+            "openid": format!("openid-{x}"),
+            "unionid": format!("union-{x}"),
+            "session_key": "c2Vzc2lvbi1rZXk="
+        }))
+    };
+    if let Some(x) = code.strip_prefix("ok-") {
+        return ok(x);
+    }
+    if let Some(x) = code.strip_prefix("slow-ok-") {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        return ok(x);
+    }
+    if let Some(x) = code.strip_prefix("busy-once-") {
+        if n == 1 {
+            return json(json!({"errcode": -1, "errmsg": "system error"}));
+        }
+        return ok(x);
+    }
+    match code.as_str() {
+        "busy-always" => json(json!({"errcode": -1, "errmsg": "system error"})),
+        "http500" => {
+            warp::reply::with_status("oops", warp::http::StatusCode::INTERNAL_SERVER_ERROR)
+                .into_response()
+        }
+        "garbage" => warp::reply::html("<html>not json</html>").into_response(),
+        "hang" => {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            ok("late")
+        }
+        other => match other.strip_prefix('e').and_then(|n| n.parse::<i64>().ok()) {
+            Some(errcode) => json(json!({"errcode": errcode, "errmsg": "error"})),
+            None => json(json!({"errcode": 40029, "errmsg": "invalid code"})),
+        },
+    }
+}
+
+/// Decodes a JWT's claims without checking anything (to compare with the answer).
+pub fn jwt_claims(token: &str) -> Value {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).expect("three parts");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// The real `liveuser` executable, started as an operator would.
+pub struct Binary {
+    pub child: std::process::Child,
+    pub base: String,
+    pub addr: SocketAddr,
+    pub log: Arc<Mutex<String>>,
+}
+
+impl Binary {
+    /// Writes `config_toml` to `dir/liveuser.toml` and runs `liveuser serve` with it,
+    /// with extra environment variables; waits for the logged listening address.
+    pub fn serve(dir: &std::path::Path, config_toml: &str, env: &[(&str, &str)]) -> Binary {
+        use std::io::BufRead;
+        let config = dir.join("liveuser.toml");
+        std::fs::write(&config, config_toml).unwrap();
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_liveuser"));
+        command
+            .arg("--config")
+            .arg(&config)
+            .arg("serve")
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("liveuser starts");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let log = log.clone();
+            thread_spawn(move || {
+                let mut sent = false;
+                for line in std::io::BufReader::new(stderr)
+                    .lines()
+                    .map_while(Result::ok)
+                {
+                    if !sent && let Some(addr) = listening_addr(&line) {
+                        let _ = tx.send(addr);
+                        sent = true;
+                    }
+                    let mut log = log.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            });
+        }
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("liveuser did not log its address:\n{}", log.lock().unwrap());
+            }
+        };
+        Binary {
+            child,
+            base: format!("http://{addr}"),
+            addr,
+            log,
+        }
+    }
+
+    /// Everything the process has written to stderr so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// SIGKILL, no warning.
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn thread_spawn(f: impl FnOnce() + Send + 'static) {
+    std::thread::spawn(f);
+}
+
+/// The address in the "liveuser listening" log line, text or JSON format.
+fn listening_addr(line: &str) -> Option<SocketAddr> {
+    if !line.contains("liveuser listening") {
+        return None;
+    }
+    let rest = line.split("addr").nth(1)?;
+    let addr: String = rest
+        .trim_start_matches(['=', '"', ':'])
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':' || *c == '[' || *c == ']')
+        .collect();
+    addr.parse().ok()
+}
+
+/// A minimal config for the binary: port 0, database in `dir`, mock WeChat.
+pub fn binary_config(dir: &std::path::Path) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\ncache_capacity_bytes = 16777216\n[wx]\nmode = \"mock\"\n",
+        dir.join("db").display()
+    )
+}

@@ -1,0 +1,247 @@
+//! Durability and data at rest, with the real executable.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::common::{Binary, FakeWeChat, Reply, WX_APPID, WX_SECRET, agent, binary_config, send};
+
+fn post(base: &str, path: &str, body: serde_json::Value, bearer: Option<&str>) -> Reply {
+    let mut headers = vec![("content-type", "application/json".to_string())];
+    if let Some(t) = bearer {
+        headers.push(("authorization", format!("Bearer {t}")));
+    }
+    send(
+        &agent(),
+        "POST",
+        &format!("{base}{path}"),
+        &headers,
+        body.to_string().as_bytes(),
+    )
+}
+
+/// Posts, but a connection that breaks (the server was killed) is `None`.
+fn try_post(base: &str, path: &str, body: serde_json::Value, bearer: &str) -> Option<u16> {
+    let agent = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(5)))
+            .build(),
+    );
+    agent
+        .post(&format!("{base}{path}"))
+        .header("content-type", "application/json")
+        .header("authorization", &format!("Bearer {bearer}"))
+        .send(body.to_string().as_bytes())
+        .ok()
+        .map(|r| r.status().as_u16())
+}
+
+#[test]
+fn every_acknowledged_write_survives_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = binary_config(dir.path());
+    let mut server = Binary::serve(dir.path(), &config, &[]);
+
+    let users: Vec<(String, String, String)> = (0..8)
+        .map(|i| {
+            let r = post(
+                &server.base,
+                "/liveuser/Wx/Login",
+                json!({"code": format!("user-{i}")}),
+                None,
+            );
+            assert_eq!(r.status, 200, "{}", r.text);
+            (r.str("uid"), r.str("access_token"), r.str("refresh_token"))
+        })
+        .collect();
+
+    // Each writer writes name "n<k>" for k = 1, 2, … and remembers the last k that
+    // was acknowledged with 200.
+    let acked: Vec<Mutex<u64>> = users.iter().map(|_| Mutex::new(0)).collect();
+    let stop = AtomicBool::new(false);
+    let base = server.base.clone();
+    thread::scope(|s| {
+        for (i, (_, token, _)) in users.iter().enumerate() {
+            let (acked, stop, base) = (&acked[i], &stop, &base);
+            s.spawn(move || {
+                let mut k = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    k += 1;
+                    let body = json!({"user": {"name": format!("n{k}")}});
+                    match try_post(base, "/liveuser/User/AddUser", body, token) {
+                        Some(200) => *acked.lock().unwrap() = k,
+                        Some(status) => panic!("write answered {status}"),
+                        None => break, // killed mid-request: not acknowledged
+                    }
+                }
+            });
+        }
+        thread::sleep(Duration::from_millis(1500));
+        server.kill9();
+        stop.store(true, Ordering::Relaxed);
+    });
+    let total: u64 = acked.iter().map(|a| *a.lock().unwrap()).sum();
+    assert!(
+        total > 50,
+        "the burst was too small to mean anything ({total} writes)"
+    );
+
+    let server = Binary::serve(dir.path(), &config, &[]);
+    let (_, token, _) = &users[0];
+    let uids: Vec<&str> = users.iter().map(|u| u.0.as_str()).collect();
+    let r = post(
+        &server.base,
+        "/liveuser/User/QueryUser",
+        json!({"uids": uids}),
+        Some(token),
+    );
+    assert_eq!(
+        r.status, 200,
+        "tokens and sessions survived too: {}",
+        r.text
+    );
+    for (i, user) in r.body["users"].as_array().unwrap().iter().enumerate() {
+        let stored: u64 = user["name"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches('n')
+            .parse()
+            .unwrap_or(0);
+        let acked = *acked[i].lock().unwrap();
+        assert!(
+            stored >= acked,
+            "user {i}: acknowledged n{acked}, found n{stored}"
+        );
+    }
+    for (_, _, refresh) in &users {
+        let r = post(
+            &server.base,
+            "/liveuser/Wx/RenewToken",
+            json!({"refresh_token": refresh}),
+            None,
+        );
+        assert_eq!(r.status, 200, "an acknowledged login survived: {}", r.text);
+    }
+}
+
+#[test]
+fn no_refresh_token_plaintext_is_stored_in_the_database_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = binary_config(dir.path());
+    let mut server = Binary::serve(dir.path(), &config, &[]);
+    let mut tokens = Vec::new();
+    for i in 0..20 {
+        let r = post(
+            &server.base,
+            "/liveuser/Wx/Login",
+            json!({"code": format!("u{i}")}),
+            None,
+        );
+        tokens.push(r.str("refresh_token"));
+        let r = post(
+            &server.base,
+            "/liveuser/Wx/RenewToken",
+            json!({"refresh_token": r.str("refresh_token")}),
+            None,
+        );
+        assert_eq!(r.status, 200);
+        tokens.push(r.str("refresh_token"));
+    }
+    assert!(server.terminate().success());
+
+    let mut files = Vec::new();
+    let mut stack = vec![dir.path().join("db")];
+    while let Some(path) = stack.pop() {
+        for entry in std::fs::read_dir(&path).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_dir() {
+                stack.push(entry.path());
+            } else {
+                files.push(std::fs::read(entry.path()).unwrap());
+            }
+        }
+    }
+    assert!(!files.is_empty());
+    use base64::Engine;
+    for token in &tokens {
+        let body = token.trim_start_matches("lvrt_");
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(body)
+            .unwrap();
+        for file in &files {
+            assert!(
+                !contains(file, body.as_bytes()),
+                "a refresh token is stored in plaintext"
+            );
+            assert!(
+                !contains(file, &raw),
+                "a refresh token's raw bytes are stored"
+            );
+        }
+    }
+}
+
+#[test]
+fn no_log_line_holds_the_wechat_secret_a_code_or_a_token_even_at_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let wx = FakeWeChat::start();
+    let config = format!(
+        "{}appid = \"{WX_APPID}\"\napi_base = \"{}\"\ntimeout_ms = 500\n[log]\nlevel = \"trace\"\n",
+        binary_config(dir.path()).replace("mode = \"mock\"", "mode = \"wechat\""),
+        wx.base
+    );
+    let server = Binary::serve(dir.path(), &config, &[("LIVEUSER_WX_SECRET", WX_SECRET)]);
+    let mut secrets = vec![WX_SECRET.to_string(), "c2Vzc2lvbi1rZXk=".to_string()];
+    for code in [
+        "ok-alice",
+        "e40029",
+        "e40163",
+        "e45011",
+        "e40226",
+        "busy-once-x",
+        "busy-always",
+        "http500",
+        "garbage",
+        "hang",
+    ] {
+        let r = post(
+            &server.base,
+            "/liveuser/Wx/Login",
+            json!({"code": code}),
+            None,
+        );
+        assert!(!r.text.contains(WX_SECRET));
+        if r.status == 200 {
+            secrets.push(r.str("refresh_token"));
+            secrets.push(r.str("access_token"));
+            let renewed = post(
+                &server.base,
+                "/liveuser/Wx/RenewToken",
+                json!({"refresh_token": r.str("refresh_token")}),
+                None,
+            );
+            secrets.push(renewed.str("refresh_token"));
+        }
+    }
+    thread::sleep(Duration::from_millis(200));
+    let log = server.log();
+    assert!(
+        log.contains("TRACE") || log.contains("DEBUG"),
+        "the log level took effect:\n{log}"
+    );
+    for secret in &secrets {
+        assert!(
+            !log.contains(secret.as_str()),
+            "the log holds a secret:\n{log}"
+        );
+    }
+    assert!(!log.contains("ok-alice"), "the log holds a login code");
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}

@@ -1,0 +1,10 @@
+//! End-to-end tests: every test talks HTTP to a real server on a loopback port.
+
+mod common;
+
+mod bad_input;
+mod durability;
+mod login;
+mod rotation;
+mod tokens;
+mod users;

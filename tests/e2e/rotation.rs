@@ -1,0 +1,195 @@
+//! Wx.RenewToken: rotation, grace retries, reuse detection, expiry.
+
+use std::collections::HashSet;
+use std::thread;
+
+use serde_json::json;
+
+use crate::common::{TestApp, jwt_claims};
+
+#[test]
+fn each_renewal_returns_a_new_refresh_token_and_a_fresh_access_token() {
+    let app = TestApp::spawn();
+    let login = app.login_ok("alice");
+    let mut token = login.str("refresh_token");
+    let mut seen = HashSet::from([token.clone()]);
+    for _ in 0..5 {
+        app.advance(60);
+        let r = app.renew(&token);
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.str("uid"), login.str("uid"));
+        let claims = jwt_claims(&r.str("access_token"));
+        assert_eq!(r.body["expiry"].as_u64(), claims["exp"].as_u64());
+        assert_eq!(claims["sid"], jwt_claims(&login.str("access_token"))["sid"]);
+        token = r.str("refresh_token");
+        assert!(token.starts_with("lvrt_"));
+        assert!(
+            seen.insert(token.clone()),
+            "a refresh token came back twice"
+        );
+        assert_eq!(app.query(&r.str("access_token"), &[]).status, 200);
+    }
+}
+
+#[test]
+fn a_retry_within_the_grace_period_returns_the_same_successor() {
+    let app = TestApp::spawn();
+    let t0 = app.login_ok("bob").str("refresh_token");
+    let first = app.renew(&t0);
+    app.advance(5);
+    let retry = app.renew(&t0);
+    assert_eq!(retry.status, 200, "{}", retry.text);
+    assert_eq!(first.str("refresh_token"), retry.str("refresh_token"));
+    // The successor still works afterwards: the retry revoked nothing.
+    let next = app.renew(&first.str("refresh_token"));
+    assert_eq!(next.status, 200, "{}", next.text);
+}
+
+#[test]
+fn twenty_concurrent_renewals_of_one_token_yield_one_successor() {
+    let app = TestApp::spawn();
+    let t0 = app.login_ok("carol").str("refresh_token");
+    let replies: Vec<_> = thread::scope(|s| {
+        let handles: Vec<_> = (0..20).map(|_| s.spawn(|| app.renew(&t0))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let successors: HashSet<String> = replies
+        .iter()
+        .map(|r| {
+            assert_eq!(r.status, 200, "{}", r.text);
+            r.str("refresh_token")
+        })
+        .collect();
+    assert_eq!(successors.len(), 1, "{successors:?}");
+    let successor = successors.into_iter().next().unwrap();
+    assert_eq!(app.renew(&successor).status, 200);
+}
+
+#[test]
+fn reuse_after_the_grace_period_revokes_the_whole_family() {
+    let app = TestApp::spawn();
+    let login = app.login_ok("dan");
+    let t0 = login.str("refresh_token");
+    let r1 = app.renew(&t0);
+    let t1 = r1.str("refresh_token");
+    let access1 = r1.str("access_token");
+    app.advance(11);
+    app.renew(&t0).assert_error(401, "unauthenticated");
+    // Everything of that family is now dead, including access tokens already issued.
+    app.renew(&t1).assert_error(401, "unauthenticated");
+    app.query(&access1, &[])
+        .assert_error(401, "unauthenticated");
+    app.query(&login.str("access_token"), &[])
+        .assert_error(401, "unauthenticated");
+    // Another session of the same user is untouched.
+    app.advance(400);
+    let other = app.login_ok("dan");
+    assert_eq!(app.query(&other.str("access_token"), &[]).status, 200);
+}
+
+#[test]
+fn reusing_an_older_token_revokes_the_family_even_within_the_grace_period() {
+    let app = TestApp::spawn();
+    let t0 = app.login_ok("erin").str("refresh_token");
+    let t1 = app.renew(&t0).str("refresh_token");
+    let t2 = app.renew(&t1).str("refresh_token");
+    // t0's successor (t1) has been used, so a t0 retry is no longer a retry.
+    app.renew(&t0).assert_error(401, "unauthenticated");
+    app.renew(&t2).assert_error(401, "unauthenticated");
+}
+
+#[test]
+fn unknown_and_malformed_refresh_tokens_get_the_same_answer() {
+    let app = TestApp::spawn();
+    let real = app.login_ok("fay").str("refresh_token");
+    let forged = format!("lvrt_{}", "A".repeat(43));
+    let mut messages = HashSet::new();
+    for bad in [
+        "",
+        "garbage",
+        &forged,
+        &real[..real.len() - 1],
+        &format!("{real}x"),
+    ] {
+        let r = app.renew(bad);
+        r.assert_error(401, "unauthenticated");
+        messages.insert(r.str("msg"));
+    }
+    assert_eq!(messages.len(), 1);
+    let r = app.post(
+        "/liveuser/Wx/RenewToken",
+        &json!({"refresh_token": 5}),
+        None,
+    );
+    r.assert_error(400, "invalid_argument");
+    assert!(r.str("msg").contains("refresh_token"));
+}
+
+#[test]
+fn absolute_expiry_is_never_extended_by_rotation() {
+    let app = TestApp::spawn_with(|c| {
+        c.token.refresh_ttl_secs = 1000;
+        c.token.refresh_idle_secs = 400;
+        c.token.access_ttl_secs = 600;
+    });
+    let login = app.login_ok("gus");
+    let mut token = login.str("refresh_token");
+    let start = jwt_claims(&login.str("access_token"))["iat"]
+        .as_u64()
+        .unwrap();
+    for _ in 0..3 {
+        app.advance(300);
+        let r = app.renew(&token);
+        assert_eq!(r.status, 200, "{}", r.text);
+        // The access token never outlives the session.
+        assert!(r.body["expiry"].as_u64().unwrap() <= start + 1000);
+        token = r.str("refresh_token");
+    }
+    app.advance(101); // 1001 s after login
+    app.renew(&token).assert_error(401, "unauthenticated");
+}
+
+#[test]
+fn an_idle_session_expires_and_use_keeps_it_alive() {
+    let app = TestApp::spawn_with(|c| c.token.refresh_idle_secs = 100);
+    let t0 = app.login_ok("hal").str("refresh_token");
+    app.advance(90);
+    let t1 = app.renew(&t0).str("refresh_token");
+    app.advance(90);
+    let t2 = app.renew(&t1).str("refresh_token");
+    app.advance(101);
+    app.renew(&t2).assert_error(401, "unauthenticated");
+}
+
+#[test]
+fn with_rotation_off_renewal_returns_the_same_token_and_refreshes_idle_expiry() {
+    let app = TestApp::spawn_with(|c| {
+        c.token.rotation = false;
+        c.token.refresh_idle_secs = 100;
+    });
+    let t0 = app.login_ok("ivy").str("refresh_token");
+    for _ in 0..3 {
+        app.advance(90);
+        let r = app.renew(&t0);
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.str("refresh_token"), t0);
+    }
+    app.advance(101);
+    app.renew(&t0).assert_error(401, "unauthenticated");
+}
+
+#[test]
+fn swept_sessions_are_gone_from_storage() {
+    let app = TestApp::spawn_with(|c| c.token.refresh_idle_secs = 100);
+    let login = app.login_ok("jon");
+    let live = app.login_ok("kay");
+    app.advance(101);
+    let t = app.renew(&live.str("refresh_token"));
+    assert_eq!(t.status, 401, "both idle now");
+    let fresh = app.login_ok("liz");
+    let removed = app.block_on(app.service().sweep()).unwrap();
+    assert_eq!(removed, 2);
+    app.renew(&login.str("refresh_token"))
+        .assert_error(401, "unauthenticated");
+    assert_eq!(app.renew(&fresh.str("refresh_token")).status, 200);
+}
