@@ -7,9 +7,14 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::admin::endpoint::{self, Endpoint};
+use crate::admin::{Admin, api as admin_api};
 use crate::clock::SharedClock;
 use crate::config::{Config, WxMode};
+use crate::http::observe::Observer;
+use crate::http::tls::{Tls, TlsError};
 use crate::http::{self, ConnSettings};
+use crate::metrics::Metrics;
 use crate::service::{Policy, Service};
 use crate::store::{SledStore, Store, StoreError};
 use crate::token::{AccessTokens, RefreshKey, random_bytes};
@@ -36,6 +41,17 @@ pub enum StartError {
     Bind {
         /// The address.
         addr: SocketAddr,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// The TLS certificate or key could not be used.
+    #[error("cannot use the TLS certificate: {0}")]
+    Tls(#[from] TlsError),
+    /// The admin endpoint file could not be written.
+    #[error("cannot write the admin token file {path}: {source}")]
+    AdminToken {
+        /// The file.
+        path: String,
         /// What failed.
         source: std::io::Error,
     },
@@ -83,6 +99,8 @@ pub async fn build_service<S: Store>(
 pub struct Running {
     /// The bound public address.
     pub addr: SocketAddr,
+    /// The bound admin address.
+    pub admin_addr: SocketAddr,
     /// The service, for in-process inspection.
     pub service: Arc<Service<SledStore>>,
     stop: watch::Sender<bool>,
@@ -107,26 +125,50 @@ impl Running {
     }
 }
 
-/// Opens storage, binds `config.server.listen`, and serves until shut down.
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let bind_error = |source| StartError::Bind { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+    let bound = listener.local_addr().map_err(bind_error)?;
+    Ok((listener, bound))
+}
+
+/// Opens storage, binds `config.server.listen` (HTTPS with `tls_cert`/`tls_key`) and
+/// `config.server.admin_listen`, writes the admin endpoint file, and serves until shut
+/// down.
 pub async fn start(config: &Config, clock: SharedClock) -> Result<Running, StartError> {
+    let tls = if config.server.tls_cert.as_os_str().is_empty() {
+        None
+    } else {
+        Some(Tls::load(&config.server.tls_cert, &config.server.tls_key)?)
+    };
     let store = Arc::new(open_store(config)?);
+    let metrics = Arc::new(Metrics::new());
+    metrics.set_enabled(config.server.metrics);
+    {
+        let metrics = metrics.clone();
+        store.observe_flushes(Box::new(move |elapsed| metrics.flushed(elapsed)));
+    }
     let service = build_service(config, store.clone(), clock)
         .await
         .map_err(|source| StartError::Store {
             path: config.storage.path.display().to_string(),
             source,
-        })?;
+        })?
+        .with_metrics(metrics.clone());
     let service = Arc::new(service);
-    let listener = TcpListener::bind(config.server.listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: config.server.listen,
+    let (listener, addr) = bind(config.server.listen).await?;
+    let (admin_listener, admin_addr) = bind(config.server.admin_listen).await?;
+    if !admin_addr.ip().is_loopback() {
+        tracing::warn!(%admin_addr, "the admin API is plain HTTP and is not on loopback; keep it on a trusted network");
+    }
+    let endpoint = Arc::new(Endpoint::generate(admin_addr));
+    let endpoint_file = endpoint::path_for(&config.storage.path);
+    endpoint
+        .write(&endpoint_file)
+        .map_err(|source| StartError::AdminToken {
+            path: endpoint_file.display().to_string(),
             source,
         })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Bind {
-        addr: config.server.listen,
-        source,
-    })?;
 
     if config.wx.mode == WxMode::Mock {
         tracing::warn!(
@@ -142,21 +184,52 @@ pub async fn start(config: &Config, clock: SharedClock) -> Result<Running, Start
         Duration::from_secs(config.storage.sweep_interval_secs),
         stopped.clone(),
     ));
+    http::meta::census_if_due(&service);
     let routes = http::routes::api(service.clone(), config.server.body_limit_bytes);
+    let public = ConnSettings {
+        tls,
+        observer: Arc::new(Observer::new(
+            "public",
+            config.server.metrics.then(|| metrics.clone()),
+        )),
+        ..ConnSettings::default()
+    };
+    let admin_routes = admin_api::routes(
+        Arc::new(Admin::new(service.clone(), config.token.access_ttl_secs)),
+        endpoint,
+    );
+    let admin_settings = ConnSettings {
+        observer: Arc::new(Observer::new("admin", None)),
+        ..ConnSettings::default()
+    };
+    let scheme = if public.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let done = tokio::spawn(async move {
+        let mut admin_stopped = stopped.clone();
         let shutdown = async move {
             let _ = stopped.wait_for(|s| *s).await;
         };
-        http::serve(listener, routes, ConnSettings::default(), shutdown).await;
+        let admin_shutdown = async move {
+            let _ = admin_stopped.wait_for(|s| *s).await;
+        };
+        tokio::join!(
+            http::serve(listener, routes, public, shutdown),
+            http::serve(admin_listener, admin_routes, admin_settings, admin_shutdown),
+        );
         sweeper.abort();
+        let _ = std::fs::remove_file(&endpoint_file);
         match store.flush() {
             Ok(()) => tracing::info!("storage flushed; stopped"),
             Err(e) => tracing::error!(error = %e, "final flush failed"),
         }
     });
-    tracing::info!(%addr, "liveuser listening");
+    tracing::info!(%addr, %admin_addr, scheme, "liveuser listening");
     Ok(Running {
         addr,
+        admin_addr,
         service,
         stop,
         done,

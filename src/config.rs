@@ -45,6 +45,12 @@ pub struct ServerConfig {
     pub body_limit_bytes: u64,
     /// Most uids one QueryUser call may ask for.
     pub max_query_uids: usize,
+    /// PEM certificate chain for HTTPS on `listen`; empty: plain HTTP. Set with `tls_key`.
+    pub tls_cert: PathBuf,
+    /// PEM private key of `tls_cert`; empty: plain HTTP.
+    pub tls_key: PathBuf,
+    /// Serve `GET /metrics` and record request metrics.
+    pub metrics: bool,
 }
 
 impl Default for ServerConfig {
@@ -54,6 +60,9 @@ impl Default for ServerConfig {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             body_limit_bytes: 64 * 1024,
             max_query_uids: 100,
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
+            metrics: true,
         }
     }
 }
@@ -386,6 +395,15 @@ impl Config {
             "must be between 1 and 10000",
         )?;
         check(
+            s.tls_cert.as_os_str().is_empty() == s.tls_key.as_os_str().is_empty(),
+            if s.tls_cert.as_os_str().is_empty() {
+                "server.tls_cert"
+            } else {
+                "server.tls_key"
+            },
+            "server.tls_cert and server.tls_key must be set together (both for HTTPS, neither for HTTP)",
+        )?;
+        check(
             !self.storage.path.as_os_str().is_empty(),
             "storage.path",
             "must not be empty",
@@ -609,6 +627,18 @@ mod tests {
             !err.to_string().contains("short"),
             "the value is a secret: {err}"
         );
+    }
+
+    #[test]
+    fn a_tls_certificate_without_its_key_is_refused() {
+        let err = load("[server]\ntls_cert = \"cert.pem\"\n", &[]).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("server.tls_key"));
+        let err = load("", &[("LIVEUSER_SERVER_TLS_KEY", "key.pem")]).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("server.tls_cert"));
+        let c = load("[server]\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n", &[])
+            .unwrap()
+            .config;
+        assert_eq!(c.server.tls_key, PathBuf::from("k.pem"));
     }
 
     #[test]

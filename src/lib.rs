@@ -6,23 +6,30 @@
 //! reads user profiles. Modules, from the edge inwards:
 //!
 //! - [`cli`]: the command line (`serve` and the admin subcommands).
+//! - [`admin`]: the admin operations, their HTTP API, export and import.
 //! - [`config`]: `liveuser.toml` and `LIVEUSER_*` overrides.
 //! - [`app`]: wiring a configuration into a running server.
-//! - [`http`]: the server loop, the routes, JSON decoding and the error body.
+//! - [`http`]: the server loop (TLS, access log), the routes, JSON decoding and the error body.
+//! - [`metrics`], [`openapi`]: `GET /metrics` and `GET /liveuser/openapi.json`.
 //! - [`service`]: the four methods as plain Rust — login, rotation, access checks.
 //! - [`token`]: access tokens (HS256 JWT) and refresh tokens.
 //! - [`wechat`]: the `jscode2session` exchange, real or mocked.
 //! - [`store`]: the storage interface and its sled backend (codec, group commit).
 //! - [`model`]: validated identifiers and the records.
-//! - [`clock`], [`secret`], [`logging`]: injected time, secret wrapper, log setup.
+//! - [`clock`], [`secret`], [`logging`], [`context`]: injected time, secret wrapper, log
+//!   setup, the per-request context of the access log.
 
+pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod context;
 pub mod http;
 pub mod logging;
+pub mod metrics;
 pub mod model;
+pub mod openapi;
 pub mod secret;
 pub mod service;
 pub mod store;

@@ -10,11 +10,13 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use tokio::sync::OnceCell;
 
 use crate::clock::SharedClock;
 use crate::config::TokenConfig;
+use crate::metrics::Metrics;
 use crate::model::{
     Identity, RefreshState, Session, SessionState, Sid, Uid, UserPatch, UserRecord, check_text,
 };
@@ -80,6 +82,8 @@ pub struct Grant {
     pub expiry: u64,
     /// The user.
     pub uid: Uid,
+    /// The session the tokens belong to.
+    pub sid: Sid,
 }
 
 /// The authenticated caller of a request.
@@ -131,6 +135,7 @@ pub struct Service<S> {
     wx: WxClient,
     codes: LoginCodes,
     policy: Policy,
+    metrics: Arc<Metrics>,
 }
 
 impl<S> std::fmt::Debug for Service<S> {
@@ -159,7 +164,19 @@ impl<S: Store> Service<S> {
             wx,
             codes: LoginCodes::default(),
             policy,
+            metrics: Arc::new(Metrics::new()),
         }
+    }
+
+    /// Records into `metrics` instead of a private, unserved set.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The metrics this service records into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The store underneath.
@@ -189,16 +206,26 @@ impl<S: Store> Service<S> {
         let uid = self
             .codes
             .resolve(code, now, || async {
-                let identity = self.wx.exchange(code).await?;
+                let started = Instant::now();
+                let exchanged = self.wx.exchange(code).await;
+                if matches!(self.wx, WxClient::Real(_)) {
+                    self.metrics.wechat_call(&exchanged, started.elapsed());
+                }
+                let identity = exchanged?;
                 let candidate = Identity {
                     uid: Uid::generate(),
                     unionid: identity.unionid,
                     session_key: identity.session_key,
                 };
-                Ok(self
+                let fresh = candidate.uid.clone();
+                let uid = self
                     .store
                     .upsert_identity(&identity.openid, candidate, now)
-                    .await?)
+                    .await?;
+                if uid == fresh {
+                    self.metrics.user_created();
+                }
+                Ok(uid)
             })
             .await?;
         self.open_session(&uid, now).await
@@ -206,6 +233,18 @@ impl<S: Store> Service<S> {
 
     /// Opens a session for `uid`, evicting its oldest live sessions beyond the cap.
     pub async fn open_session(&self, uid: &Uid, now: u64) -> Result<Grant> {
+        self.open_session_lasting(uid, now, self.policy.refresh_ttl_secs)
+            .await
+    }
+
+    /// [`Service::open_session`] for a session that ends `lifetime_secs` after `now`
+    /// (operator-minted tokens live exactly as long as their session).
+    pub async fn open_session_lasting(
+        &self,
+        uid: &Uid,
+        now: u64,
+        lifetime_secs: u64,
+    ) -> Result<Grant> {
         let live: Vec<Session> = self
             .store
             .sessions_of(uid)
@@ -217,7 +256,7 @@ impl<S: Store> Service<S> {
         let evict: Vec<Sid> = live.iter().take(excess).map(|s| s.sid).collect();
 
         let token = RefreshToken::generate();
-        let expires_at = now + self.policy.refresh_ttl_secs;
+        let expires_at = now + lifetime_secs;
         let session = Session {
             sid: Sid::generate(),
             uid: uid.clone(),
@@ -229,6 +268,7 @@ impl<S: Store> Service<S> {
             current: token.hash(),
         };
         self.store.create_session(&session, &evict).await?;
+        self.metrics.sessions_changed(1 - evict.len() as i64);
         Ok(self.grant(&session, token.encode(), now))
     }
 
@@ -274,6 +314,7 @@ impl<S: Store> Service<S> {
                         .rotate(session.sid, hash, successor.hash(), now, idle_expires_at)
                         .await?;
                     if outcome == RotateOutcome::Rotated {
+                        self.metrics.rotated();
                         return Ok(self.grant(&session, successor.encode(), now));
                     }
                 }
@@ -294,7 +335,9 @@ impl<S: Store> Service<S> {
                             return Ok(self.grant(&session, successor.encode(), now));
                         }
                     }
-                    self.store.revoke_sessions(&[session.sid]).await?;
+                    let revoked = self.store.revoke_sessions(&[session.sid]).await?;
+                    self.metrics.reuse_detected();
+                    self.metrics.sessions_changed(-(revoked as i64));
                     tracing::warn!(
                         uid = %session.uid,
                         family = %session.sid,
@@ -321,6 +364,7 @@ impl<S: Store> Service<S> {
         if !session.is_live(now) || session.uid.as_str() != claims.sub {
             return Err(refused());
         }
+        crate::context::note_uid(&session.uid);
         Ok(Caller {
             uid: session.uid,
             sid,
@@ -366,6 +410,7 @@ impl<S: Store> Service<S> {
     }
 
     fn grant(&self, session: &Session, refresh_token: String, now: u64) -> Grant {
+        crate::context::note_uid(&session.uid);
         let (access_token, expiry) =
             self.access
                 .issue(&session.uid, session.sid, now, session.expires_at);
@@ -374,6 +419,7 @@ impl<S: Store> Service<S> {
             refresh_token,
             expiry,
             uid: session.uid.clone(),
+            sid: session.sid,
         }
     }
 }

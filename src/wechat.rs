@@ -47,6 +47,27 @@ pub enum WxError {
     NotConfigured,
 }
 
+impl WxError {
+    /// WeChat's errcode behind this failure, when WeChat gave one (for metrics).
+    pub fn errcode(&self) -> Option<i64> {
+        match self {
+            WxError::InvalidCode(code) => Some(*code),
+            WxError::RateLimited => Some(45011),
+            WxError::HighRisk => Some(40226),
+            // The message is built here with "errcode N" where WeChat gave one.
+            WxError::Unavailable(msg) => {
+                let rest = &msg[msg.find("errcode ")? + "errcode ".len()..];
+                let end = rest
+                    .char_indices()
+                    .find(|&(i, c)| !(c.is_ascii_digit() || (i == 0 && c == '-')))
+                    .map_or(rest.len(), |(i, _)| i);
+                rest[..end].parse().ok()
+            }
+            WxError::NotConfigured => None,
+        }
+    }
+}
+
 /// How a single call ended, before the retry policy.
 enum Attempt {
     Done(Result<WxIdentity, WxError>),
@@ -217,5 +238,24 @@ mod tests {
         assert_eq!(a.openid, mock_identity("alice").openid);
         assert_ne!(a.openid, mock_identity("bob").openid);
         assert!(!a.openid.contains("alice"));
+    }
+
+    #[test]
+    fn errcodes_are_recovered_from_every_error_that_has_one() {
+        assert_eq!(WxError::InvalidCode(40029).errcode(), Some(40029));
+        assert_eq!(WxError::RateLimited.errcode(), Some(45011));
+        assert_eq!(
+            WxError::Unavailable("errcode 40125".into()).errcode(),
+            Some(40125)
+        );
+        assert_eq!(
+            WxError::Unavailable("WeChat answered errcode -1 (system busy) twice".into()).errcode(),
+            Some(-1)
+        );
+        assert_eq!(
+            WxError::Unavailable("HTTP status 500".into()).errcode(),
+            None
+        );
+        assert_eq!(WxError::NotConfigured.errcode(), None);
     }
 }

@@ -24,6 +24,11 @@ pub struct ApiError {
 
 impl warp::reject::Reject for ApiError {}
 
+/// The error code of an error answer, on the response's extensions for the access log
+/// and the metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
+
 #[derive(Serialize)]
 struct Body<'a> {
     code: &'a str,
@@ -113,6 +118,7 @@ impl ApiError {
         .unwrap_or_else(|_| br#"{"code":"internal","msg":"internal error"}"#.to_vec());
         let mut response = Response::new(body.into());
         *response.status_mut() = self.status;
+        response.extensions_mut().insert(ErrorCode(self.code));
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,

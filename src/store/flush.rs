@@ -6,14 +6,18 @@
 //! answer covers a write that happened before its flush began. Under load one fsync
 //! serves many writers; alone, a writer pays for exactly one.
 
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
 use super::StoreError;
 
 type Waiter = oneshot::Sender<Result<(), StoreError>>;
+
+/// Told the duration of every group-commit flush (metrics).
+pub type FlushObserver = Box<dyn Fn(Duration) + Send + Sync>;
 
 #[derive(Default)]
 struct Queue {
@@ -24,6 +28,7 @@ struct Queue {
 struct Shared {
     queue: Mutex<Queue>,
     wake: Condvar,
+    observer: OnceLock<FlushObserver>,
 }
 
 /// The group-commit flusher of one sled database.
@@ -39,6 +44,7 @@ impl GroupCommit {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
+            observer: OnceLock::new(),
         });
         let thread = {
             let shared = shared.clone();
@@ -53,6 +59,11 @@ impl GroupCommit {
             db,
             thread: Some(thread),
         }
+    }
+
+    /// Reports every flush's duration to `observer` (the first observer set stays).
+    pub fn observe(&self, observer: FlushObserver) {
+        let _ = self.shared.observer.set(observer);
     }
 
     /// Returns once everything written before the call is on disk.
@@ -98,7 +109,11 @@ fn flusher(shared: &Shared, db: &sled::Db) {
             }
             std::mem::take(&mut queue.waiting)
         };
+        let started = Instant::now();
         let result = flush(db);
+        if let Some(observe) = shared.observer.get() {
+            observe(started.elapsed());
+        }
         for waiter in batch {
             let _ = waiter.send(result.clone());
         }

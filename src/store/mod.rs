@@ -15,6 +15,7 @@ use std::future::Future;
 
 use crate::model::{Identity, RefreshRecord, Session, Sid, TokenHash, Uid, UserPatch, UserRecord};
 
+pub use self::flush::FlushObserver;
 pub use self::sled::SledStore;
 
 /// A storage failure. The message never holds a token or a secret.
@@ -43,6 +44,41 @@ pub enum RotateOutcome {
 
 /// A page of records and the key to continue after.
 pub type Page<T> = Vec<T>;
+
+/// A session with every refresh-token record of its family, read consistently.
+pub type Family = (Session, Vec<(TokenHash, RefreshRecord)>);
+
+/// Records to write as they are (import): each replaces a record with the same key.
+#[derive(Debug, Clone, Default)]
+pub struct Restore {
+    /// User records.
+    pub users: Vec<UserRecord>,
+    /// Identities under their openid.
+    pub identities: Vec<(String, Identity)>,
+    /// Sessions with their refresh-token records.
+    pub sessions: Vec<Family>,
+}
+
+impl Restore {
+    /// How many records the batch holds.
+    pub fn len(&self) -> usize {
+        self.users.len() + self.identities.len() + self.sessions.len()
+    }
+
+    /// Whether the batch holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Counts for the metrics: stored users and sessions live at the time of counting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Census {
+    /// Stored user records.
+    pub users: u64,
+    /// Sessions usable at the time of counting.
+    pub sessions_live: u64,
+}
 
 /// Result of a storage call.
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -143,6 +179,28 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes sessions that are revoked or expired at `now`, with their tokens; returns
     /// how many sessions were removed.
     fn sweep(&self, now: u64) -> impl Future<Output = StoreResult<usize>> + Send;
+
+    // ----- operators: export, import, counts -----
+
+    /// Up to `limit` identities with openid greater than `after`, in openid order.
+    fn list_identities(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> impl Future<Output = StoreResult<Page<(String, Identity)>>> + Send;
+
+    /// Session `sid` with all its refresh-token records, as of one moment (a rotation
+    /// never shows half done), or `None` if it is gone.
+    fn family(&self, sid: Sid) -> impl Future<Output = StoreResult<Option<Family>>> + Send;
+
+    /// Writes `batch` as it is, in one transaction.
+    fn restore(&self, batch: &Restore) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// Whether no user and no identity is stored.
+    fn is_empty(&self) -> impl Future<Output = StoreResult<bool>> + Send;
+
+    /// Counts users and live sessions (a full scan: call rarely).
+    fn census(&self, now: u64) -> impl Future<Output = StoreResult<Census>> + Send;
 
     // ----- keys -----
 

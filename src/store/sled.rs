@@ -22,7 +22,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 
 use super::codec::{decode, encode};
 use super::flush::{self, GroupCommit};
-use super::{Page, RotateOutcome, Store, StoreError, StoreResult};
+use super::{Census, Family, Page, Restore, RotateOutcome, Store, StoreError, StoreResult};
 use crate::model::{
     Identity, RefreshRecord, RefreshState, Session, SessionState, Sid, TokenHash, Uid, UserPatch,
     UserRecord,
@@ -115,6 +115,11 @@ impl SledStore {
     /// Flushes everything to disk now (shutdown, CLI).
     pub fn flush(&self) -> StoreResult<()> {
         flush::flush(&self.db)
+    }
+
+    /// Reports the duration of every group-commit flush to `observer`.
+    pub fn observe_flushes(&self, observer: flush::FlushObserver) {
+        self.commit.observe(observer);
     }
 
     fn get<T: serde::de::DeserializeOwned>(tree: &Tree, key: &[u8]) -> StoreResult<Option<T>> {
@@ -406,6 +411,126 @@ impl Store for SledStore {
             self.commit.durable().await?;
         }
         Ok(dead.len())
+    }
+
+    async fn list_identities(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Page<(String, Identity)>> {
+        let iter = match after {
+            Some(after) => self.identities.range::<&[u8], _>((
+                std::ops::Bound::Excluded(after.as_bytes()),
+                std::ops::Bound::Unbounded,
+            )),
+            None => self.identities.iter(),
+        };
+        let mut out = Vec::new();
+        for item in iter.take(limit) {
+            let (key, bytes) = item.map_err(io)?;
+            let openid = String::from_utf8(key.to_vec())
+                .map_err(|_| StoreError::Corrupt("an openid key is not UTF-8".into()))?;
+            out.push((openid, decode(&bytes)?));
+        }
+        Ok(out)
+    }
+
+    async fn family(&self, sid: Sid) -> StoreResult<Option<Family>> {
+        // The index is scanned outside the transaction (sled transactions cannot
+        // iterate); a rotation in between shows as a current token missing from the
+        // scan, and the read is done again.
+        for _ in 0..8 {
+            let mut hashes = Vec::new();
+            for item in self.session_tokens.scan_prefix(sid.0) {
+                let (key, _) = item.map_err(io)?;
+                let hash: [u8; 32] = key[16..]
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("bad sid_tokenhash key".into()))?;
+                hashes.push(TokenHash(hash));
+            }
+            let read = (&self.sessions, &self.refresh)
+                .transaction(|(sessions, refresh)| {
+                    let Some(bytes) = sessions.get(sid.0)? else {
+                        return Ok(None);
+                    };
+                    let session: Session = tx_decode(&bytes)?;
+                    let mut records = Vec::with_capacity(hashes.len());
+                    for hash in &hashes {
+                        if let Some(bytes) = refresh.get(hash.0)? {
+                            records.push((*hash, tx_decode::<RefreshRecord>(&bytes)?));
+                        }
+                    }
+                    Ok(Some((session, records)))
+                })
+                .map_err(tx_error)?;
+            match read {
+                Some((session, records))
+                    if !records.iter().any(|(hash, _)| *hash == session.current) =>
+                {
+                    continue;
+                }
+                other => return Ok(other),
+            }
+        }
+        Err(StoreError::Io(format!(
+            "session {sid} kept changing while it was read"
+        )))
+    }
+
+    async fn restore(&self, batch: &Restore) -> StoreResult<()> {
+        (
+            &self.users,
+            &self.identities,
+            &self.sessions,
+            &self.refresh,
+            &self.uid_sessions,
+            &self.session_tokens,
+        )
+            .transaction(
+                |(users, identities, sessions, refresh, uid_sessions, session_tokens)| {
+                    for user in &batch.users {
+                        users.insert(user.uid.as_str(), encode(user))?;
+                    }
+                    for (openid, identity) in &batch.identities {
+                        identities.insert(openid.as_str(), encode(identity))?;
+                    }
+                    for (session, records) in &batch.sessions {
+                        sessions.insert(&session.sid.0, encode(session))?;
+                        uid_sessions.insert(uid_sid_key(&session.uid, session.sid), &[])?;
+                        for (hash, record) in records {
+                            refresh.insert(&hash.0, encode(record))?;
+                            session_tokens.insert(&sid_token_key(session.sid, *hash)[..], &[])?;
+                        }
+                    }
+                    Ok(())
+                },
+            )
+            .map_err(tx_error)?;
+        self.commit.durable().await
+    }
+
+    async fn is_empty(&self) -> StoreResult<bool> {
+        Ok(self.users.first().map_err(io)?.is_none()
+            && self.identities.first().map_err(io)?.is_none())
+    }
+
+    async fn census(&self, now: u64) -> StoreResult<Census> {
+        let mut users = 0;
+        for item in self.users.iter().keys() {
+            item.map_err(io)?;
+            users += 1;
+        }
+        let mut sessions_live = 0;
+        for item in self.sessions.iter().values() {
+            let session: Session = decode(&item.map_err(io)?)?;
+            if session.is_live(now) {
+                sessions_live += 1;
+            }
+        }
+        Ok(Census {
+            users,
+            sessions_live,
+        })
     }
 
     async fn key_or_init(

@@ -81,6 +81,7 @@ impl Reply {
 pub fn test_config(dir: &TempDir) -> Config {
     let mut config = Config::default();
     config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.server.admin_listen = "127.0.0.1:0".parse().unwrap();
     config.storage.path = dir.path().join("db");
     config.storage.cache_capacity_bytes = 16 * 1024 * 1024;
     config.wx.mode = WxMode::Mock;
@@ -505,7 +506,7 @@ fn listening_addr(line: &str) -> Option<SocketAddr> {
 /// A minimal config for the binary: port 0, database in `dir`, mock WeChat.
 pub fn binary_config(dir: &std::path::Path) -> String {
     format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\ncache_capacity_bytes = 16777216\n[wx]\nmode = \"mock\"\n",
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\ncache_capacity_bytes = 16777216\n[wx]\nmode = \"mock\"\n",
         dir.join("db").display()
     )
 }

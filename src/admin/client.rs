@@ -1,0 +1,120 @@
+//! The CLI's client of the admin API: posts an operation's request struct, decodes its
+//! answer struct or its error, so the CLI cannot tell (and print) the difference from
+//! running the operation itself.
+
+use std::io::Read;
+use std::time::Duration;
+
+use super::api::ExportRequest;
+use super::backup::Counts;
+use super::endpoint::Endpoint;
+use super::ops::{AdminError, Operation};
+use crate::secret::Secret;
+
+/// A connection to the running server's admin API.
+pub struct AdminClient {
+    agent: ureq::Agent,
+    base: String,
+    token: Secret<String>,
+}
+
+impl AdminClient {
+    /// A client of the server described by `endpoint`.
+    pub fn new(endpoint: &Endpoint) -> Self {
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(5)))
+            .max_redirects(0)
+            .build();
+        AdminClient {
+            agent: ureq::Agent::new_with_config(config),
+            base: format!("http://{}", endpoint.addr),
+            token: endpoint.token.clone(),
+        }
+    }
+
+    /// The API's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/admin/v1/{path}", self.base)
+    }
+
+    fn unreachable(&self, e: &ureq::Error) -> AdminError {
+        AdminError::unavailable(format!(
+            "the database is in use, but the server's admin API at {} cannot be reached: {e}",
+            self.base
+        ))
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(
+        &self,
+        response: ureq::http::Response<ureq::Body>,
+    ) -> Result<T, AdminError> {
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .into_with_config()
+            .limit(u64::MAX)
+            .read_to_vec()
+            .map_err(|e| self.unreachable(&e))?;
+        if status == 200 {
+            serde_json::from_slice(&body).map_err(|e| {
+                AdminError::internal(format!("the admin API answered something unexpected: {e}"))
+            })
+        } else {
+            Err(
+                serde_json::from_slice::<AdminError>(&body).unwrap_or_else(|_| {
+                    AdminError::internal(format!("the admin API answered HTTP {status}"))
+                }),
+            )
+        }
+    }
+
+    /// Runs `op` on the server.
+    pub fn call<O: Operation>(&self, op: &O) -> Result<O::Output, AdminError> {
+        let body = serde_json::to_vec(op).expect("admin requests serialize");
+        let response = self
+            .agent
+            .post(&self.url(O::PATH))
+            .header("authorization", &format!("Bearer {}", self.token.expose()))
+            .header("content-type", "application/json")
+            .send(&body[..])
+            .map_err(|e| self.unreachable(&e))?;
+        self.decode(response)
+    }
+
+    /// Starts an export on the server; the answer is read as it streams.
+    pub fn export(&self, request: ExportRequest) -> Result<impl Read + 'static, AdminError> {
+        let body = serde_json::to_vec(&request).expect("admin requests serialize");
+        let response = self
+            .agent
+            .post(&self.url("export"))
+            .header("authorization", &format!("Bearer {}", self.token.expose()))
+            .header("content-type", "application/json")
+            .send(&body[..])
+            .map_err(|e| self.unreachable(&e))?;
+        if response.status().as_u16() != 200 {
+            return Err(self.decode::<()>(response).unwrap_err());
+        }
+        Ok(response
+            .into_body()
+            .into_with_config()
+            .limit(u64::MAX)
+            .reader())
+    }
+
+    /// Sends an export file to the server to import.
+    pub fn import(&self, file: impl Read + 'static, merge: bool) -> Result<Counts, AdminError> {
+        let response = self
+            .agent
+            .post(&self.url(&format!("import?merge={merge}")))
+            .header("authorization", &format!("Bearer {}", self.token.expose()))
+            .header("content-type", "application/x-ndjson")
+            .send(ureq::SendBody::from_owned_reader(file))
+            .map_err(|e| self.unreachable(&e))?;
+        self.decode(response)
+    }
+}

@@ -1,0 +1,130 @@
+//! The admin endpoint file: where the running server's admin API listens and the token
+//! it accepts, written beside the database (`<storage.path>.admin-token`, mode 0600).
+//!
+//! The server writes a fresh token (32 bytes from the OS CSPRNG) at every start and
+//! removes the file when it stops. Whoever can read the file can administer the server,
+//! exactly as whoever can read the database directory can; the file mode keeps it to the
+//! server's own user. The bound address is in the file too, so a CLI finds a server
+//! listening on a port picked at start (`admin_listen = "127.0.0.1:0"`).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+
+use super::ops::AdminError;
+use crate::model::hex;
+use crate::secret::Secret;
+
+/// Contents of the endpoint file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// The bound admin address.
+    pub addr: SocketAddr,
+    /// The admin token (64 hex digits).
+    pub token: Secret<String>,
+}
+
+/// The endpoint file of the database at `db`.
+pub fn path_for(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(".admin-token");
+    PathBuf::from(name)
+}
+
+impl Endpoint {
+    /// A fresh random token for `addr`.
+    pub fn generate(addr: SocketAddr) -> Self {
+        Endpoint {
+            addr,
+            token: Secret::new(hex(&crate::token::random_bytes::<32>())),
+        }
+    }
+
+    /// Writes the file with mode 0600: to a temporary name first, then renamed, so a
+    /// reader never sees half a file.
+    pub fn write(&self, file: &Path) -> std::io::Result<()> {
+        let partial = {
+            let mut name = file.as_os_str().to_owned();
+            name.push(".partial");
+            PathBuf::from(name)
+        };
+        let _ = std::fs::remove_file(&partial);
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut out = options.open(&partial)?;
+        let json = serde_json::json!({
+            "addr": self.addr,
+            "token": self.token.expose(),
+        });
+        out.write_all(json.to_string().as_bytes())?;
+        out.sync_all()?;
+        std::fs::rename(&partial, file)
+    }
+
+    /// Reads the file a running server wrote.
+    pub fn read(file: &Path) -> Result<Endpoint, AdminError> {
+        let text = std::fs::read_to_string(file).map_err(|e| {
+            AdminError::unavailable(format!(
+                "the database is in use by another process, but its admin endpoint file {} \
+                 cannot be read ({e}); is the server still starting, or run as another user?",
+                file.display()
+            ))
+        })?;
+        serde_json::from_str(&text).map_err(|_| {
+            AdminError::unavailable(format!(
+                "the admin endpoint file {} is not valid",
+                file.display()
+            ))
+        })
+    }
+
+    /// Whether `presented` is this token, compared in constant time.
+    pub fn accepts(&self, presented: &str) -> bool {
+        let expected = self.token.expose().as_bytes();
+        let presented = presented.as_bytes();
+        expected.len() == presented.len() && bool::from(expected.ct_eq(presented))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_file_round_trips_with_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = path_for(&dir.path().join("db"));
+        assert!(file.to_string_lossy().ends_with("db.admin-token"));
+        let endpoint = Endpoint::generate("127.0.0.1:9".parse().unwrap());
+        endpoint.write(&file).unwrap();
+        endpoint.write(&file).unwrap(); // overwrites a stale file
+        let read = Endpoint::read(&file).unwrap();
+        assert_eq!(read.addr, endpoint.addr);
+        assert!(read.accepts(endpoint.token.expose()));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn only_the_exact_token_is_accepted() {
+        let endpoint = Endpoint::generate("127.0.0.1:9".parse().unwrap());
+        let token = endpoint.token.expose().clone();
+        assert!(endpoint.accepts(&token));
+        assert!(!endpoint.accepts(""));
+        assert!(!endpoint.accepts(&token[1..]));
+        assert!(!endpoint.accepts(&format!("{token}0")));
+        assert!(!endpoint.accepts(&token.to_uppercase()));
+    }
+}

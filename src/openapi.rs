@@ -1,0 +1,224 @@
+//! The OpenAPI 3.1 document of the public API, served at `GET /liveuser/openapi.json`.
+//!
+//! Written by hand (the routes are warp filters, which carry no schema), and kept honest
+//! by an end-to-end test that calls every documented operation on a real server and
+//! checks each answer against the documented schema, and checks that each documented
+//! path refuses the other methods.
+
+use serde_json::{Value, json};
+
+use crate::model::{AGENT_MAX, AVATAR_MAX, NAME_MAX, UID_MAX};
+use crate::service::CODE_MAX;
+
+/// The error codes of the error body, in the order of the API's error table.
+pub const ERROR_CODES: &[&str] = &[
+    "invalid_argument",
+    "malformed",
+    "unauthenticated",
+    "permission_denied",
+    "bad_route",
+    "too_large",
+    "resource_exhausted",
+    "unavailable",
+    "internal",
+];
+
+fn error_responses(statuses: &[&str]) -> Value {
+    let mut map = serde_json::Map::new();
+    for status in statuses {
+        map.insert(
+            (*status).to_string(),
+            json!({
+                "description": "An error; `code` says which.",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+            }),
+        );
+    }
+    Value::Object(map)
+}
+
+fn rpc(
+    summary: &str,
+    description: &str,
+    request: &str,
+    response: &str,
+    bearer: bool,
+    errors: &[&str],
+    example: Value,
+) -> Value {
+    let mut responses = error_responses(errors);
+    responses.as_object_mut().expect("an object").insert(
+        "200".into(),
+        json!({
+            "description": "Success.",
+            "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{response}")}}}
+        }),
+    );
+    let mut op = json!({
+        "summary": summary,
+        "description": description,
+        "requestBody": {
+            "required": true,
+            "content": {"application/json": {
+                "schema": {"$ref": format!("#/components/schemas/{request}")},
+                "example": example
+            }}
+        },
+        "responses": responses,
+    });
+    let security = if bearer {
+        json!([{"bearer": []}])
+    } else {
+        json!([])
+    };
+    op.as_object_mut()
+        .expect("an object")
+        .insert("security".into(), security);
+    json!({ "post": op })
+}
+
+/// The document.
+pub fn document() -> Value {
+    let uid = json!({
+        "type": "string", "minLength": 1, "maxLength": UID_MAX,
+        "pattern": "^[A-Za-z0-9_.-]+$"
+    });
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "liveuser",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "User and login-state service for WeChat mini-programs. Every method is POST with a JSON body (Content-Type: application/json). Unknown request fields are ignored. Strings may not hold control characters; limits count characters.",
+            "license": {"name": "MIT OR Apache-2.0", "identifier": "MIT OR Apache-2.0"}
+        },
+        "paths": {
+            "/liveuser/Wx/Login": rpc(
+                "Log in with a wx.login() code",
+                "Exchanges the code with WeChat and opens a new session. Repeating a code within 300 s opens another session for the same user without asking WeChat again.",
+                "LoginRequest", "Grant", false,
+                &["400", "401", "403", "404", "405", "413", "415", "429", "500", "503"],
+                json!({"code": "0a3Bxy000abcDE1"})
+            ),
+            "/liveuser/Wx/RenewToken": rpc(
+                "Renew the access token",
+                "Returns a new access token and, with rotation on, a new refresh token that replaces the one sent. A retired refresh token sent again after the grace period revokes the session.",
+                "RenewTokenRequest", "Grant", false,
+                &["400", "401", "404", "405", "413", "415", "429", "500", "503"],
+                json!({"refresh_token": "lvrt_3q2-7wAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"})
+            ),
+            "/liveuser/User/AddUser": rpc(
+                "Add or update a user record",
+                "Fields left out keep their stored value; a field present (even \"\") replaces it. An empty or missing uid means the caller; any other uid is permission_denied. update_at is set by the server.",
+                "AddUserRequest", "Empty", true,
+                &["400", "401", "403", "404", "405", "413", "415", "500", "503"],
+                json!({"user": {"name": "Alice", "agent": "iPhone", "avatar": "https://example.com/a.png"}})
+            ),
+            "/liveuser/User/QueryUser": rpc(
+                "Read user records",
+                "Returns the records that exist, in the order asked, each uid once; unknown uids are left out.",
+                "QueryUserRequest", "QueryUserResponse", true,
+                &["400", "401", "404", "405", "413", "415", "500", "503"],
+                json!({"uids": ["a91b40478e4c885fea29e6e7"]})
+            ),
+            "/healthz": {"get": {
+                "summary": "Liveness",
+                "security": [],
+                "responses": {"200": {
+                    "description": "The server is up and its storage open.",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Health"}}}
+                }}
+            }},
+            "/metrics": {"get": {
+                "summary": "Prometheus metrics",
+                "security": [],
+                "responses": {"200": {
+                    "description": "Prometheus text exposition format.",
+                    "content": {"text/plain": {"schema": {"type": "string"}}}
+                }}
+            }},
+            "/liveuser/openapi.json": {"get": {
+                "summary": "This document",
+                "security": [],
+                "responses": {"200": {
+                    "description": "OpenAPI 3.1.",
+                    "content": {"application/json": {"schema": {"type": "object"}}}
+                }}
+            }}
+        },
+        "components": {
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                    "description": "An access_token from Login or RenewToken, as `Authorization: Bearer <token>`."
+                }
+            },
+            "schemas": {
+                "Uid": uid,
+                "LoginRequest": {
+                    "type": "object", "required": ["code"],
+                    "properties": {"code": {"type": "string", "minLength": 1, "maxLength": CODE_MAX}}
+                },
+                "RenewTokenRequest": {
+                    "type": "object", "required": ["refresh_token"],
+                    "properties": {"refresh_token": {"type": "string"}}
+                },
+                "Grant": {
+                    "type": "object",
+                    "required": ["access_token", "refresh_token", "expiry", "uid"],
+                    "properties": {
+                        "access_token": {"type": "string", "description": "JWT (HS256); send as a Bearer token."},
+                        "refresh_token": {"type": "string", "pattern": "^lvrt_[A-Za-z0-9_-]{43}$"},
+                        "expiry": {"type": "integer", "description": "The access token's expiry, Unix seconds."},
+                        "uid": {"$ref": "#/components/schemas/Uid"}
+                    }
+                },
+                "UserRecord": {
+                    "type": "object",
+                    "required": ["uid", "name", "agent", "update_at", "avatar"],
+                    "properties": {
+                        "uid": {"$ref": "#/components/schemas/Uid"},
+                        "name": {"type": "string", "maxLength": NAME_MAX},
+                        "agent": {"type": "string", "maxLength": AGENT_MAX},
+                        "update_at": {"type": "string", "description": "Last write, Unix seconds as a decimal string; set by the server."},
+                        "avatar": {"type": "string", "maxLength": AVATAR_MAX, "description": "Empty or an http(s):// URL."}
+                    }
+                },
+                "UserWrite": {
+                    "type": "object",
+                    "description": "A partial UserRecord: fields left out (or null) keep their stored value.",
+                    "properties": {
+                        "uid": {"type": "string", "description": "Empty or missing: the caller."},
+                        "name": {"type": ["string", "null"], "maxLength": NAME_MAX},
+                        "agent": {"type": ["string", "null"], "maxLength": AGENT_MAX},
+                        "avatar": {"type": ["string", "null"], "maxLength": AVATAR_MAX},
+                        "update_at": {"description": "Ignored."}
+                    }
+                },
+                "AddUserRequest": {
+                    "type": "object", "required": ["user"],
+                    "properties": {"user": {"$ref": "#/components/schemas/UserWrite"}}
+                },
+                "Empty": {"type": "object", "properties": {}, "additionalProperties": false},
+                "QueryUserRequest": {
+                    "type": "object", "required": ["uids"],
+                    "properties": {"uids": {"type": "array", "items": {"$ref": "#/components/schemas/Uid"}}}
+                },
+                "QueryUserResponse": {
+                    "type": "object", "required": ["users"],
+                    "properties": {"users": {"type": "array", "items": {"$ref": "#/components/schemas/UserRecord"}}}
+                },
+                "Health": {
+                    "type": "object", "required": ["status"],
+                    "properties": {"status": {"type": "string", "const": "ok"}}
+                },
+                "Error": {
+                    "type": "object", "required": ["code", "msg"],
+                    "properties": {
+                        "code": {"type": "string", "enum": ERROR_CODES},
+                        "msg": {"type": "string", "description": "A sentence for people; never internals."}
+                    }
+                }
+            }
+        }
+    })
+}
