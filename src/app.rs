@@ -184,7 +184,16 @@ pub async fn start(config: &Config, clock: SharedClock) -> Result<Running, Start
         Duration::from_secs(config.storage.sweep_interval_secs),
         stopped.clone(),
     ));
-    http::meta::census_if_due(&service);
+    // Count users and live sessions once before serving, so the gauges start right;
+    // later counts run in the background (see `metrics`).
+    let started = std::time::Instant::now();
+    if metrics.claim_census(started) {
+        match store.census(service.now()).await {
+            Ok(c) => metrics.set_census(c.users, c.sessions_live),
+            Err(e) => tracing::warn!(error = %e, "counting users and sessions failed"),
+        }
+        metrics.census_done(started);
+    }
     let routes = http::routes::api(service.clone(), config.server.body_limit_bytes);
     let public = ConnSettings {
         tls,

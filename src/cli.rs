@@ -212,6 +212,41 @@ impl Cli {
     }
 }
 
+/// Parses the command line. `--help` and `--version` print and end with success; a
+/// usage error prints one line (`liveuser: <reason> (try --help)`) and ends with 1.
+pub fn parse<I, T>(args: I) -> Result<Cli, std::process::ExitCode>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    use clap::error::ErrorKind as Kind;
+    match Cli::try_parse_from(args) {
+        Ok(cli) => Ok(cli),
+        Err(e) if matches!(e.kind(), Kind::DisplayHelp | Kind::DisplayVersion) => {
+            let _ = e.print();
+            Err(std::process::ExitCode::SUCCESS)
+        }
+        Err(e) if e.kind() == Kind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            Err(std::process::ExitCode::FAILURE)
+        }
+        Err(e) => {
+            // clap's first paragraph is the reason (some reasons continue on the next
+            // lines); the usage that follows is what --help is for.
+            let rendered = e.render().to_string();
+            let reason: Vec<&str> = rendered
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let reason = reason.join(" ");
+            let reason = reason.strip_prefix("error: ").unwrap_or(&reason);
+            eprintln!("liveuser: {reason} (try --help)");
+            Err(std::process::ExitCode::FAILURE)
+        }
+    }
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<(), CliError> {
     let loaded = Config::load(&cli.config_source())?;

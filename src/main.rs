@@ -2,10 +2,11 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    let cli = liveuser::cli::Cli::parse();
+    let cli = match liveuser::cli::parse(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     match liveuser::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -25,6 +25,7 @@ pub const WX_APPID: &str = "wx-test-appid";
 pub struct TestApp {
     pub base: String,
     pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
     pub clock: Arc<OffsetClock>,
     pub wx: Option<FakeWeChat>,
     pub dir: TempDir,
@@ -130,6 +131,7 @@ impl TestApp {
         TestApp {
             base: format!("http://{addr}"),
             addr,
+            admin_addr: running.admin_addr,
             clock,
             wx,
             dir,
@@ -149,6 +151,7 @@ impl TestApp {
             .block_on(app::start(&self.config, self.clock.clone()))
             .expect("server restarts");
         self.addr = running.addr;
+        self.admin_addr = running.admin_addr;
         self.base = format!("http://{}", running.addr);
         self.running = Some(running);
     }
@@ -509,4 +512,55 @@ pub fn binary_config(dir: &std::path::Path) -> String {
         "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\ncache_capacity_bytes = 16777216\n[wx]\nmode = \"mock\"\n",
         dir.join("db").display()
     )
+}
+
+/// What one run of the `liveuser` executable printed.
+#[derive(Debug, Clone)]
+pub struct CliRun {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliRun {
+    /// Asserts exit 0 and returns stdout.
+    #[track_caller]
+    pub fn ok(&self) -> &str {
+        assert_eq!(self.code, 0, "the command failed: {}", self.stderr);
+        &self.stdout
+    }
+
+    /// Asserts exit 1 with exactly one `liveuser: ` line on stderr, and returns it.
+    #[track_caller]
+    pub fn failed(&self) -> &str {
+        assert_eq!(self.code, 1, "expected a failure: {self:?}");
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "one line on stderr: {:?}", self.stderr);
+        assert!(lines[0].starts_with("liveuser: "), "{:?}", self.stderr);
+        lines[0]
+    }
+}
+
+/// Runs `liveuser --config <config> <args>` to completion.
+pub fn cli(config: &std::path::Path, args: &[&str]) -> CliRun {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_liveuser"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("liveuser runs");
+    CliRun {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Writes `binary_config(dir)` to `dir/liveuser.toml` and returns its path, for CLI runs
+/// against a database with no server.
+pub fn write_config(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("liveuser.toml");
+    std::fs::write(&path, binary_config(dir)).unwrap();
+    path
 }

@@ -2,9 +2,12 @@
 
 mod common;
 
+mod admin;
+mod backup;
 mod bad_input;
 mod durability;
 mod login;
+mod ops;
 mod rotation;
 mod tokens;
 mod users;

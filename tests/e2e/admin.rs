@@ -1,0 +1,267 @@
+//! The admin CLI, with the server running (through its admin API) and stopped (on the
+//! database directly), and the admin API's own guard.
+
+use serde_json::{Value, json};
+
+use crate::common::{Binary, Reply, TestApp, agent, binary_config, cli, send};
+
+fn post(base: &str, path: &str, body: Value, bearer: Option<&str>) -> Reply {
+    let mut headers = vec![("content-type", "application/json".to_string())];
+    if let Some(t) = bearer {
+        headers.push(("authorization", format!("Bearer {t}")));
+    }
+    send(
+        &agent(),
+        "POST",
+        &format!("{base}{path}"),
+        &headers,
+        body.to_string().as_bytes(),
+    )
+}
+
+fn login(base: &str, code: &str) -> Reply {
+    let r = post(base, "/liveuser/Wx/Login", json!({ "code": code }), None);
+    assert_eq!(r.status, 200, "{}", r.text);
+    r
+}
+
+#[test]
+fn every_read_command_prints_the_same_with_the_server_running_and_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Binary::serve(dir.path(), &binary_config(dir.path()), &[]);
+    let config = dir.path().join("liveuser.toml");
+    let alice = login(&server.base, "alice");
+    let bob = login(&server.base, "bob");
+    login(&server.base, "bob"); // a second session
+    let r = post(
+        &server.base,
+        "/liveuser/User/AddUser",
+        json!({"user": {"name": "Alice", "agent": "iPhone", "avatar": "https://a.example/x.png"}}),
+        Some(&alice.str("access_token")),
+    );
+    assert_eq!(r.status, 200);
+    let (a, b) = (alice.str("uid"), bob.str("uid"));
+    let first = a.clone().min(b.clone());
+
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["user", "get", &a, &b],
+        vec!["--json", "user", "get", &b, &a],
+        vec!["user", "list"],
+        vec!["user", "list", "--limit", "1"],
+        vec!["user", "list", "--after", &first],
+        vec!["--json", "user", "list", "--limit", "1"],
+        vec!["session", "list"],
+        vec!["session", "list", "--uid", &b],
+        vec!["session", "list", "--limit", "2"],
+        vec!["--json", "session", "list", "--uid", &a],
+    ];
+    let running: Vec<_> = commands.iter().map(|c| cli(&config, c)).collect();
+    let verbose = cli(&config, &["-v", "user", "list"]);
+    assert!(
+        verbose.stderr.contains("admin API"),
+        "-v names the path: {}",
+        verbose.stderr
+    );
+    assert!(
+        running[0].ok().contains("Alice") && running[0].ok().contains("iPhone"),
+        "{}",
+        running[0].stdout
+    );
+    assert!(running[3].ok().contains("(more: continue with --after"));
+    let sessions = running[6].ok();
+    assert!(sessions.starts_with("SID"), "{sessions}");
+    assert_eq!(sessions.lines().count(), 4, "three sessions: {sessions}");
+    assert_eq!(running[7].ok().lines().count(), 3, "bob's two sessions");
+
+    assert!(server.terminate().success());
+    let stopped: Vec<_> = commands.iter().map(|c| cli(&config, c)).collect();
+    let verbose = cli(&config, &["-v", "user", "list"]);
+    assert!(verbose.stderr.contains("directly"), "{}", verbose.stderr);
+    for ((command, up), down) in commands.iter().zip(&running).zip(&stopped) {
+        assert_eq!(up.ok(), down.ok(), "`{}` differs", command.join(" "));
+    }
+}
+
+#[test]
+fn write_commands_work_and_fail_alike_with_the_server_running_and_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let config_text = binary_config(dir.path());
+    let mut server = Binary::serve(dir.path(), &config_text, &[]);
+    let config = dir.path().join("liveuser.toml");
+    let alice = login(&server.base, "alice");
+    let failures = |config: &std::path::Path| -> Vec<String> {
+        [
+            vec!["user", "put", "carol", "--avatar", "ftp://x"],
+            vec!["user", "put", "bad uid", "--name", "x"],
+            vec!["token", "mint", "nobody"],
+            vec!["token", "mint", "carol", "--ttl", "10"],
+            vec!["session", "revoke", &"f".repeat(32)],
+            vec!["session", "revoke", "not-a-sid"],
+            vec!["user", "get", "carol", "nobody"],
+        ]
+        .iter()
+        .map(|c| cli(config, c).failed().to_string())
+        .collect()
+    };
+
+    // Running: through the admin API.
+    let put = cli(
+        &config,
+        &["user", "put", "carol", "--name", "Carol", "--agent", "cli"],
+    );
+    assert!(put.ok().contains("carol  Carol  cli"), "{}", put.stdout);
+    let failed_running = failures(&config);
+    let minted = cli(&config, &["token", "mint", "carol", "--ttl", "120"]);
+    let token = minted.ok().trim().to_string();
+    assert!(minted.stderr.contains("session"), "{}", minted.stderr);
+    let r = post(
+        &server.base,
+        "/liveuser/User/QueryUser",
+        json!({"uids": ["carol"]}),
+        Some(&token),
+    );
+    assert_eq!(
+        r.status, 200,
+        "a minted token passes the live-session check"
+    );
+    assert_eq!(r.body["users"][0]["name"], "Carol");
+    let minted: Value =
+        serde_json::from_str(cli(&config, &["--json", "token", "mint", "carol"]).ok()).unwrap();
+    let sid = minted["sid"].as_str().unwrap();
+    let revoked = cli(&config, &["session", "revoke", sid]);
+    assert_eq!(revoked.ok(), "revoked 1 session; 0 had already ended\n");
+    let r = post(
+        &server.base,
+        "/liveuser/User/QueryUser",
+        json!({"uids": ["carol"]}),
+        Some(minted["access_token"].as_str().unwrap()),
+    );
+    r.assert_error(401, "unauthenticated");
+    let revoked = cli(&config, &["session", "revoke", "--uid", &alice.str("uid")]);
+    assert_eq!(revoked.ok(), "revoked 1 session; 0 had already ended\n");
+    let r = post(
+        &server.base,
+        "/liveuser/Wx/RenewToken",
+        json!({"refresh_token": alice.str("refresh_token")}),
+        None,
+    );
+    r.assert_error(401, "unauthenticated");
+
+    // Stopped: on the database directly; same answers and same failures.
+    assert!(server.terminate().success());
+    let put = cli(&config, &["user", "put", "dave", "--name", "Dave"]);
+    assert!(put.ok().contains("dave  Dave"), "{}", put.stdout);
+    assert_eq!(failures(&config), failed_running);
+    let token = cli(&config, &["token", "mint", "dave"])
+        .ok()
+        .trim()
+        .to_string();
+    let all = cli(&config, &["--json", "session", "revoke", "--all"]);
+    let all: Value = serde_json::from_str(all.ok()).unwrap();
+    assert_eq!(all["revoked"], 2, "carol's first mint and dave's: {all}");
+    let token2 = cli(&config, &["token", "mint", "dave"])
+        .ok()
+        .trim()
+        .to_string();
+
+    let server = Binary::serve(dir.path(), &config_text, &[]);
+    for (t, status) in [(&token, 401), (&token2, 200)] {
+        let r = post(
+            &server.base,
+            "/liveuser/User/QueryUser",
+            json!({"uids": ["dave"]}),
+            Some(t),
+        );
+        assert_eq!(r.status, status, "{}", r.text);
+    }
+}
+
+#[test]
+fn the_admin_api_refuses_a_missing_or_wrong_token_and_is_not_on_the_public_listener() {
+    let app = TestApp::spawn();
+    let file = app.dir.path().join("db.admin-token");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the token file is private");
+    }
+    let endpoint: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let token = endpoint["token"].as_str().unwrap();
+    assert_eq!(token.len(), 64);
+    let admin = format!("http://{}", app.admin_addr);
+    let body = json!({"after": null, "limit": 10});
+    for bearer in [None, Some("wrong"), Some(&token[1..]), Some("")] {
+        let r = post(&admin, "/admin/v1/user-list", body.clone(), bearer);
+        assert_eq!((r.status, r.code()), (401, "unauthenticated"), "{}", r.text);
+    }
+    let r = post(&admin, "/admin/v1/no-such-thing", body.clone(), None);
+    assert_eq!(
+        r.status, 401,
+        "unknown paths are refused before routing too"
+    );
+    let r = post(&admin, "/admin/v1/user-list", body.clone(), Some(token));
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.body["users"].is_array());
+
+    for path in ["/admin/v1/user-list", "/admin/v1/export"] {
+        let r = post(&app.base, path, body.clone(), Some(token));
+        r.assert_error(404, "bad_route");
+    }
+    drop(app);
+    assert!(!file.exists(), "the token file is removed at shutdown");
+}
+
+#[test]
+fn usage_errors_and_failures_are_one_line_with_exit_code_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = crate::common::write_config(dir.path());
+    let r = cli(&config, &["user", "list"]);
+    assert!(r.failed().contains("no database at"), "{r:?}");
+    assert!(
+        cli(&config, &["session", "revoke"])
+            .failed()
+            .contains("--all")
+    );
+    assert!(
+        cli(&config, &["session", "revoke", "--all", "--uid", "x"])
+            .failed()
+            .contains("cannot be used with")
+    );
+    assert!(
+        cli(&config, &["user", "frobnicate"])
+            .failed()
+            .contains("frobnicate")
+    );
+    let help = cli(&config, &["session", "list", "--help"]);
+    assert!(help.ok().contains("--uid"), "{}", help.stdout);
+}
+
+#[test]
+fn listings_never_show_refresh_tokens_or_their_hashes() {
+    use base64::Engine;
+    use sha2::Digest;
+    let app = TestApp::spawn();
+    let config = crate::common::write_config(app.dir.path());
+    let r = app.login_ok("alice");
+    let refresh = r.str("refresh_token");
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(refresh.trim_start_matches("lvrt_"))
+        .unwrap();
+    let hash = liveuser::model::hex(&sha2::Sha256::digest(&raw));
+    for args in [
+        vec!["session", "list"],
+        vec!["--json", "session", "list"],
+        vec!["--json", "session", "list", "--uid", &r.str("uid")],
+        vec!["export"],
+    ] {
+        let out = cli(&config, &args);
+        let out = out.ok();
+        assert!(!out.is_empty());
+        assert!(
+            !out.contains(&refresh[5..]),
+            "{args:?} shows a refresh token"
+        );
+        assert!(!out.contains(&hash), "{args:?} shows a refresh-token hash");
+    }
+}

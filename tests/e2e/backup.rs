@@ -1,0 +1,231 @@
+//! Export and import, through the running server and on a stopped database.
+
+use serde_json::{Value, json};
+
+use crate::common::{Binary, Reply, agent, binary_config, cli, send, write_config};
+
+fn post(base: &str, path: &str, body: Value, bearer: Option<&str>) -> Reply {
+    let mut headers = vec![("content-type", "application/json".to_string())];
+    if let Some(t) = bearer {
+        headers.push(("authorization", format!("Bearer {t}")));
+    }
+    send(
+        &agent(),
+        "POST",
+        &format!("{base}{path}"),
+        &headers,
+        body.to_string().as_bytes(),
+    )
+}
+
+/// The file's lines without the header (whose export time differs between runs).
+fn body_lines(path: &std::path::Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let header: Value = serde_json::from_str(&lines.remove(0)).unwrap();
+    assert_eq!(header["format"], "liveuser-export");
+    lines
+}
+
+#[test]
+fn export_then_import_into_a_fresh_database_round_trips_every_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Binary::serve(dir.path(), &binary_config(dir.path()), &[]);
+    let config = dir.path().join("liveuser.toml");
+    let mut refresh = Vec::new();
+    for (code, name) in [("alice", "Alice"), ("bob", "名前"), ("carol", "")] {
+        let r = post(
+            &server.base,
+            "/liveuser/Wx/Login",
+            json!({"code": code}),
+            None,
+        );
+        let w = post(
+            &server.base,
+            "/liveuser/User/AddUser",
+            json!({"user": {"name": name, "avatar": "https://a.example/p.png"}}),
+            Some(&r.str("access_token")),
+        );
+        assert_eq!(w.status, 200);
+        refresh.push((r.str("uid"), r.str("refresh_token")));
+    }
+    // A rotated family: the export carries both of its token records.
+    let r = post(
+        &server.base,
+        "/liveuser/Wx/RenewToken",
+        json!({"refresh_token": refresh[0].1}),
+        None,
+    );
+    refresh[0].1 = r.str("refresh_token");
+    // A record with no login (written by an operator).
+    cli(&config, &["user", "put", "ops-only", "--agent", "cli"]).ok();
+
+    let through_api = dir.path().join("api.jsonl");
+    let exported = cli(
+        &config,
+        &[
+            "export",
+            "--sessions",
+            "--out",
+            through_api.to_str().unwrap(),
+        ],
+    );
+    exported.ok();
+    assert_eq!(
+        exported.stderr,
+        "exported 4 users, 3 identities, 3 sessions\n"
+    );
+    assert!(server.terminate().success());
+    let direct = dir.path().join("direct.jsonl");
+    cli(
+        &config,
+        &["export", "--sessions", "--out", direct.to_str().unwrap()],
+    )
+    .ok();
+    assert_eq!(
+        body_lines(&through_api),
+        body_lines(&direct),
+        "the same export either way"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&direct).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "an export is private");
+    }
+    let rotated = std::fs::read_to_string(&direct)
+        .unwrap()
+        .lines()
+        .map(|l| l.matches("\"successor\":\"").count())
+        .sum::<usize>();
+    assert_eq!(rotated, 1, "the rotated token record is exported");
+
+    // Restore into a fresh database, then export it again: every record came back.
+    let fresh = tempfile::tempdir().unwrap();
+    let fresh_config = write_config(fresh.path());
+    let imported = cli(&fresh_config, &["import", direct.to_str().unwrap()]);
+    assert_eq!(
+        imported.ok(),
+        "imported 4 users, 3 identities, 3 sessions\n"
+    );
+    let again = fresh.path().join("again.jsonl");
+    cli(
+        &fresh_config,
+        &["export", "--sessions", "--out", again.to_str().unwrap()],
+    )
+    .ok();
+    assert_eq!(body_lines(&direct), body_lines(&again));
+
+    // And the restored service works: sessions renew, identities keep their uid.
+    let server = Binary::serve(fresh.path(), &binary_config(fresh.path()), &[]);
+    for (uid, token) in &refresh {
+        let r = post(
+            &server.base,
+            "/liveuser/Wx/RenewToken",
+            json!({"refresh_token": token}),
+            None,
+        );
+        assert_eq!(r.status, 200, "a restored session renews: {}", r.text);
+        assert_eq!(&r.str("uid"), uid);
+    }
+    let r = post(
+        &server.base,
+        "/liveuser/Wx/Login",
+        json!({"code": "bob"}),
+        None,
+    );
+    assert_eq!(
+        r.str("uid"),
+        refresh[1].0,
+        "a restored identity keeps its uid"
+    );
+    let q = post(
+        &server.base,
+        "/liveuser/User/QueryUser",
+        json!({"uids": [refresh[1].0]}),
+        Some(&r.str("access_token")),
+    );
+    assert_eq!(q.body["users"][0]["name"], "名前");
+}
+
+#[test]
+fn import_checks_every_line_first_and_writes_nothing_from_a_bad_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Binary::serve(dir.path(), &binary_config(dir.path()), &[]);
+    let config = dir.path().join("liveuser.toml");
+    for code in ["a", "b", "c"] {
+        post(
+            &server.base,
+            "/liveuser/Wx/Login",
+            json!({"code": code}),
+            None,
+        );
+    }
+    let file = dir.path().join("good.jsonl");
+    cli(&config, &["export", "--out", file.to_str().unwrap()]).ok();
+    drop(server);
+    let good = std::fs::read_to_string(&file).unwrap();
+
+    let fresh = tempfile::tempdir().unwrap();
+    let fresh_config = write_config(fresh.path());
+    let mut lines: Vec<&str> = good.lines().collect();
+    let broken_user = lines[3].replace("\"update_at\"", "\"updated\"");
+    lines[3] = &broken_user;
+    let bad = fresh.path().join("bad.jsonl");
+    std::fs::write(&bad, lines.join("\n")).unwrap();
+    let r = cli(&fresh_config, &["import", bad.to_str().unwrap()]);
+    assert!(r.failed().starts_with("liveuser: line 4: "), "{r:?}");
+    let truncated = fresh.path().join("truncated.jsonl");
+    std::fs::write(&truncated, &good[..good.len() / 2]).unwrap();
+    let r = cli(&fresh_config, &["import", truncated.to_str().unwrap()]);
+    assert!(r.failed().contains("line "), "{r:?}");
+    let listed = cli(&fresh_config, &["user", "list"]);
+    assert_eq!(
+        listed.ok(),
+        "UID  NAME  AGENT  AVATAR  UPDATED\n",
+        "nothing written"
+    );
+
+    cli(&fresh_config, &["import", file.to_str().unwrap()]).ok();
+    let again = cli(&fresh_config, &["import", file.to_str().unwrap()]);
+    assert!(again.failed().contains("--merge"), "{again:?}");
+    let merged = cli(
+        &fresh_config,
+        &["import", "--merge", file.to_str().unwrap()],
+    );
+    assert_eq!(merged.ok(), "imported 3 users, 3 identities, 0 sessions\n");
+}
+
+#[test]
+fn import_into_a_running_server_goes_through_its_admin_api() {
+    let source = tempfile::tempdir().unwrap();
+    let source_config = write_config(source.path());
+    let file = source.path().join("users.jsonl");
+    std::fs::write(
+        &file,
+        "{\"kind\":\"header\",\"format\":\"liveuser-export\",\"version\":1,\"exported_at\":1,\"sessions\":false}\n\
+         {\"kind\":\"user\",\"uid\":\"u-1\",\"name\":\"One\",\"agent\":\"\",\"avatar\":\"\",\"update_at\":7}\n\
+         {\"kind\":\"end\",\"users\":1,\"identities\":0,\"sessions\":0}\n",
+    )
+    .unwrap();
+    drop(source_config);
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = Binary::serve(dir.path(), &binary_config(dir.path()), &[]);
+    let config = dir.path().join("liveuser.toml");
+    let r = cli(&config, &["-v", "import", file.to_str().unwrap()]);
+    assert_eq!(r.ok(), "imported 1 users, 0 identities, 0 sessions\n");
+    assert!(r.stderr.contains("admin API"), "{}", r.stderr);
+    let token = cli(&config, &["token", "mint", "u-1"])
+        .ok()
+        .trim()
+        .to_string();
+    let q = post(
+        &server.base,
+        "/liveuser/User/QueryUser",
+        json!({"uids": ["u-1"]}),
+        Some(&token),
+    );
+    assert_eq!(q.body["users"][0]["name"], "One");
+    assert_eq!(q.body["users"][0]["update_at"], "7");
+}
