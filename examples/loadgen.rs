@@ -294,7 +294,11 @@ fn start_server(config_path: &Path) -> (Child, SocketAddr, Duration) {
         &mut line,
     )
     .unwrap();
-    let addr: SocketAddr = line.trim().parse().expect("server address");
+    let Ok(addr) = line.trim().parse::<SocketAddr>() else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the server did not start");
+    };
     loop {
         if let Ok(mut s) = std::net::TcpStream::connect(addr) {
             let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
@@ -599,8 +603,8 @@ fn report(
         args.users, args.connections, args.duration
     );
     println!(
-        "{:<9} {:>10} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7}  {}",
-        "workload", "req/s", "p50 ms", "p99 ms", "p999 ms", "errors", "ratio", "target", "what"
+        "{:<9} {:>10} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7}  what",
+        "workload", "req/s", "p50 ms", "p99 ms", "p999 ms", "errors", "ratio", "target"
     );
     let mut rows = Vec::new();
     for r in results {
