@@ -345,7 +345,11 @@ impl<S: Store> Service<S> {
     }
 
     /// `User.QueryUser`: the records that exist, in the order asked, each uid once.
-    pub async fn query_users(&self, _caller: &Caller, uids: &[Uid]) -> Result<Vec<UserRecord>> {
+    pub async fn query_users(
+        &self,
+        _caller: &Caller,
+        uids: &[Uid],
+    ) -> Result<Vec<Arc<UserRecord>>> {
         if uids.len() > self.policy.max_query_uids {
             return Err(ServiceError::InvalidArgument(format!(
                 "uids has {} entries; at most {} are allowed",
