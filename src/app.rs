@@ -59,12 +59,13 @@ pub enum StartError {
 
 /// Opens the store named by `config`.
 pub fn open_store(config: &Config) -> Result<SledStore, StartError> {
-    SledStore::open(&config.storage.path, config.storage.cache_capacity_bytes).map_err(|source| {
-        StartError::Store {
-            path: config.storage.path.display().to_string(),
+    let storage = &config.storage;
+    SledStore::open(&storage.path, storage.cache_capacity_bytes)
+        .map(|store| store.with_caches(storage.user_cache_entries, storage.session_cache_entries))
+        .map_err(|source| StartError::Store {
+            path: storage.path.display().to_string(),
             source,
-        }
-    })
+        })
 }
 
 /// Builds the service over an open store: keys (configured or generated and stored),

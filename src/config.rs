@@ -78,6 +78,11 @@ pub struct StorageConfig {
     pub cache_capacity_bytes: u64,
     /// How often expired and revoked sessions are swept from storage.
     pub sweep_interval_secs: u64,
+    /// Entries of the user-record cache in front of sled (QueryUser's reads); 0 turns it off.
+    pub user_cache_entries: usize,
+    /// Entries of the session cache in front of sled (the per-request live-session
+    /// check); 0 turns it off.
+    pub session_cache_entries: usize,
 }
 
 impl Default for StorageConfig {
@@ -86,6 +91,8 @@ impl Default for StorageConfig {
             path: PathBuf::from("./data/liveuser.db"),
             cache_capacity_bytes: 128 * 1024 * 1024,
             sweep_interval_secs: 600,
+            user_cache_entries: 100_000,
+            session_cache_entries: 100_000,
         }
     }
 }

@@ -389,7 +389,11 @@ impl<S: Store> Service<S> {
     }
 
     /// `User.QueryUser`: the records that exist, in the order asked, each uid once.
-    pub async fn query_users(&self, _caller: &Caller, uids: &[Uid]) -> Result<Vec<UserRecord>> {
+    pub async fn query_users(
+        &self,
+        _caller: &Caller,
+        uids: &[Uid],
+    ) -> Result<Vec<Arc<UserRecord>>> {
         if uids.len() > self.policy.max_query_uids {
             return Err(ServiceError::InvalidArgument(format!(
                 "uids has {} entries; at most {} are allowed",
@@ -425,9 +429,20 @@ impl<S: Store> Service<S> {
 }
 
 /// Login codes seen in the last five minutes, by SHA-256, with their outcome.
+///
+/// Memory is bounded: expired entries are pruned at most every
+/// [`CODE_PRUNE_EVERY_SECS`] (a full scan, so not on every insert), and beyond
+/// [`CODE_CAPACITY`] live entries a new code is exchanged without being remembered — under
+/// such a flood a client retry may then meet WeChat's 40163 instead of its first answer.
 #[derive(Default)]
 struct LoginCodes {
-    entries: Mutex<HashMap<[u8; 32], Arc<CodeEntry>>>,
+    inner: Mutex<CodeMap>,
+}
+
+#[derive(Default)]
+struct CodeMap {
+    entries: HashMap<[u8; 32], Arc<CodeEntry>>,
+    next_prune: u64,
 }
 
 struct CodeEntry {
@@ -435,8 +450,18 @@ struct CodeEntry {
     uid: OnceCell<Result<Uid>>,
 }
 
-/// Above this many remembered codes, expired ones are pruned on insert.
-const CODE_PRUNE_AT: usize = 4096;
+/// Most login codes remembered at once.
+const CODE_CAPACITY: usize = 200_000;
+/// Least time between two scans for expired codes.
+const CODE_PRUNE_EVERY_SECS: u64 = 10;
+
+impl CodeMap {
+    fn prune(&mut self, now: u64) {
+        self.entries
+            .retain(|_, e| now < e.first_seen + CODE_LIFETIME_SECS);
+        self.next_prune = now + CODE_PRUNE_EVERY_SECS;
+    }
+}
 
 impl LoginCodes {
     /// The uid for `code`: from a live entry, by joining an exchange in flight, or by
@@ -449,32 +474,36 @@ impl LoginCodes {
     {
         let key = sha256(code.as_bytes());
         let entry = {
-            let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-            let reusable = entries.get(&key).filter(|e| {
+            let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            if now >= map.next_prune {
+                map.prune(now);
+            }
+            let reusable = map.entries.get(&key).filter(|e| {
                 now < e.first_seen + CODE_LIFETIME_SECS && !matches!(e.uid.get(), Some(Err(_)))
             });
             match reusable {
-                Some(entry) => entry.clone(),
-                None => {
-                    if entries.len() >= CODE_PRUNE_AT {
-                        entries.retain(|_, e| now < e.first_seen + CODE_LIFETIME_SECS);
-                    }
+                Some(entry) => Some(entry.clone()),
+                None if map.entries.len() < CODE_CAPACITY => {
                     let entry = Arc::new(CodeEntry {
                         first_seen: now,
                         uid: OnceCell::new(),
                     });
-                    entries.insert(key, entry.clone());
-                    entry
+                    map.entries.insert(key, entry.clone());
+                    Some(entry)
                 }
+                None => None,
             }
         };
-        entry.uid.get_or_init(exchange).await.clone()
+        match entry {
+            Some(entry) => entry.uid.get_or_init(exchange).await.clone(),
+            None => exchange().await,
+        }
     }
 
     fn prune(&self, now: u64) {
-        self.entries
+        self.inner
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|_, e| now < e.first_seen + CODE_LIFETIME_SECS);
+            .prune(now);
     }
 }

@@ -265,7 +265,10 @@ impl Operation for UserGet {
             .map(ToString::to_string)
             .collect();
         Ok(UserGetOutput {
-            users: found.into_iter().map(UserView::from).collect(),
+            users: found
+                .into_iter()
+                .map(|u| UserView::from(UserRecord::clone(&u)))
+                .collect(),
             missing,
         })
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
-use warp::http::{HeaderMap, HeaderValue, Method, header};
+use warp::http::{HeaderValue, Method, header};
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
@@ -94,12 +94,12 @@ pub fn add_user<S: Store>(
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("liveuser" / "User" / "AddUser")
         .and(rpc(limit))
-        .and(warp::header::headers_cloned())
+        .and(header_value("authorization"))
         .and(with(service))
         .then(
-            |body: Bytes, headers: HeaderMap, service: Arc<Service<S>>| async move {
+            |body: Bytes, auth: Option<HeaderValue>, service: Arc<Service<S>>| async move {
                 respond(async {
-                    let caller = authenticate(&service, &headers).await?;
+                    let caller = authenticate(&service, auth.as_ref()).await?;
                     let (uid, patch) = wire::add_user(&body)?;
                     service.add_user(&caller, uid, &patch).await?;
                     Ok(b"{}".to_vec())
@@ -116,12 +116,12 @@ pub fn query_user<S: Store>(
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("liveuser" / "User" / "QueryUser")
         .and(rpc(limit))
-        .and(warp::header::headers_cloned())
+        .and(header_value("authorization"))
         .and(with(service))
         .then(
-            |body: Bytes, headers: HeaderMap, service: Arc<Service<S>>| async move {
+            |body: Bytes, auth: Option<HeaderValue>, service: Arc<Service<S>>| async move {
                 respond(async {
-                    let caller = authenticate(&service, &headers).await?;
+                    let caller = authenticate(&service, auth.as_ref()).await?;
                     let uids = wire::query_user(&body)?;
                     Ok(wire::users(&service.query_users(&caller, &uids).await?))
                 })
@@ -134,11 +134,10 @@ pub fn query_user<S: Store>(
 /// and the token behind it.
 async fn authenticate<S: Store>(
     service: &Service<S>,
-    headers: &HeaderMap,
+    authorization: Option<&HeaderValue>,
 ) -> Result<Caller, ApiError> {
     let refused = || ApiError::unauthenticated(crate::service::ACCESS_REFUSED);
-    let value = headers
-        .get(header::AUTHORIZATION)
+    let value = authorization
         .and_then(|v| v.to_str().ok())
         .ok_or_else(refused)?;
     let token = value.strip_prefix("Bearer ").ok_or_else(refused)?;
@@ -167,6 +166,18 @@ fn json(body: Vec<u8>) -> Response {
 
 fn with<T: Clone + Send>(value: T) -> impl Filter<Extract = (T,), Error = Infallible> + Clone {
     warp::any().map(move || value.clone())
+}
+
+/// A header's raw value, if present. Unlike `warp::header::optional`, a value that is
+/// not visible ASCII is handed over as is (and judged by the caller) instead of
+/// becoming a rejection without a JSON body.
+fn header_value(
+    name: &'static str,
+) -> impl Filter<Extract = (Option<HeaderValue>,), Error = Infallible> + Clone {
+    warp::header::value(name)
+        .map(Some)
+        .or(warp::any().map(|| None))
+        .unify()
 }
 
 fn peer() -> impl Filter<Extract = (Option<PeerAddr>,), Error = Infallible> + Clone {
@@ -201,10 +212,11 @@ fn method(expected: Method) -> impl Filter<Extract = (), Error = Rejection> + Cl
 
 /// `application/json`, any case, with or without parameters such as `charset`.
 fn json_content_type() -> impl Filter<Extract = (), Error = Rejection> + Clone {
-    warp::header::optional::<String>("content-type")
-        .and_then(|ct: Option<String>| async move {
+    header_value("content-type")
+        .and_then(|ct: Option<HeaderValue>| async move {
             let essence = ct
-                .as_deref()
+                .as_ref()
+                .and_then(|ct| ct.to_str().ok())
                 .and_then(|ct| ct.split(';').next())
                 .map(str::trim);
             match essence {
@@ -218,10 +230,11 @@ fn json_content_type() -> impl Filter<Extract = (), Error = Rejection> + Clone {
 /// The body, at most `limit` bytes: refused early by `Content-Length`, or while reading
 /// a chunked body as soon as it passes the limit.
 fn body(limit: u64) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
-    warp::header::optional::<String>("content-length")
+    header_value("content-length")
         .and(warp::body::stream())
-        .and_then(move |length: Option<String>, stream| async move {
-            let declared = match length.map(|l| l.trim().parse::<u64>()) {
+        .and_then(move |length: Option<HeaderValue>, stream| async move {
+            let length = length.map(|l| l.to_str().map(|s| s.trim().parse::<u64>()));
+            let declared = match length.map(|l| l.ok().and_then(Result::ok).ok_or(())) {
                 Some(Ok(n)) => Some(n),
                 Some(Err(_)) => {
                     return Err(warp::reject::custom(ApiError::malformed(

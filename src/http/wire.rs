@@ -1,7 +1,14 @@
 //! JSON in and out: request bodies decoded into typed requests, field by field, so every
 //! error names its field; responses encoded as the protocol writes them.
+//!
+//! Each request is first tried with a typed, borrowing decoder (the fast path for valid
+//! requests); only when that fails is the body parsed into a `serde_json::Value` and
+//! walked field by field, to say exactly what is wrong. Both paths accept the same
+//! requests.
 
-use serde::Serialize;
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
@@ -41,35 +48,107 @@ fn req_string<'a>(obj: &'a Object, field: &str) -> Result<&'a str, ApiError> {
         .ok_or_else(|| ApiError::invalid_argument(format!("{field} is required")))
 }
 
+/// The typed decoder, for bodies that are JSON objects (serde would also read a JSON
+/// array into a struct, which the protocol does not allow).
+fn fast<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Option<T> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace())?;
+    if *first != b'{' {
+        return None;
+    }
+    serde_json::from_slice(body).ok()
+}
+
+#[derive(Deserialize)]
+struct LoginBody<'a> {
+    #[serde(borrow)]
+    code: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+struct RenewBody<'a> {
+    #[serde(borrow)]
+    refresh_token: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+struct AddUserBody<'a> {
+    /// Kept raw so the nested value can be checked to be an object, like the body.
+    #[serde(borrow)]
+    user: &'a serde_json::value::RawValue,
+}
+
+#[derive(Deserialize)]
+struct UserBody<'a> {
+    #[serde(borrow, default)]
+    uid: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    agent: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    avatar: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct QueryUserBody<'a> {
+    #[serde(borrow)]
+    uids: Vec<Cow<'a, str>>,
+}
+
 /// `Wx.Login`: `{"code": string}`.
 pub fn login(body: &[u8]) -> Result<String, ApiError> {
+    if let Some(req) = fast::<LoginBody>(body) {
+        return Ok(req.code.into_owned());
+    }
     Ok(req_string(&object(body)?, "code")?.to_string())
 }
 
 /// `Wx.RenewToken`: `{"refresh_token": string}`.
 pub fn renew(body: &[u8]) -> Result<String, ApiError> {
+    if let Some(req) = fast::<RenewBody>(body) {
+        return Ok(req.refresh_token.into_owned());
+    }
     Ok(req_string(&object(body)?, "refresh_token")?.to_string())
 }
 
 /// `User.AddUser`: `{"user": UserRecord}`; an empty or missing uid means "myself", and
 /// `update_at` is ignored (the server sets it).
 pub fn add_user(body: &[u8]) -> Result<(Option<Uid>, UserPatch), ApiError> {
+    if let Some(user) =
+        fast::<AddUserBody>(body).and_then(|b| fast::<UserBody>(b.user.get().as_bytes()))
+    {
+        let own = |v: Option<Cow<str>>| v.map(Cow::into_owned);
+        return user_fields(
+            user.uid.as_deref(),
+            UserPatch {
+                name: own(user.name),
+                agent: own(user.agent),
+                avatar: own(user.avatar),
+            },
+        );
+    }
     let obj = object(body)?;
     let user = match obj.get("user") {
         Some(Value::Object(user)) => user,
         None | Some(Value::Null) => return Err(ApiError::invalid_argument("user is required")),
         Some(_) => return Err(ApiError::invalid_argument("user must be an object")),
     };
-    let uid = match opt_string(user, "uid", "user.uid")? {
-        None | Some("") => None,
-        Some(uid) => {
-            Some(Uid::parse(uid).map_err(|e| ApiError::invalid_argument(format!("user.uid {e}")))?)
-        }
-    };
+    let uid = opt_string(user, "uid", "user.uid")?;
     let patch = UserPatch {
         name: opt_string(user, "name", "user.name")?.map(str::to_string),
         agent: opt_string(user, "agent", "user.agent")?.map(str::to_string),
         avatar: opt_string(user, "avatar", "user.avatar")?.map(str::to_string),
+    };
+    user_fields(uid, patch)
+}
+
+/// The checks both decoders share: an empty uid means the caller; field limits.
+fn user_fields(uid: Option<&str>, patch: UserPatch) -> Result<(Option<Uid>, UserPatch), ApiError> {
+    let uid = match uid {
+        None | Some("") => None,
+        Some(uid) => {
+            Some(Uid::parse(uid).map_err(|e| ApiError::invalid_argument(format!("user.uid {e}")))?)
+        }
     };
     patch
         .validate()
@@ -79,6 +158,16 @@ pub fn add_user(body: &[u8]) -> Result<(Option<Uid>, UserPatch), ApiError> {
 
 /// `User.QueryUser`: `{"uids": [string]}`.
 pub fn query_user(body: &[u8]) -> Result<Vec<Uid>, ApiError> {
+    if let Some(req) = fast::<QueryUserBody>(body) {
+        return req
+            .uids
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                Uid::parse(s).map_err(|e| ApiError::invalid_argument(format!("uids[{i}] {e}")))
+            })
+            .collect();
+    }
     let obj = object(body)?;
     let uids = match obj.get("uids") {
         Some(Value::Array(uids)) => uids,
@@ -147,9 +236,9 @@ struct UsersOut<'a> {
 }
 
 /// QueryUser answer.
-pub fn users(users: &[UserRecord]) -> Vec<u8> {
+pub fn users(users: &[std::sync::Arc<UserRecord>]) -> Vec<u8> {
     to_vec(&UsersOut {
-        users: users.iter().map(UserOut::from).collect(),
+        users: users.iter().map(|u| UserOut::from(&**u)).collect(),
     })
 }
 
@@ -219,6 +308,38 @@ mod tests {
     }
 
     #[test]
+    fn both_decoders_accept_the_same_requests() {
+        // Escaped strings cannot be borrowed; the fast path copies them.
+        assert_eq!(login(br#"{"code": "a\"b\u00e9"}"#).unwrap(), "a\"bé");
+        assert_eq!(
+            query_user(br#"{"uids": ["a\u0062"]}"#).unwrap()[0].as_str(),
+            "ab"
+        );
+        // A JSON array would fill a struct positionally in serde; the protocol wants objects.
+        assert_eq!(err(login(br#"["c"]"#)).0, "invalid_argument");
+        assert_eq!(err(query_user(br#"[["a"]]"#)).0, "invalid_argument");
+        // null is "absent" for optional fields and "missing" for required ones.
+        let (_, patch) = add_user(br#"{"user": {"name": null, "agent": "x"}}"#).unwrap();
+        assert_eq!(
+            patch,
+            UserPatch {
+                agent: Some("x".into()),
+                ..Default::default()
+            }
+        );
+        assert_eq!(err(login(br#"{"code": null}"#)).1, "code is required");
+        // Limits apply on the fast path too.
+        assert_eq!(
+            err(add_user(br#"{"user": {"uid": "a b"}}"#)).0,
+            "invalid_argument"
+        );
+        assert_eq!(
+            err(query_user(br#"{"uids": [""]}"#)).1,
+            "uids[0] must be 1 to 64 characters"
+        );
+    }
+
+    #[test]
     fn unknown_fields_are_ignored() {
         assert_eq!(
             login(br#"{"code": "c", "extra": {"a": [1]}}"#).unwrap(),
@@ -229,7 +350,7 @@ mod tests {
     #[test]
     fn user_records_encode_update_at_as_a_string() {
         let user = UserRecord::new(Uid::parse("u").unwrap(), 42);
-        let out: Value = serde_json::from_slice(&users(&[user])).unwrap();
+        let out: Value = serde_json::from_slice(&users(&[user.into()])).unwrap();
         assert_eq!(out["users"][0]["update_at"], "42");
         assert_eq!(out["users"][0]["uid"], "u");
     }

@@ -7,11 +7,13 @@
 //! so another backend (PostgreSQL for several instances) implements the same steps with
 //! its own transactions and the service does not change.
 
+mod cache;
 pub mod codec;
 mod flush;
 pub mod sled;
 
 use std::future::Future;
+use std::sync::Arc;
 
 use crate::model::{Identity, RefreshRecord, Session, Sid, TokenHash, Uid, UserPatch, UserRecord};
 
@@ -89,7 +91,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// The records of `uids` that exist, in the order given (duplicates are the caller's
     /// business).
-    fn users(&self, uids: &[Uid]) -> impl Future<Output = StoreResult<Vec<UserRecord>>> + Send;
+    fn users(&self, uids: &[Uid])
+    -> impl Future<Output = StoreResult<Vec<Arc<UserRecord>>>> + Send;
 
     /// Applies `patch` to `uid`'s record (creating it if absent) with `update_at = now`,
     /// atomically against concurrent writers, and returns the stored record.

@@ -16,10 +16,12 @@
 //! Values go through [`codec`](super::codec). Multi-tree changes are one sled transaction.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use sled::Tree;
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
+use super::cache::Cache;
 use super::codec::{decode, encode};
 use super::flush::{self, GroupCommit};
 use super::{Census, Family, Page, Restore, RotateOutcome, Store, StoreError, StoreResult};
@@ -39,7 +41,12 @@ pub struct SledStore {
     session_tokens: Tree,
     meta: Tree,
     commit: GroupCommit,
+    user_cache: Cache<Uid, Arc<UserRecord>>,
+    session_cache: Cache<Sid, Session>,
 }
+
+/// Default entries of each read cache (users, sessions); see [`SledStore::with_caches`].
+pub const DEFAULT_CACHE_ENTRIES: usize = 100_000;
 
 impl std::fmt::Debug for SledStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -113,7 +120,16 @@ impl SledStore {
             meta: tree("meta")?,
             commit: GroupCommit::start(db.clone()),
             db,
+            user_cache: Cache::new(DEFAULT_CACHE_ENTRIES),
+            session_cache: Cache::new(DEFAULT_CACHE_ENTRIES),
         })
+    }
+
+    /// Sizes the read caches in front of the user and session trees (0 turns one off).
+    pub fn with_caches(mut self, users: usize, sessions: usize) -> Self {
+        self.user_cache = Cache::new(users);
+        self.session_cache = Cache::new(sessions);
+        self
     }
 
     /// Flushes everything to disk now (shutdown, CLI).
@@ -155,17 +171,20 @@ impl SledStore {
                 }
                 Ok(())
             })
-            .map_err(tx_error)
+            .map_err(tx_error)?;
+        self.session_cache.invalidate(&session.sid);
+        Ok(())
     }
 }
 
 impl Store for SledStore {
-    async fn users(&self, uids: &[Uid]) -> StoreResult<Vec<UserRecord>> {
+    async fn users(&self, uids: &[Uid]) -> StoreResult<Vec<Arc<UserRecord>>> {
         let mut out = Vec::with_capacity(uids.len());
         for uid in uids {
-            if let Some(user) = Self::get(&self.users, uid.as_str().as_bytes())? {
-                out.push(user);
-            }
+            let user = self.user_cache.get_or_load(uid, || {
+                Ok::<_, StoreError>(Self::get(&self.users, uid.as_str().as_bytes())?.map(Arc::new))
+            })?;
+            out.extend(user);
         }
         Ok(out)
     }
@@ -183,6 +202,7 @@ impl Store for SledStore {
                 Ok(user)
             })
             .map_err(tx_error)?;
+        self.user_cache.invalidate(uid);
         self.commit.durable().await?;
         Ok(user)
     }
@@ -191,6 +211,7 @@ impl Store for SledStore {
         self.users
             .insert(user.uid.as_str(), encode(user))
             .map_err(io)?;
+        self.user_cache.invalidate(&user.uid);
         self.commit.durable().await
     }
 
@@ -233,12 +254,14 @@ impl Store for SledStore {
                 Ok(candidate.uid.clone())
             })
             .map_err(tx_error)?;
+        self.user_cache.invalidate(&candidate.uid);
         self.commit.durable().await?;
         Ok(uid)
     }
 
     async fn session(&self, sid: Sid) -> StoreResult<Option<Session>> {
-        Self::get(&self.sessions, &sid.0)
+        self.session_cache
+            .get_or_load(&sid, || Self::get(&self.sessions, &sid.0))
     }
 
     async fn sessions_of(&self, uid: &Uid) -> StoreResult<Vec<Session>> {
@@ -304,6 +327,9 @@ impl Store for SledStore {
                 Ok(())
             })
             .map_err(tx_error)?;
+        for sid in evict.iter().chain([&session.sid]) {
+            self.session_cache.invalidate(sid);
+        }
         self.commit.durable().await
     }
 
@@ -348,6 +374,7 @@ impl Store for SledStore {
             })
             .map_err(tx_error)?;
         if outcome == RotateOutcome::Rotated {
+            self.session_cache.invalidate(&sid);
             self.commit.durable().await?;
         }
         Ok(outcome)
@@ -371,6 +398,7 @@ impl Store for SledStore {
             })
             .map_err(tx_error)?;
         if touched {
+            self.session_cache.invalidate(&sid);
             self.commit.durable().await?;
         }
         Ok(touched)
@@ -395,6 +423,9 @@ impl Store for SledStore {
                 Ok(revoked)
             })
             .map_err(tx_error)?;
+        for sid in sids {
+            self.session_cache.invalidate(sid);
+        }
         self.commit.durable().await?;
         Ok(revoked)
     }
@@ -510,6 +541,12 @@ impl Store for SledStore {
                 },
             )
             .map_err(tx_error)?;
+        for user in &batch.users {
+            self.user_cache.invalidate(&user.uid);
+        }
+        for (session, _) in &batch.sessions {
+            self.session_cache.invalidate(&session.sid);
+        }
         self.commit.durable().await
     }
 

@@ -213,7 +213,25 @@ fn import_into_a_running_server_goes_through_its_admin_api() {
     let dir = tempfile::tempdir().unwrap();
     let server = Binary::serve(dir.path(), &binary_config(dir.path()), &[]);
     let config = dir.path().join("liveuser.toml");
-    let r = cli(&config, &["-v", "import", file.to_str().unwrap()]);
+    // A reader asks for u-1 before it exists, so the server has seen it absent.
+    let reader = post(
+        &server.base,
+        "/liveuser/Wx/Login",
+        json!({"code": "reader"}),
+        None,
+    );
+    let reader_token = reader.str("access_token");
+    let before = post(
+        &server.base,
+        "/liveuser/User/QueryUser",
+        json!({"uids": ["u-1"]}),
+        Some(&reader_token),
+    );
+    assert_eq!(before.body["users"], json!([]));
+    let r = cli(
+        &config,
+        &["-v", "import", "--merge", file.to_str().unwrap()],
+    );
     assert_eq!(r.ok(), "imported 1 users, 0 identities, 0 sessions\n");
     assert!(r.stderr.contains("admin API"), "{}", r.stderr);
     let token = cli(&config, &["token", "mint", "u-1"])
@@ -228,4 +246,12 @@ fn import_into_a_running_server_goes_through_its_admin_api() {
     );
     assert_eq!(q.body["users"][0]["name"], "One");
     assert_eq!(q.body["users"][0]["update_at"], "7");
+    // The imported record is visible to a reader that had seen it absent.
+    let after = post(
+        &server.base,
+        "/liveuser/User/QueryUser",
+        json!({"uids": ["u-1"]}),
+        Some(&reader_token),
+    );
+    assert_eq!(after.body["users"][0]["name"], "One", "{}", after.text);
 }

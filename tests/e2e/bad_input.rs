@@ -240,3 +240,47 @@ fn healthz_answers_ok() {
     let r = app.raw("GET", "/healthz", &[], b"");
     assert_eq!((r.status, r.body.clone()), (200, json!({"status": "ok"})));
 }
+
+#[test]
+fn header_values_that_are_not_visible_ascii_get_json_errors() {
+    let app = TestApp::spawn();
+    let token = app.login_ok("opaque").str("access_token");
+    let send = |headers: &str| {
+        let body = r#"{"uids": []}"#;
+        let mut stream = TcpStream::connect(app.addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut request = format!(
+            "POST /liveuser/User/QueryUser HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(headers.as_bytes());
+        request.extend_from_slice(b"\r\n");
+        request.extend_from_slice(body.as_bytes());
+        // Latin-1 bytes inside header values are legal HTTP (obs-text) but not UTF-8.
+        let request: Vec<u8> = request
+            .iter()
+            .map(|&b| if b == b'~' { 0xff } else { b })
+            .collect();
+        stream.write_all(&request).unwrap();
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    let answer = send(&format!(
+        "Content-Type: application/json~\r\nAuthorization: Bearer {token}\r\n"
+    ));
+    assert!(answer.starts_with("HTTP/1.1 415"), "{answer}");
+    assert!(answer.contains(r#""code":"bad_route""#), "{answer}");
+    let answer = send(&format!(
+        "Content-Type: application/json\r\nAuthorization: Bearer {token}~\r\n"
+    ));
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(answer.contains(r#""code":"unauthenticated""#), "{answer}");
+    let answer = send(&format!(
+        "Content-Type: application/json\r\nAuthorization: Bearer {token}\r\n"
+    ));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}

@@ -1,0 +1,665 @@
+//! liveuser's load generator: seeds a database, starts a server on it, drives each
+//! workload with N keep-alive connections for T seconds, and prints requests/s,
+//! p50/p99/p999 latency and the ratio to `GET /healthz` of the same server in the same
+//! run (so machine noise largely cancels), as a table and as JSON.
+//!
+//! ```text
+//! cargo run --release --example loadgen                       # 100k users, every workload
+//! cargo run --release --example loadgen -- --users 1000000 --workloads healthz,query
+//! cargo run --release --example loadgen -- --help
+//! ```
+//!
+//! The server runs in a child process (this executable re-run with a hidden `__serve`
+//! argument, which calls the same `liveuser::app::start` as `liveuser serve`), so its
+//! memory is measured on its own. Seeding logs every user in once through the service
+//! itself (mock WeChat mode), so the database holds exactly what production would: a
+//! user, an identity and a live session per user. Rate limits are turned off.
+//!
+//! The client is a minimal HTTP/1.1 keep-alive client (one request in flight per
+//! connection, like `wrk`), so it costs little of the machine the server shares.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use rand::RngExt;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use liveuser::clock::SystemClock;
+use liveuser::config::{Config, WxMode};
+
+/// Load generator for liveuser.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Users (each with one live session) to seed.
+    #[arg(long, default_value_t = 100_000)]
+    users: usize,
+    /// Keep-alive connections per workload.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Measured seconds per workload.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Unmeasured warm-up seconds before each workload.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Client threads.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Comma-separated workloads: healthz, query, adduser, renew, login.
+    #[arg(long, default_value = "healthz,query,adduser,renew,login")]
+    workloads: String,
+    /// Where to put the database (default: a temporary directory, removed at the end).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// sled cache size of the server (storage.cache_capacity_bytes).
+    #[arg(long)]
+    cache_bytes: Option<u64>,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Internal: run the server with this config file.
+    #[arg(long, hide = true)]
+    serve: Option<PathBuf>,
+}
+
+/// One seeded user's credentials.
+#[derive(Clone)]
+struct Seeded {
+    uid: String,
+    access: String,
+    refresh: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Workload {
+    Healthz,
+    Query,
+    AddUser,
+    Renew,
+    Login,
+}
+
+impl Workload {
+    fn parse(s: &str) -> Option<Workload> {
+        Some(match s.trim() {
+            "healthz" => Workload::Healthz,
+            "query" => Workload::Query,
+            "adduser" => Workload::AddUser,
+            "renew" => Workload::Renew,
+            "login" => Workload::Login,
+            _ => return None,
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Workload::Healthz => "healthz",
+            Workload::Query => "query",
+            Workload::AddUser => "adduser",
+            Workload::Renew => "renew",
+            Workload::Login => "login",
+        }
+    }
+
+    fn description(self) -> &'static str {
+        match self {
+            Workload::Healthz => "GET /healthz (baseline)",
+            Workload::Query => "QueryUser, 10 random uids, valid token",
+            Workload::AddUser => "AddUser, own record, durable",
+            Workload::Renew => "RenewToken with rotation, durable",
+            Workload::Login => "Login, mock mode, durable",
+        }
+    }
+
+    /// The ratio to healthz the performance issue asks for.
+    fn target_ratio(self) -> Option<f64> {
+        match self {
+            Workload::Healthz => None,
+            Workload::Query => Some(0.60),
+            Workload::AddUser => Some(0.30),
+            Workload::Renew => Some(0.25),
+            Workload::Login => Some(0.20),
+        }
+    }
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Some(config) = &args.serve {
+        serve(config);
+        return;
+    }
+    let workloads: Vec<Workload> = args
+        .workloads
+        .split(',')
+        .map(|w| Workload::parse(w).unwrap_or_else(|| panic!("unknown workload {w:?}")))
+        .collect();
+
+    let temp = tempfile::tempdir().expect("temp dir");
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| temp.path().to_path_buf());
+    std::fs::create_dir_all(&dir).expect("bench dir");
+    let config_path = dir.join("liveuser.toml");
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.server.admin_listen = "127.0.0.1:0".parse().unwrap();
+    config.storage.path = dir.join("db");
+    if let Some(bytes) = args.cache_bytes {
+        config.storage.cache_capacity_bytes = bytes;
+    }
+    config.wx.mode = WxMode::Mock;
+    config.limits.login_per_min = 0;
+    config.limits.renew_per_min = 0;
+    config.log.level = "warn".into();
+    std::fs::write(&config_path, toml::to_string(&config).unwrap()).expect("write config");
+
+    eprintln!("seeding {} users into {} …", args.users, dir.display());
+    let started = Instant::now();
+    let users = seed(&config, args.users);
+    let seed_secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "seeded in {seed_secs:.1} s ({:.0} logins/s)",
+        args.users as f64 / seed_secs
+    );
+
+    let (mut server, addr, startup) = start_server(&config_path);
+    eprintln!(
+        "server pid {} on {addr}, healthy {:.0} ms after start",
+        server.id(),
+        startup.as_secs_f64() * 1000.0
+    );
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads)
+        .enable_all()
+        .build()
+        .unwrap();
+    let users = Arc::new(users);
+    let mut results = Vec::new();
+    for &workload in &workloads {
+        eprintln!(
+            "running {} for {:.0}+{:.0} s …",
+            workload.name(),
+            args.warmup,
+            args.duration
+        );
+        let result = runtime.block_on(run_workload(addr, workload, &args, users.clone()));
+        eprintln!(
+            "  {:.0} req/s, p99 {:.2} ms, {} errors",
+            result.rps, result.p99_ms, result.errors
+        );
+        results.push(result);
+    }
+    let (rss_mb, peak_mb) = memory_of(server.id());
+    let _ = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status();
+    let _ = server.wait();
+    let db_mb = dir_size(&config.storage.path) as f64 / 1e6;
+
+    report(&args, &results, seed_secs, startup, rss_mb, peak_mb, db_mb);
+}
+
+/// The `__serve` mode: exactly what `liveuser serve` does with this configuration.
+fn serve(config_path: &Path) {
+    let text = std::fs::read_to_string(config_path).expect("config");
+    let config = Config::from_parts("loadgen.toml", Some(&text), std::iter::empty())
+        .expect("config")
+        .config;
+    liveuser::logging::init(&config.log);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let running = liveuser::app::start(&config, Arc::new(SystemClock))
+            .await
+            .expect("server starts");
+        println!("{}", running.addr);
+        let stop = running.stopper();
+        tokio::spawn(async move {
+            liveuser::app::termination_signal().await;
+            let _ = stop.send(true);
+        });
+        running.wait().await;
+    });
+}
+
+/// Logs `n` users in through the service, in-process, and returns their credentials.
+fn seed(config: &Config, n: usize) -> Vec<Seeded> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let store = Arc::new(liveuser::app::open_store(config).expect("open store"));
+        let service = Arc::new(
+            liveuser::app::build_service(config, store, Arc::new(SystemClock))
+                .await
+                .expect("service"),
+        );
+        let mut out: Vec<Option<Seeded>> = vec![None; n];
+        let chunk = 512;
+        for start in (0..n).step_by(chunk) {
+            let tasks: Vec<_> = (start..(start + chunk).min(n))
+                .map(|i| {
+                    let service = service.clone();
+                    tokio::spawn(async move {
+                        let grant = service
+                            .login(&format!("user-{i}"))
+                            .await
+                            .expect("seed login");
+                        (i, grant)
+                    })
+                })
+                .collect();
+            for task in tasks {
+                let (i, grant) = task.await.unwrap();
+                out[i] = Some(Seeded {
+                    uid: grant.uid.to_string(),
+                    access: grant.access_token,
+                    refresh: grant.refresh_token,
+                });
+            }
+            if start % 100_000 == 0 && start > 0 {
+                eprintln!("  {start} …");
+            }
+        }
+        drop(service);
+        out.into_iter().map(Option::unwrap).collect()
+    })
+}
+
+/// Starts the server child and waits until `/healthz` answers; returns the time that took.
+fn start_server(config_path: &Path) -> (Child, SocketAddr, Duration) {
+    let started = Instant::now();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .arg("--serve")
+        .arg(config_path)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("server starts");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let Ok(addr) = line.trim().parse::<SocketAddr>() else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the server did not start");
+    };
+    loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(addr) {
+            let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let mut answer = String::new();
+            let _ = std::io::Read::read_to_string(&mut s, &mut answer);
+            if answer.starts_with("HTTP/1.1 200") {
+                return (child, addr, started.elapsed());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Figures of one workload.
+struct Outcome {
+    workload: Workload,
+    requests: u64,
+    errors: u64,
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+}
+
+async fn run_workload(
+    addr: SocketAddr,
+    workload: Workload,
+    args: &Args,
+    users: Arc<Vec<Seeded>>,
+) -> Outcome {
+    let warm = Duration::from_secs_f64(args.warmup);
+    let measure = Duration::from_secs_f64(args.duration);
+    let start = Instant::now();
+    let measure_from = start + warm;
+    let end = measure_from + measure;
+    let tasks: Vec<_> = (0..args.connections)
+        .map(|c| {
+            let users = users.clone();
+            let conns = args.connections;
+            tokio::spawn(
+                async move { drive(addr, workload, c, conns, users, measure_from, end).await },
+            )
+        })
+        .collect();
+    let mut latencies: Vec<u32> = Vec::new();
+    let (mut requests, mut errors) = (0, 0);
+    for task in tasks {
+        let stats = task.await.unwrap();
+        requests += stats.latencies_us.len() as u64;
+        errors += stats.errors;
+        latencies.extend(stats.latencies_us);
+    }
+    latencies.sort_unstable();
+    let pct = |p: f64| {
+        if latencies.is_empty() {
+            return 0.0;
+        }
+        let i = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
+        latencies[i] as f64 / 1000.0
+    };
+    Outcome {
+        workload,
+        requests,
+        errors,
+        rps: requests as f64 / measure.as_secs_f64(),
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        p999_ms: pct(0.999),
+    }
+}
+
+struct ConnStats {
+    latencies_us: Vec<u32>,
+    errors: u64,
+}
+
+/// One keep-alive connection issuing requests back to back until `end`.
+async fn drive(
+    addr: SocketAddr,
+    workload: Workload,
+    conn: usize,
+    conns: usize,
+    users: Arc<Vec<Seeded>>,
+    measure_from: Instant,
+    end: Instant,
+) -> ConnStats {
+    let mut client = Client::connect(addr).await;
+    let mut stats = ConnStats {
+        latencies_us: Vec::with_capacity(1 << 16),
+        errors: 0,
+    };
+    let mut rng = <rand::rngs::SmallRng as rand::SeedableRng>::seed_from_u64(conn as u64 + 1);
+    // Renew and login walk this connection's own share of the users, so no two
+    // connections ever present the same refresh token or code.
+    let mine: Vec<usize> = (conn..users.len()).step_by(conns).collect();
+    let mut refresh: Vec<String> = mine.iter().map(|&i| users[i].refresh.clone()).collect();
+    let mut cursor = 0usize;
+    let mut request = Vec::with_capacity(2048);
+    loop {
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        request.clear();
+        let mut slot = None;
+        match workload {
+            Workload::Healthz => {
+                request.extend_from_slice(b"GET /healthz HTTP/1.1\r\nHost: bench\r\n\r\n")
+            }
+            Workload::Query => {
+                let me = &users[rng.random_range(0..users.len())];
+                let uids: Vec<&str> = (0..10)
+                    .map(|_| users[rng.random_range(0..users.len())].uid.as_str())
+                    .collect();
+                post(
+                    &mut request,
+                    "/liveuser/User/QueryUser",
+                    Some(&me.access),
+                    &json!({"uids": uids}),
+                );
+            }
+            Workload::AddUser => {
+                let me = &users[rng.random_range(0..users.len())];
+                let name = format!("name-{}", rng.random_range(0..1_000_000u32));
+                post(
+                    &mut request,
+                    "/liveuser/User/AddUser",
+                    Some(&me.access),
+                    &json!({"user": {"name": name, "agent": "loadgen"}}),
+                );
+            }
+            Workload::Renew => {
+                let k = cursor % mine.len();
+                cursor += 1;
+                slot = Some(k);
+                post(
+                    &mut request,
+                    "/liveuser/Wx/RenewToken",
+                    None,
+                    &json!({"refresh_token": refresh[k]}),
+                );
+            }
+            Workload::Login => {
+                let i = mine[cursor % mine.len()];
+                cursor += 1;
+                post(
+                    &mut request,
+                    "/liveuser/Wx/Login",
+                    None,
+                    &json!({"code": format!("user-{i}")}),
+                );
+            }
+        }
+        let sent = Instant::now();
+        let Ok((status, body)) = client.call(&request).await else {
+            stats.errors += 1;
+            client = Client::connect(addr).await;
+            continue;
+        };
+        let took = sent.elapsed();
+        if status != 200 {
+            stats.errors += 1;
+        } else if let Some(k) = slot
+            && let Some(next) = field(&body, "refresh_token")
+        {
+            refresh[k] = next;
+        }
+        if sent >= measure_from {
+            stats
+                .latencies_us
+                .push(took.as_micros().min(u32::MAX as u128) as u32);
+        }
+    }
+    stats
+}
+
+fn post(out: &mut Vec<u8>, path: &str, bearer: Option<&str>, body: &Value) {
+    let body = body.to_string();
+    let _ = write!(
+        out,
+        "POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(token) = bearer {
+        let _ = write!(out, "Authorization: Bearer {token}\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body.as_bytes());
+}
+
+fn field(body: &[u8], name: &str) -> Option<String> {
+    let value: Value = serde_json::from_slice(body).ok()?;
+    value[name].as_str().map(String::from)
+}
+
+/// A minimal HTTP/1.1 keep-alive client.
+struct Client {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        stream.set_nodelay(true).unwrap();
+        Client {
+            stream,
+            buf: Vec::with_capacity(8192),
+        }
+    }
+
+    async fn call(&mut self, request: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
+        self.stream.write_all(request).await?;
+        self.buf.clear();
+        let mut chunk = [0u8; 8192];
+        loop {
+            let n = self.stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+            let mut headers = [httparse::EMPTY_HEADER; 16];
+            let mut response = httparse::Response::new(&mut headers);
+            if let httparse::Status::Complete(head) = response
+                .parse(&self.buf)
+                .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidData))?
+            {
+                let length = response
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                    .and_then(|h| std::str::from_utf8(h.value).ok()?.parse::<usize>().ok())
+                    .unwrap_or(0);
+                let status = response.code.unwrap_or(0);
+                while self.buf.len() < head + length {
+                    let n = self.stream.read(&mut chunk).await?;
+                    if n == 0 {
+                        return Err(std::io::ErrorKind::UnexpectedEof.into());
+                    }
+                    self.buf.extend_from_slice(&chunk[..n]);
+                }
+                return Ok((status, self.buf[head..head + length].to_vec()));
+            }
+        }
+    }
+}
+
+/// Resident and peak resident memory of a process, in MB.
+fn memory_of(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (kb("VmRSS:") / 1024.0, kb("VmHWM:") / 1024.0)
+}
+
+fn dir_size(path: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_size(&e.path()),
+            _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+        })
+        .sum()
+}
+
+fn report(
+    args: &Args,
+    results: &[Outcome],
+    seed_secs: f64,
+    startup: Duration,
+    rss_mb: f64,
+    peak_mb: f64,
+    db_mb: f64,
+) {
+    let healthz: Vec<f64> = results
+        .iter()
+        .filter(|r| r.workload == Workload::Healthz)
+        .map(|r| r.rps)
+        .collect();
+    let baseline =
+        (!healthz.is_empty()).then(|| healthz.iter().sum::<f64>() / healthz.len() as f64);
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+
+    println!();
+    println!(
+        "liveuser loadgen — commit {commit}, {cpus} CPUs, {} users/sessions, {} connections, {:.0} s per workload",
+        args.users, args.connections, args.duration
+    );
+    println!(
+        "{:<9} {:>10} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7}  what",
+        "workload", "req/s", "p50 ms", "p99 ms", "p999 ms", "errors", "ratio", "target"
+    );
+    let mut rows = Vec::new();
+    for r in results {
+        let ratio = baseline.map(|b| r.rps / b);
+        let target = r.workload.target_ratio();
+        println!(
+            "{:<9} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>7} {:>7} {:>7}  {}",
+            r.workload.name(),
+            r.rps,
+            r.p50_ms,
+            r.p99_ms,
+            r.p999_ms,
+            r.errors,
+            ratio.map_or("-".into(), |x| format!("{x:.2}")),
+            target.map_or("-".into(), |x| format!("≥{x:.2}")),
+            r.workload.description(),
+        );
+        rows.push(json!({
+            "workload": r.workload.name(),
+            "description": r.workload.description(),
+            "requests": r.requests,
+            "errors": r.errors,
+            "rps": r.rps,
+            "p50_ms": r.p50_ms,
+            "p99_ms": r.p99_ms,
+            "p999_ms": r.p999_ms,
+            "ratio_to_healthz": ratio,
+            "target_ratio": target,
+            "meets_ratio": match (ratio, target) { (Some(x), Some(t)) => Some(x >= t), _ => None },
+            "meets_p99": r.p99_ms <= 5.0,
+        }));
+    }
+    println!(
+        "server: healthy {:.0} ms after start; RSS {rss_mb:.0} MB (peak {peak_mb:.0} MB); database {db_mb:.0} MB on disk; seeding {seed_secs:.1} s",
+        startup.as_secs_f64() * 1000.0
+    );
+    let document = json!({
+        "commit": commit,
+        "cpus": cpus,
+        "users": args.users,
+        "connections": args.connections,
+        "duration_secs": args.duration,
+        "warmup_secs": args.warmup,
+        "client_threads": args.threads,
+        "results": rows,
+        "server": {
+            "start_to_healthy_ms": startup.as_secs_f64() * 1000.0,
+            "rss_mb": rss_mb,
+            "peak_rss_mb": peak_mb,
+            "database_mb": db_mb,
+        },
+        "seed_secs": seed_secs,
+    });
+    println!("{}", serde_json::to_string(&document).unwrap());
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&document).unwrap()).expect("write JSON");
+    }
+}
