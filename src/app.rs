@@ -15,11 +15,6 @@ use crate::store::{SledStore, Store, StoreError};
 use crate::token::{AccessTokens, RefreshKey, random_bytes};
 use crate::wechat::WxClient;
 
-/// Name of the generated signing key in the database.
-const SIGNING_KEY: &str = "signing_key";
-/// Name of the generated refresh-successor key in the database.
-const REFRESH_KEY: &str = "refresh_key";
-
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -58,21 +53,15 @@ pub async fn build_service<S: Store>(
     store: Arc<S>,
     clock: SharedClock,
 ) -> Result<Service<S>, StoreError> {
-    let signing = if config.token.secret.expose().is_empty() {
-        store
-            .key_or_init(SIGNING_KEY, || random_bytes::<32>().to_vec())
-            .await?
-    } else {
-        config.token.secret.expose().as_bytes().to_vec()
-    };
+    let signing = crate::keys::load(store.as_ref(), &config.token, clock.now()).await?;
     let refresh = store
-        .key_or_init(REFRESH_KEY, || random_bytes::<32>().to_vec())
+        .key_or_init(crate::keys::REFRESH_KEY, || random_bytes::<32>().to_vec())
         .await?;
     let t = &config.token;
     Ok(Service::new(
         store,
         clock,
-        AccessTokens::new(&signing, &t.issuer, &t.audience, t.access_ttl_secs),
+        AccessTokens::with_keys(signing, &t.issuer, &t.audience, t.access_ttl_secs),
         RefreshKey::new(refresh),
         WxClient::from_config(&config.wx),
         Policy::new(t, config.server.max_query_uids),
@@ -142,12 +131,17 @@ pub async fn start(config: &Config, clock: SharedClock) -> Result<Running, Start
         Duration::from_secs(config.storage.sweep_interval_secs),
         stopped.clone(),
     ));
-    let routes = http::routes::api(service.clone(), config.server.body_limit_bytes);
+    let routes = http::routes::api(
+        service.clone(),
+        config.server.body_limit_bytes,
+        Arc::new(crate::limits::Limits::from_config(&config.limits)),
+    );
+    let settings = ConnSettings::from_config(&config.server);
     let done = tokio::spawn(async move {
         let shutdown = async move {
             let _ = stopped.wait_for(|s| *s).await;
         };
-        http::serve(listener, routes, ConnSettings::default(), shutdown).await;
+        http::serve(listener, routes, settings, shutdown).await;
         sweeper.abort();
         match store.flush() {
             Ok(()) => tracing::info!("storage flushed; stopped"),

@@ -26,6 +26,20 @@ pub struct Cli {
 pub enum Command {
     /// Run the server (public API on server.listen).
     Serve,
+    /// Access-token signing keys.
+    Token {
+        /// What to do.
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+/// `liveuser token …`
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Replace the generated signing key (server stopped); tokens signed by the old key
+    /// keep verifying until they expire.
+    RotateKey,
 }
 
 /// A failed command: one line for stderr.
@@ -67,7 +81,39 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     }
     match cli.command {
         Command::Serve => serve(loaded.config),
+        Command::Token {
+            command: TokenCommand::RotateKey,
+        } => rotate_key(&loaded.config),
     }
+}
+
+/// `token rotate-key` on the database directly; refused while the server holds it.
+fn rotate_key(config: &Config) -> Result<(), CliError> {
+    let store = crate::app::open_store(config).map_err(|e| match e {
+        crate::app::StartError::Store {
+            source: crate::store::StoreError::Locked,
+            ..
+        } => CliError::Other(
+            "the database is in use: the server is running; rotate the key through its admin API"
+                .into(),
+        ),
+        other => CliError::Start(other),
+    })?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Other(format!("cannot start the async runtime: {e}")))?;
+    let now = crate::clock::Clock::now(&SystemClock);
+    let rotation = runtime
+        .block_on(crate::keys::rotate_signing_key(&store, &config.token, now))
+        .map_err(|e| CliError::Other(e.to_string()))?;
+    println!(
+        "signing key rotated: new kid {}; kid {} verifies tokens it signed until {} (Unix time)",
+        rotation.kid,
+        rotation.previous_kid.as_deref().unwrap_or("(none)"),
+        rotation.retire_at
+    );
+    Ok(())
 }
 
 fn serve(config: Config) -> Result<(), CliError> {

@@ -45,6 +45,13 @@ pub struct ServerConfig {
     pub body_limit_bytes: u64,
     /// Most uids one QueryUser call may ask for.
     pub max_query_uids: usize,
+    /// How long a client may take to send a request's headers, and how long an idle
+    /// keep-alive connection stays open.
+    pub header_read_timeout_ms: u64,
+    /// How long a client may take to send a request's body.
+    pub body_read_timeout_ms: u64,
+    /// Open connections at most; further clients wait in the listen backlog.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -54,6 +61,9 @@ impl Default for ServerConfig {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             body_limit_bytes: 64 * 1024,
             max_query_uids: 100,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 10_000,
+            max_connections: 1024,
         }
     }
 }
@@ -103,6 +113,9 @@ pub struct TokenConfig {
     pub reuse_grace_secs: u64,
     /// HS256 signing secret; empty means "generate one and keep it in the database".
     pub secret: Secret<String>,
+    /// The secret `secret` replaced: it verifies (never signs) the tokens it signed for
+    /// one access-token lifetime after the first start that sees it.
+    pub previous_secret: Secret<String>,
 }
 
 impl Default for TokenConfig {
@@ -117,6 +130,7 @@ impl Default for TokenConfig {
             rotation: true,
             reuse_grace_secs: 10,
             secret: Secret::default(),
+            previous_secret: Secret::default(),
         }
     }
 }
@@ -198,6 +212,8 @@ pub struct LimitsConfig {
     pub renew_per_min: u32,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpAddr>,
+    /// Client addresses each limiter remembers at most (bounds its memory).
+    pub max_tracked_addresses: usize,
 }
 
 impl Default for LimitsConfig {
@@ -206,6 +222,7 @@ impl Default for LimitsConfig {
             login_per_min: 60,
             renew_per_min: 120,
             trusted_proxies: Vec::new(),
+            max_tracked_addresses: 100_000,
         }
     }
 }
@@ -386,6 +403,21 @@ impl Config {
             "must be between 1 and 10000",
         )?;
         check(
+            (100..=600_000).contains(&s.header_read_timeout_ms),
+            "server.header_read_timeout_ms",
+            "must be between 100 and 600000",
+        )?;
+        check(
+            (100..=600_000).contains(&s.body_read_timeout_ms),
+            "server.body_read_timeout_ms",
+            "must be between 100 and 600000",
+        )?;
+        check(
+            (1..=1_000_000).contains(&s.max_connections),
+            "server.max_connections",
+            "must be between 1 and 1000000",
+        )?;
+        check(
             !self.storage.path.as_os_str().is_empty(),
             "storage.path",
             "must not be empty",
@@ -431,6 +463,27 @@ impl Config {
             t.secret.expose().is_empty() || t.secret.expose().len() >= 32,
             "token.secret",
             "must be at least 32 bytes (HS256 needs a 256-bit key), or empty to generate one",
+        )?;
+        let previous = t.previous_secret.expose();
+        check(
+            previous.is_empty() || previous.len() >= 32,
+            "token.previous_secret",
+            "must be at least 32 bytes, or empty",
+        )?;
+        check(
+            previous.is_empty() || !t.secret.expose().is_empty(),
+            "token.previous_secret",
+            "needs token.secret: a previous secret is the one token.secret replaced",
+        )?;
+        check(
+            previous.is_empty() || previous != t.secret.expose(),
+            "token.previous_secret",
+            "must differ from token.secret",
+        )?;
+        check(
+            (1..=10_000_000).contains(&self.limits.max_tracked_addresses),
+            "limits.max_tracked_addresses",
+            "must be between 1 and 10000000",
         )?;
         let w = &self.wx;
         check(

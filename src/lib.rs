@@ -10,7 +10,9 @@
 //! - [`app`]: wiring a configuration into a running server.
 //! - [`http`]: the server loop, the routes, JSON decoding and the error body.
 //! - [`service`]: the four methods as plain Rust — login, rotation, access checks.
-//! - [`token`]: access tokens (HS256 JWT) and refresh tokens.
+//! - [`token`]: access tokens (HS256 JWT, signed by a key ring) and refresh tokens.
+//! - [`keys`]: where signing keys come from, and their rotation.
+//! - [`limits`]: per-client-address rate limits on Login and RenewToken.
 //! - [`wechat`]: the `jscode2session` exchange, real or mocked.
 //! - [`store`]: the storage interface and its sled backend (codec, group commit).
 //! - [`model`]: validated identifiers and the records.
@@ -21,6 +23,8 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod http;
+pub mod keys;
+pub mod limits;
 pub mod logging;
 pub mod model;
 pub mod secret;

@@ -3,11 +3,13 @@
 //! The server owns its accept loop (rather than `warp::serve`) so it can put the peer
 //! address on each request, bound header reads, and drain connections on shutdown.
 
+mod deadline;
 pub mod error;
 pub mod routes;
 pub mod wire;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::server::conn::http1;
@@ -16,16 +18,23 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use std::convert::Infallible;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use warp::Filter;
 use warp::reply::Response;
 
+use deadline::DeadlineBody;
 use routes::PeerAddr;
 
 /// Connection settings of a listener.
 #[derive(Debug, Clone)]
 pub struct ConnSettings {
-    /// How long a client may take to send its request headers.
+    /// How long a client may take to send its request headers; also how long an idle
+    /// keep-alive connection is kept.
     pub header_read_timeout: Duration,
+    /// How long a client may take to send a request body once its headers are in.
+    pub body_read_timeout: Duration,
+    /// Open connections at most; beyond it the listener stops accepting until one closes.
+    pub max_connections: usize,
     /// How long shutdown waits for in-flight requests.
     pub drain_timeout: Duration,
 }
@@ -34,7 +43,21 @@ impl Default for ConnSettings {
     fn default() -> Self {
         ConnSettings {
             header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
+            max_connections: 1024,
             drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ConnSettings {
+    /// The settings `[server]` describes.
+    pub fn from_config(server: &crate::config::ServerConfig) -> Self {
+        ConnSettings {
+            header_read_timeout: Duration::from_millis(server.header_read_timeout_ms),
+            body_read_timeout: Duration::from_millis(server.body_read_timeout_ms),
+            max_connections: server.max_connections,
+            ..ConnSettings::default()
         }
     }
 }
@@ -52,7 +75,17 @@ pub async fn serve<F>(
     let service = TowerToHyperService::new(warp::service(filter));
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
+    let slots = Arc::new(Semaphore::new(settings.max_connections));
     loop {
+        // At the connection cap, wait for a slot instead of accepting: clients queue in
+        // the kernel's backlog, and slow ones are cut by the header timeout.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -67,8 +100,10 @@ pub async fn serve<F>(
         };
         let _ = stream.set_nodelay(true);
         let service = service.clone();
-        let handler = hyper::service::service_fn(move |mut request| {
+        let body_read_timeout = settings.body_read_timeout;
+        let handler = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
             request.extensions_mut().insert(PeerAddr(peer));
+            let request = request.map(|body| DeadlineBody::new(body, body_read_timeout));
             hyper::service::Service::call(&service, request)
         });
         let connection = http1::Builder::new()
@@ -80,6 +115,7 @@ pub async fn serve<F>(
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
+            drop(slot);
         });
     }
     drop(listener);
