@@ -143,6 +143,9 @@ pub async fn start(config: &Config, clock: SharedClock) -> Result<Running, Start
         };
         http::serve(listener, routes, settings, shutdown).await;
         sweeper.abort();
+        // The sweeper holds the store: wait until it is gone, so a restart in the same
+        // process can open the database again.
+        let _ = sweeper.await;
         match store.flush() {
             Ok(()) => tracing::info!("storage flushed; stopped"),
             Err(e) => tracing::error!(error = %e, "final flush failed"),

@@ -156,10 +156,12 @@ async fn authenticate<S: Store>(
     headers: &HeaderMap,
 ) -> Result<Caller, ApiError> {
     let refused = || ApiError::unauthenticated(crate::service::ACCESS_REFUSED);
-    let value = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(refused)?;
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    // Two Authorization headers are ambiguous: a proxy in front may have read the other.
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return Err(refused());
+    };
+    let value = value.to_str().map_err(|_| refused())?;
     let token = value.strip_prefix("Bearer ").ok_or_else(refused)?;
     if token.is_empty() || token.bytes().any(|b| b.is_ascii_whitespace()) {
         return Err(refused());

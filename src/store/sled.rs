@@ -94,7 +94,11 @@ impl SledStore {
             .cache_capacity(cache_bytes)
             .open()
             .map_err(|e| match &e {
-                sled::Error::Io(io_err) if io_err.kind() == std::io::ErrorKind::WouldBlock => {
+                // sled reports a held lock as ErrorKind::Other with this text.
+                sled::Error::Io(io_err)
+                    if io_err.kind() == std::io::ErrorKind::WouldBlock
+                        || io_err.to_string().contains("could not acquire lock") =>
+                {
                     StoreError::Locked
                 }
                 _ => StoreError::Io(format!("cannot open {}: {e}", path.display())),

@@ -2,8 +2,10 @@
 
 mod common;
 
+mod attacks;
 mod bad_input;
 mod durability;
+mod key_rotation;
 mod login;
 mod rotation;
 mod tokens;
