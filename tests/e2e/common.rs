@@ -283,12 +283,14 @@ pub fn send(
 /// | `http500`           | HTTP 500                                            |
 /// | `garbage`           | 200 with an HTML body                               |
 /// | `hang`              | waits 5 s (past any test timeout)                   |
+/// | `held-<x>`          | waits until [`FakeWeChat::release`], then `ok-<x>`  |
 ///
 /// A wrong appid or secret answers errcode 40125, so a test that logs in proves both
 /// were sent. Every call is counted per code.
 pub struct FakeWeChat {
     pub base: String,
     calls: Arc<Mutex<HashMap<String, usize>>>,
+    released: tokio::sync::watch::Sender<bool>,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -301,11 +303,23 @@ impl FakeWeChat {
             .unwrap();
         let calls: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
         let counter = calls.clone();
+        let (released, gate) = tokio::sync::watch::channel(false);
         let route = warp::path!("sns" / "jscode2session")
             .and(warp::query::<HashMap<String, String>>())
             .then(move |q: HashMap<String, String>| {
                 let counter = counter.clone();
-                async move { answer(&counter, q).await }
+                let mut gate = gate.clone();
+                async move {
+                    if let Some(x) = q.get("js_code").and_then(|c| c.strip_prefix("held-")) {
+                        let x = x.to_string();
+                        count(&counter, &format!("held-{x}"));
+                        let _ = gate.wait_for(|open| *open).await;
+                        let mut q = q;
+                        q.insert("js_code".into(), format!("ok-{x}"));
+                        return answer(&counter, q).await;
+                    }
+                    answer(&counter, q).await
+                }
             });
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
@@ -315,8 +329,14 @@ impl FakeWeChat {
         FakeWeChat {
             base: format!("http://{addr}"),
             calls,
+            released,
             _runtime: runtime,
         }
+    }
+
+    /// Lets every `held-<x>` call, waiting or future, answer.
+    pub fn release(&self) {
+        let _ = self.released.send(true);
     }
 
     /// How many times WeChat was asked about `code`.
@@ -331,12 +351,7 @@ async fn answer(
 ) -> warp::reply::Response {
     use warp::Reply as _;
     let code = q.get("js_code").cloned().unwrap_or_default();
-    let n = {
-        let mut calls = counter.lock().unwrap();
-        let n = calls.entry(code.clone()).or_insert(0);
-        *n += 1;
-        *n
-    };
+    let n = count(counter, &code);
     let json = |v: Value| warp::reply::json(&v).into_response();
     if q.get("appid").map(String::as_str) != Some(WX_APPID)
         || q.get("secret").map(String::as_str) != Some(WX_SECRET)
@@ -380,6 +395,13 @@ async fn answer(
             None => json(json!({"errcode": 40029, "errmsg": "invalid code"})),
         },
     }
+}
+
+fn count(counter: &Mutex<HashMap<String, usize>>, code: &str) -> usize {
+    let mut calls = counter.lock().unwrap();
+    let n = calls.entry(code.to_string()).or_insert(0);
+    *n += 1;
+    *n
 }
 
 /// Decodes a JWT's claims without checking anything (to compare with the answer).

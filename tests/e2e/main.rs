@@ -2,6 +2,7 @@
 
 mod common;
 
+mod abuse;
 mod attacks;
 mod bad_input;
 mod durability;
@@ -9,4 +10,5 @@ mod key_rotation;
 mod login;
 mod rotation;
 mod tokens;
+mod upstream;
 mod users;
