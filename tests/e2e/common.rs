@@ -426,6 +426,17 @@ impl Binary {
     /// Writes `config_toml` to `dir/liveuser.toml` and runs `liveuser serve` with it,
     /// with extra environment variables; waits for the logged listening address.
     pub fn serve(dir: &std::path::Path, config_toml: &str, env: &[(&str, &str)]) -> Binary {
+        Self::serve_with(dir, config_toml, env, |_| {})
+    }
+
+    /// [`Binary::serve`], with `tweak` applied to the command before it starts (e.g. to
+    /// set resource limits on the child).
+    pub fn serve_with(
+        dir: &std::path::Path,
+        config_toml: &str,
+        env: &[(&str, &str)],
+        tweak: impl FnOnce(&mut std::process::Command),
+    ) -> Binary {
         use std::io::BufRead;
         let config = dir.join("liveuser.toml");
         std::fs::write(&config, config_toml).unwrap();
@@ -440,6 +451,7 @@ impl Binary {
         for (k, v) in env {
             command.env(k, v);
         }
+        tweak(&mut command);
         let mut child = command.spawn().expect("liveuser starts");
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(String::new()));

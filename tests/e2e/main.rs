@@ -5,6 +5,7 @@ mod common;
 mod abuse;
 mod attacks;
 mod bad_input;
+mod crash;
 mod durability;
 mod key_rotation;
 mod login;
