@@ -7,6 +7,7 @@ mod attacks;
 mod bad_input;
 mod crash;
 mod durability;
+mod fuzz;
 mod key_rotation;
 mod login;
 mod rotation;
