@@ -693,4 +693,48 @@ mod tests {
         };
         assert!(Config::load_with_env(&implicit, []).is_ok());
     }
+
+    #[test]
+    fn the_previous_secret_comes_from_the_env_and_needs_a_different_current_secret() {
+        let old = "o".repeat(32);
+        let new = "n".repeat(32);
+        let c = load(
+            "",
+            &[
+                ("LIVEUSER_TOKEN_SECRET", new.as_str()),
+                ("LIVEUSER_TOKEN_PREVIOUS_SECRET", old.as_str()),
+            ],
+        )
+        .unwrap()
+        .config;
+        assert_eq!(c.token.previous_secret.expose(), &old);
+        let alone = load("", &[("LIVEUSER_TOKEN_PREVIOUS_SECRET", old.as_str())]).unwrap_err();
+        assert_eq!(alone.key.as_deref(), Some("token.previous_secret"));
+        let same = load(
+            "",
+            &[
+                ("LIVEUSER_TOKEN_SECRET", old.as_str()),
+                ("LIVEUSER_TOKEN_PREVIOUS_SECRET", old.as_str()),
+            ],
+        )
+        .unwrap_err();
+        assert!(same.reason.contains("differ"), "{same}");
+        assert!(
+            !same.to_string().contains(&old),
+            "the value is a secret: {same}"
+        );
+    }
+
+    #[test]
+    fn connection_bounds_have_defaults_and_limits() {
+        let c = load("", &[]).unwrap().config;
+        assert_eq!(c.server.header_read_timeout_ms, 10_000);
+        assert_eq!(c.server.body_read_timeout_ms, 10_000);
+        assert_eq!(c.server.max_connections, 1024);
+        assert_eq!(c.limits.max_tracked_addresses, 100_000);
+        let err = load("[server]\nmax_connections = 0\n", &[]).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("server.max_connections"));
+        let err = load("[server]\nheader_read_timeout_ms = 5\n", &[]).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("server.header_read_timeout_ms"));
+    }
 }
