@@ -103,8 +103,23 @@ pub async fn serve<F>(
         let body_read_timeout = settings.body_read_timeout;
         let handler = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
             request.extensions_mut().insert(PeerAddr(peer));
-            let request = request.map(|body| DeadlineBody::new(body, body_read_timeout));
-            hyper::service::Service::call(&service, request)
+            let unread = deadline::Unread::of(request.body());
+            let request = request.map(|body| DeadlineBody::new(body, body_read_timeout, &unread));
+            let answer = hyper::service::Service::call(&service, request);
+            async move {
+                let mut response = answer.await?;
+                // An answer given without reading the body (404, 405, 415, 413): the
+                // rest of the body may still be on its way, so hyper will close the
+                // connection; say so, or a client may reuse it and see its next request
+                // fail.
+                if unread.remains() {
+                    response.headers_mut().insert(
+                        hyper::header::CONNECTION,
+                        hyper::header::HeaderValue::from_static("close"),
+                    );
+                }
+                Ok::<_, Infallible>(response)
+            }
         });
         let connection = http1::Builder::new()
             .timer(TokioTimer::new())

@@ -194,3 +194,44 @@ fn slow_and_idle_clients_are_cut_off_and_cannot_exhaust_the_connections() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains(r#"{"status":"ok"}"#), "{answer}");
 }
+
+#[test]
+fn an_answer_given_without_reading_the_body_closes_the_connection_and_says_so() {
+    let app = TestApp::spawn();
+    // Unknown path: answered from the head alone, the body never read.
+    let mut s = TcpStream::connect(app.addr).unwrap();
+    s.write_all(b"POST /nowhere HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+        .unwrap();
+    let answer = String::from_utf8(read_until_closed(&mut s).expect("closed")).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+
+    // A request whose body was read keeps its connection for the next one.
+    let mut s = TcpStream::connect(app.addr).unwrap();
+    let login = br#"{"code":"alice"}"#;
+    let request = format!(
+        "POST /liveuser/Wx/Login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        login.len()
+    );
+    for _ in 0..2 {
+        s.write_all(request.as_bytes()).unwrap();
+        s.write_all(login).unwrap();
+    }
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let answers = String::from_utf8(read_until_closed(&mut s).expect("closed")).unwrap();
+    let answers: Vec<String> = answers
+        .split("HTTP/1.1 ")
+        .skip(1)
+        .map(str::to_ascii_lowercase)
+        .collect();
+    assert_eq!(answers.len(), 3, "{answers:?}");
+    assert!(answers.iter().all(|a| a.starts_with("200")), "{answers:?}");
+    assert!(
+        !answers[0].contains("connection: close") && !answers[1].contains("connection: close"),
+        "{answers:?}"
+    );
+}
