@@ -20,11 +20,6 @@ use crate::store::{SledStore, Store, StoreError};
 use crate::token::{AccessTokens, RefreshKey, random_bytes};
 use crate::wechat::WxClient;
 
-/// Name of the generated signing key in the database.
-const SIGNING_KEY: &str = "signing_key";
-/// Name of the generated refresh-successor key in the database.
-const REFRESH_KEY: &str = "refresh_key";
-
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -75,21 +70,15 @@ pub async fn build_service<S: Store>(
     store: Arc<S>,
     clock: SharedClock,
 ) -> Result<Service<S>, StoreError> {
-    let signing = if config.token.secret.expose().is_empty() {
-        store
-            .key_or_init(SIGNING_KEY, || random_bytes::<32>().to_vec())
-            .await?
-    } else {
-        config.token.secret.expose().as_bytes().to_vec()
-    };
+    let signing = crate::keys::load(store.as_ref(), &config.token, clock.now()).await?;
     let refresh = store
-        .key_or_init(REFRESH_KEY, || random_bytes::<32>().to_vec())
+        .key_or_init(crate::keys::REFRESH_KEY, || random_bytes::<32>().to_vec())
         .await?;
     let t = &config.token;
     Ok(Service::new(
         store,
         clock,
-        AccessTokens::new(&signing, &t.issuer, &t.audience, t.access_ttl_secs),
+        AccessTokens::with_keys(signing, &t.issuer, &t.audience, t.access_ttl_secs),
         RefreshKey::new(refresh),
         WxClient::from_config(&config.wx),
         Policy::new(t, config.server.max_query_uids),
@@ -195,22 +184,26 @@ pub async fn start(config: &Config, clock: SharedClock) -> Result<Running, Start
         }
         metrics.census_done(started);
     }
-    let routes = http::routes::api(service.clone(), config.server.body_limit_bytes);
+    let routes = http::routes::api(
+        service.clone(),
+        config.server.body_limit_bytes,
+        Arc::new(crate::limits::Limits::from_config(&config.limits)),
+    );
     let public = ConnSettings {
         tls,
         observer: Arc::new(Observer::new(
             "public",
             config.server.metrics.then(|| metrics.clone()),
         )),
-        ..ConnSettings::default()
+        ..ConnSettings::from_config(&config.server)
     };
     let admin_routes = admin_api::routes(
-        Arc::new(Admin::new(service.clone(), config.token.access_ttl_secs)),
+        Arc::new(Admin::new(service.clone(), config.token.clone())),
         endpoint,
     );
     let admin_settings = ConnSettings {
         observer: Arc::new(Observer::new("admin", None)),
-        ..ConnSettings::default()
+        ..ConnSettings::from_config(&config.server)
     };
     let scheme = if public.tls.is_some() {
         "https"
@@ -230,6 +223,9 @@ pub async fn start(config: &Config, clock: SharedClock) -> Result<Running, Start
             http::serve(admin_listener, admin_routes, admin_settings, admin_shutdown),
         );
         sweeper.abort();
+        // The sweeper holds the store: wait until it is gone, so a restart in the same
+        // process can open the database again.
+        let _ = sweeper.await;
         let _ = std::fs::remove_file(&endpoint_file);
         match store.flush() {
             Ok(()) => tracing::info!("storage flushed; stopped"),

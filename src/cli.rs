@@ -16,7 +16,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::admin::api::ExportRequest;
 use crate::admin::backup::{self, Counts, Exporter, Line, Phase};
 use crate::admin::ops::{
-    DEFAULT_LIMIT, SessionList, SessionRevoke, TokenMint, UserGet, UserList, UserPut,
+    DEFAULT_LIMIT, KeyRotate, SessionList, SessionRevoke, TokenMint, UserGet, UserList, UserPut,
 };
 use crate::admin::{AdminError, Backend, print};
 use crate::clock::SystemClock;
@@ -156,6 +156,13 @@ pub enum TokenCommand {
         #[arg(long, value_name = "SECS")]
         ttl: Option<u64>,
     },
+    /// Replace the generated signing key; tokens it signed keep verifying until they
+    /// expire.
+    ///
+    /// New access tokens carry the new key's kid at once (with the server running, it
+    /// switches immediately). With token.secret configured, rotate in the configuration
+    /// instead: move the old value to token.previous_secret and set a new token.secret.
+    RotateKey,
 }
 
 /// `export …`
@@ -279,6 +286,16 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             } else {
                 emit(&print::minted(&minted))?;
                 eprintln!("{}", print::minted_note(&minted));
+            }
+            Ok(backend.close()?)
+        }
+        Command::Token(TokenCommand::RotateKey) => {
+            let backend = connect(&config, out, false)?;
+            let rotated = backend.run(KeyRotate {})?;
+            if out.json {
+                emit(&print::json(&rotated))?;
+            } else {
+                emit(&print::key_rotated(&rotated))?;
             }
             Ok(backend.close()?)
         }
@@ -619,6 +636,7 @@ fn import(config: &Config, out: Output, args: &ImportArgs) -> Result<(), CliErro
     }
 }
 
+/// `token rotate-key` on the database directly; refused while the server holds it.
 fn serve(config: Config) -> Result<(), CliError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

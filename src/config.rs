@@ -51,6 +51,13 @@ pub struct ServerConfig {
     pub tls_key: PathBuf,
     /// Serve `GET /metrics` and record request metrics.
     pub metrics: bool,
+    /// How long a client may take to send a request's headers, and how long an idle
+    /// keep-alive connection stays open.
+    pub header_read_timeout_ms: u64,
+    /// How long a client may take to send a request's body.
+    pub body_read_timeout_ms: u64,
+    /// Open connections at most; further clients wait in the listen backlog.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -63,6 +70,9 @@ impl Default for ServerConfig {
             tls_cert: PathBuf::new(),
             tls_key: PathBuf::new(),
             metrics: true,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 10_000,
+            max_connections: 1024,
         }
     }
 }
@@ -119,6 +129,9 @@ pub struct TokenConfig {
     pub reuse_grace_secs: u64,
     /// HS256 signing secret; empty means "generate one and keep it in the database".
     pub secret: Secret<String>,
+    /// The secret `secret` replaced: it verifies (never signs) the tokens it signed for
+    /// one access-token lifetime after the first start that sees it.
+    pub previous_secret: Secret<String>,
 }
 
 impl Default for TokenConfig {
@@ -133,6 +146,7 @@ impl Default for TokenConfig {
             rotation: true,
             reuse_grace_secs: 10,
             secret: Secret::default(),
+            previous_secret: Secret::default(),
         }
     }
 }
@@ -214,6 +228,8 @@ pub struct LimitsConfig {
     pub renew_per_min: u32,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpAddr>,
+    /// Client addresses each limiter remembers at most (bounds its memory).
+    pub max_tracked_addresses: usize,
 }
 
 impl Default for LimitsConfig {
@@ -222,6 +238,7 @@ impl Default for LimitsConfig {
             login_per_min: 60,
             renew_per_min: 120,
             trusted_proxies: Vec::new(),
+            max_tracked_addresses: 100_000,
         }
     }
 }
@@ -411,6 +428,21 @@ impl Config {
             "server.tls_cert and server.tls_key must be set together (both for HTTPS, neither for HTTP)",
         )?;
         check(
+            (100..=600_000).contains(&s.header_read_timeout_ms),
+            "server.header_read_timeout_ms",
+            "must be between 100 and 600000",
+        )?;
+        check(
+            (100..=600_000).contains(&s.body_read_timeout_ms),
+            "server.body_read_timeout_ms",
+            "must be between 100 and 600000",
+        )?;
+        check(
+            (1..=1_000_000).contains(&s.max_connections),
+            "server.max_connections",
+            "must be between 1 and 1000000",
+        )?;
+        check(
             !self.storage.path.as_os_str().is_empty(),
             "storage.path",
             "must not be empty",
@@ -456,6 +488,27 @@ impl Config {
             t.secret.expose().is_empty() || t.secret.expose().len() >= 32,
             "token.secret",
             "must be at least 32 bytes (HS256 needs a 256-bit key), or empty to generate one",
+        )?;
+        let previous = t.previous_secret.expose();
+        check(
+            previous.is_empty() || previous.len() >= 32,
+            "token.previous_secret",
+            "must be at least 32 bytes, or empty",
+        )?;
+        check(
+            previous.is_empty() || !t.secret.expose().is_empty(),
+            "token.previous_secret",
+            "needs token.secret: a previous secret is the one token.secret replaced",
+        )?;
+        check(
+            previous.is_empty() || previous != t.secret.expose(),
+            "token.previous_secret",
+            "must differ from token.secret",
+        )?;
+        check(
+            (1..=10_000_000).contains(&self.limits.max_tracked_addresses),
+            "limits.max_tracked_addresses",
+            "must be between 1 and 10000000",
         )?;
         let w = &self.wx;
         check(
@@ -676,5 +729,49 @@ mod tests {
             explicit: false,
         };
         assert!(Config::load_with_env(&implicit, []).is_ok());
+    }
+
+    #[test]
+    fn the_previous_secret_comes_from_the_env_and_needs_a_different_current_secret() {
+        let old = "o".repeat(32);
+        let new = "n".repeat(32);
+        let c = load(
+            "",
+            &[
+                ("LIVEUSER_TOKEN_SECRET", new.as_str()),
+                ("LIVEUSER_TOKEN_PREVIOUS_SECRET", old.as_str()),
+            ],
+        )
+        .unwrap()
+        .config;
+        assert_eq!(c.token.previous_secret.expose(), &old);
+        let alone = load("", &[("LIVEUSER_TOKEN_PREVIOUS_SECRET", old.as_str())]).unwrap_err();
+        assert_eq!(alone.key.as_deref(), Some("token.previous_secret"));
+        let same = load(
+            "",
+            &[
+                ("LIVEUSER_TOKEN_SECRET", old.as_str()),
+                ("LIVEUSER_TOKEN_PREVIOUS_SECRET", old.as_str()),
+            ],
+        )
+        .unwrap_err();
+        assert!(same.reason.contains("differ"), "{same}");
+        assert!(
+            !same.to_string().contains(&old),
+            "the value is a secret: {same}"
+        );
+    }
+
+    #[test]
+    fn connection_bounds_have_defaults_and_limits() {
+        let c = load("", &[]).unwrap().config;
+        assert_eq!(c.server.header_read_timeout_ms, 10_000);
+        assert_eq!(c.server.body_read_timeout_ms, 10_000);
+        assert_eq!(c.server.max_connections, 1024);
+        assert_eq!(c.limits.max_tracked_addresses, 100_000);
+        let err = load("[server]\nmax_connections = 0\n", &[]).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("server.max_connections"));
+        let err = load("[server]\nheader_read_timeout_ms = 5\n", &[]).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("server.header_read_timeout_ms"));
     }
 }

@@ -12,7 +12,9 @@
 //! - [`http`]: the server loop (TLS, access log), the routes, JSON decoding and the error body.
 //! - [`metrics`], [`openapi`]: `GET /metrics` and `GET /liveuser/openapi.json`.
 //! - [`service`]: the four methods as plain Rust — login, rotation, access checks.
-//! - [`token`]: access tokens (HS256 JWT) and refresh tokens.
+//! - [`token`]: access tokens (HS256 JWT, signed by a key ring) and refresh tokens.
+//! - [`keys`]: where signing keys come from, and their rotation.
+//! - [`limits`]: per-client-address rate limits on Login and RenewToken.
 //! - [`wechat`]: the `jscode2session` exchange, real or mocked.
 //! - [`store`]: the storage interface and its sled backend (codec, group commit).
 //! - [`model`]: validated identifiers and the records.
@@ -26,6 +28,8 @@ pub mod clock;
 pub mod config;
 pub mod context;
 pub mod http;
+pub mod keys;
+pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod model;

@@ -271,6 +271,16 @@ pub struct Identity {
     pub session_key: Secret<String>,
 }
 
+/// A signing key replaced by a rotation, kept so the tokens it signed verify until
+/// `retire_at` (Unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetiredKey {
+    /// The key bytes.
+    pub key: Secret<Vec<u8>>,
+    /// When it stops verifying: the rotation time plus the access-token lifetime.
+    pub retire_at: u64,
+}
+
 /// Lowercase hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";

@@ -16,6 +16,7 @@ use tokio::sync::OnceCell;
 
 use crate::clock::SharedClock;
 use crate::config::TokenConfig;
+use crate::keys::{KeyError, KeyRotation};
 use crate::metrics::Metrics;
 use crate::model::{
     Identity, RefreshState, Session, SessionState, Sid, Uid, UserPatch, UserRecord, check_text,
@@ -404,6 +405,34 @@ impl<S: Store> Service<S> {
         let mut seen = HashSet::with_capacity(uids.len());
         let unique: Vec<Uid> = uids.iter().filter(|u| seen.insert(*u)).cloned().collect();
         Ok(self.store.users(&unique).await?)
+    }
+
+    /// Rotates the generated signing key and puts the new keys in force at once: new
+    /// tokens carry the new kid, tokens under the old key verify until it retires
+    /// (`token.access_ttl_secs` from now). Refused when `token.secret` is configured.
+    pub async fn rotate_signing_key(
+        &self,
+        token: &TokenConfig,
+    ) -> std::result::Result<KeyRotation, KeyError> {
+        let now = self.now();
+        let rotation = crate::keys::rotate_signing_key(self.store.as_ref(), token, now).await?;
+        self.reload_signing_keys(token).await?;
+        Ok(rotation)
+    }
+
+    /// Reloads the signing keys from `token` and the store (after a rotation).
+    pub async fn reload_signing_keys(
+        &self,
+        token: &TokenConfig,
+    ) -> std::result::Result<(), StoreError> {
+        let keys = crate::keys::load(self.store.as_ref(), token, self.now()).await?;
+        self.access.set_keys(keys);
+        Ok(())
+    }
+
+    /// The access-token issuer and verifier.
+    pub fn access_tokens(&self) -> &AccessTokens {
+        &self.access
     }
 
     /// Removes dead sessions and forgotten login codes; returns the sessions removed.

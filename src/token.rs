@@ -11,6 +11,7 @@
 //! successor without its plaintext being kept anywhere.
 
 use std::fmt;
+use std::sync::{Arc, RwLock};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -144,21 +145,101 @@ struct SigningKey {
 
 impl SigningKey {
     fn new(secret: &[u8]) -> Self {
-        // The kid is a short hash of the key: stable across restarts, reveals nothing.
-        let mut tagged = b"liveuser-kid:".to_vec();
-        tagged.extend_from_slice(secret);
         SigningKey {
-            kid: hex(&sha256(&tagged)[..8]),
+            kid: kid_of(secret),
             encoding: EncodingKey::from_secret(secret).expect("non-empty HS256 secret"),
             decoding: DecodingKey::from_secret(secret).expect("non-empty HS256 secret"),
         }
     }
 }
 
+/// The key id (`kid` header) of a signing secret: a short hash of the key, stable across
+/// restarts, revealing nothing about the key.
+pub fn kid_of(secret: &[u8]) -> String {
+    let mut tagged = b"liveuser-kid:".to_vec();
+    tagged.extend_from_slice(secret);
+    hex(&sha256(&tagged)[..8])
+}
+
+/// The signing keys in force: the current key signs; previous keys only verify, each
+/// until its retire time.
+///
+/// A previous key is retired `access_ttl` after the rotation that replaced it: by then
+/// every token it signed has expired. Until then it accepts only tokens that expire
+/// before its retire time, so a leaked old key cannot mint long-lived tokens either.
+#[derive(Clone)]
+pub struct KeyRing {
+    current: SigningKey,
+    previous: Vec<(SigningKey, u64)>,
+}
+
+impl fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyRing")
+            .field("current", &self.current.kid)
+            .field(
+                "previous",
+                &self
+                    .previous
+                    .iter()
+                    .map(|(k, retire_at)| (&k.kid, retire_at))
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl KeyRing {
+    /// A ring of one key, which signs.
+    pub fn new(current: &[u8]) -> Self {
+        KeyRing {
+            current: SigningKey::new(current),
+            previous: Vec::new(),
+        }
+    }
+
+    /// Adds a previous key that verifies (never signs) until `retire_at`. A key equal to
+    /// the current one is ignored.
+    pub fn with_previous(mut self, secret: &[u8], retire_at: u64) -> Self {
+        let key = SigningKey::new(secret);
+        if key.kid != self.current.kid && !self.previous.iter().any(|(k, _)| k.kid == key.kid) {
+            self.previous.push((key, retire_at));
+        }
+        self
+    }
+
+    /// The kid of the signing key.
+    pub fn current_kid(&self) -> &str {
+        &self.current.kid
+    }
+
+    /// The kids of the previous keys with their retire times.
+    pub fn previous_kids(&self) -> Vec<(String, u64)> {
+        self.previous
+            .iter()
+            .map(|(k, retire_at)| (k.kid.clone(), *retire_at))
+            .collect()
+    }
+
+    /// The key for `kid` at `now`, with its retire time if it is a previous key.
+    fn find(&self, kid: &str, now: u64) -> Option<(&SigningKey, Option<u64>)> {
+        if kid == self.current.kid {
+            return Some((&self.current, None));
+        }
+        self.previous
+            .iter()
+            .find(|(k, retire_at)| k.kid == kid && now < *retire_at)
+            .map(|(k, retire_at)| (k, Some(*retire_at)))
+    }
+}
+
 /// Issues and verifies access tokens.
+///
+/// Clones share one [`KeyRing`], so a key rotation through [`AccessTokens::set_keys`]
+/// takes effect for every holder at once.
 #[derive(Clone)]
 pub struct AccessTokens {
-    key: SigningKey,
+    keys: Arc<RwLock<Arc<KeyRing>>>,
     validation: Validation,
     issuer: String,
     audience: String,
@@ -168,7 +249,7 @@ pub struct AccessTokens {
 impl fmt::Debug for AccessTokens {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AccessTokens")
-            .field("kid", &self.key.kid)
+            .field("keys", &*self.keys())
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
             .finish_non_exhaustive()
@@ -178,6 +259,11 @@ impl fmt::Debug for AccessTokens {
 impl AccessTokens {
     /// Tokens signed with `secret`, for `issuer` and `audience`, living `ttl_secs`.
     pub fn new(secret: &[u8], issuer: &str, audience: &str, ttl_secs: u64) -> Self {
+        Self::with_keys(KeyRing::new(secret), issuer, audience, ttl_secs)
+    }
+
+    /// Tokens signed and verified with `keys`.
+    pub fn with_keys(keys: KeyRing, issuer: &str, audience: &str, ttl_secs: u64) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_issuer(&[issuer]);
         validation.set_audience(&[audience]);
@@ -187,12 +273,27 @@ impl AccessTokens {
         validation.validate_nbf = false;
         validation.leeway = 0;
         AccessTokens {
-            key: SigningKey::new(secret),
+            keys: Arc::new(RwLock::new(Arc::new(keys))),
             validation,
             issuer: issuer.to_string(),
             audience: audience.to_string(),
             ttl_secs,
         }
+    }
+
+    /// The keys in force.
+    pub fn keys(&self) -> Arc<KeyRing> {
+        self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces the keys (after a rotation); tokens issued from now on carry the new kid.
+    pub fn set_keys(&self, keys: KeyRing) {
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+    }
+
+    /// The access-token lifetime.
+    pub fn ttl_secs(&self) -> u64 {
+        self.ttl_secs
     }
 
     /// Issues a token for `uid`'s session `sid` at `now`, expiring after the configured
@@ -208,25 +309,34 @@ impl AccessTokens {
             exp,
             nbf: None,
         };
+        let keys = self.keys();
         let mut header = Header::new(Algorithm::HS256);
-        header.kid = Some(self.key.kid.clone());
-        let token = jsonwebtoken::encode(&header, &claims, &self.key.encoding)
+        header.kid = Some(keys.current.kid.clone());
+        let token = jsonwebtoken::encode(&header, &claims, &keys.current.encoding)
             .expect("HS256 signing of plain claims cannot fail");
         (token, exp)
     }
 
-    /// Verifies signature, algorithm, key id, `iss`, `aud`, `sub`, `exp` and `nbf`.
+    /// Verifies algorithm, key id, signature, `iss`, `aud`, `sub`, `exp` and `nbf`.
     ///
-    /// There is no leeway: the server that checks a token is the one whose clock issued it.
+    /// The header must name HS256 and the kid of the current key or of a previous key
+    /// not yet retired; a token under a previous key must also expire before that key
+    /// retires. There is no leeway: the server that checks a token is the one whose
+    /// clock issued it.
     pub fn verify(&self, token: &str, now: u64) -> Result<AccessClaims, AccessTokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AccessTokenError::Invalid)?;
-        if header.alg != Algorithm::HS256 || header.kid.as_deref() != Some(&self.key.kid) {
+        if header.alg != Algorithm::HS256 {
             return Err(AccessTokenError::Invalid);
         }
-        let data =
-            jsonwebtoken::decode::<AccessClaims>(token, &self.key.decoding, &self.validation)
-                .map_err(|_| AccessTokenError::Invalid)?;
+        let keys = self.keys();
+        let kid = header.kid.as_deref().ok_or(AccessTokenError::Invalid)?;
+        let (key, retire_at) = keys.find(kid, now).ok_or(AccessTokenError::Invalid)?;
+        let data = jsonwebtoken::decode::<AccessClaims>(token, &key.decoding, &self.validation)
+            .map_err(|_| AccessTokenError::Invalid)?;
         let claims = data.claims;
+        if retire_at.is_some_and(|retire_at| claims.exp > retire_at) {
+            return Err(AccessTokenError::Invalid);
+        }
         if now >= claims.exp {
             return Err(AccessTokenError::Expired);
         }
@@ -332,5 +442,68 @@ mod tests {
                 .verify(&RefreshToken::generate().encode(), 1000)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn after_a_rotation_new_tokens_carry_the_new_kid_and_old_ones_verify_until_retirement() {
+        const NEW: &[u8] = b"fedcba9876543210fedcba9876543210";
+        let uid = Uid::parse("u1").unwrap();
+        let old = tokens();
+        let (old_token, old_exp) = old.issue(&uid, Sid::generate(), 1000, u64::MAX);
+
+        let rotated = tokens();
+        rotated.set_keys(KeyRing::new(NEW).with_previous(SECRET, 1000 + 7200));
+        let (new_token, _) = rotated.issue(&uid, Sid::generate(), 1000, u64::MAX);
+        assert_eq!(rotated.keys().current_kid(), kid_of(NEW));
+        assert_ne!(kid_of(NEW), kid_of(SECRET));
+
+        assert!(rotated.verify(&old_token, 1000).is_ok());
+        assert!(rotated.verify(&new_token, 1000).is_ok());
+        assert!(
+            old.verify(&new_token, 1000).is_err(),
+            "the old ring lacks the new key"
+        );
+        assert!(rotated.verify(&old_token, old_exp - 1).is_ok());
+        assert!(rotated.verify(&old_token, old_exp).is_err());
+
+        // A previous key accepts only tokens that expire before it retires, so a leaked
+        // old key cannot mint long-lived tokens.
+        rotated.set_keys(KeyRing::new(NEW).with_previous(SECRET, 1500));
+        assert_eq!(
+            rotated.verify(&old_token, 1000),
+            Err(AccessTokenError::Invalid),
+            "exp is past retirement"
+        );
+        let (short, _) = old.issue(&uid, Sid::generate(), 1000, 1400);
+        assert!(rotated.verify(&short, 1399).is_ok());
+    }
+
+    #[test]
+    fn a_token_without_a_kid_or_with_an_unknown_kid_is_refused() {
+        let uid = Uid::parse("u1").unwrap();
+        let claims = AccessClaims {
+            iss: "liveuser".into(),
+            aud: "liveuser".into(),
+            sub: "u1".into(),
+            sid: Sid::generate().to_string(),
+            iat: 1000,
+            exp: 2000,
+            nbf: None,
+        };
+        let key = EncodingKey::from_secret(SECRET).unwrap();
+        let no_kid = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap();
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("0000000000000000".into());
+        let unknown = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+        assert_eq!(
+            tokens().verify(&no_kid, 1000),
+            Err(AccessTokenError::Invalid)
+        );
+        assert_eq!(
+            tokens().verify(&unknown, 1000),
+            Err(AccessTokenError::Invalid)
+        );
+        let (good, _) = tokens().issue(&uid, Sid::generate(), 1000, 2000);
+        assert!(tokens().verify(&good, 1000).is_ok());
     }
 }

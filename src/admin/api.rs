@@ -14,6 +14,7 @@
 //! | `session-list` | [`SessionList`] | [`SessionPage`](super::ops::SessionPage) |
 //! | `session-revoke` | [`SessionRevoke`] | [`RevokeOutput`](super::ops::RevokeOutput) |
 //! | `token-mint` | [`TokenMint`] | [`Minted`](super::ops::Minted) |
+//! | `token-rotate-key` | [`KeyRotate`] | [`KeyRotated`](super::ops::KeyRotated) |
 //! | `export` | [`ExportRequest`] | the export, streamed as JSON lines |
 //! | `import?merge=BOOL` | an export file | [`Counts`] |
 
@@ -29,8 +30,8 @@ use warp::{Filter, Rejection};
 use super::backup::{self, Counts, Exporter};
 use super::endpoint::Endpoint;
 use super::ops::{
-    Admin, AdminError, ErrorKind, Operation, SessionList, SessionRevoke, TokenMint, UserGet,
-    UserList, UserPut,
+    Admin, AdminError, ErrorKind, KeyRotate, Operation, SessionList, SessionRevoke, TokenMint,
+    UserGet, UserList, UserPut,
 };
 use crate::store::Store;
 
@@ -72,6 +73,8 @@ pub fn routes<S: Store>(
         .or(op::<SessionRevoke, S>(admin.clone()))
         .unify()
         .or(op::<TokenMint, S>(admin.clone()))
+        .unify()
+        .or(op::<KeyRotate, S>(admin.clone()))
         .unify()
         .or(export(admin.clone()))
         .unify()

@@ -81,7 +81,7 @@ impl Backend {
                     ))
                     .map_err(AdminError::from)?;
                 Ok(Backend::Direct {
-                    admin: Arc::new(Admin::new(Arc::new(service), config.token.access_ttl_secs)),
+                    admin: Arc::new(Admin::new(Arc::new(service), config.token.clone())),
                     runtime,
                 })
             }

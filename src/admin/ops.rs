@@ -10,6 +10,8 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::config::TokenConfig;
+use crate::keys::KeyError;
 use crate::model::{Session, Sid, Uid, UserPatch, UserRecord};
 use crate::service::{Service, ServiceError};
 use crate::store::{Store, StoreError};
@@ -111,7 +113,7 @@ impl From<ServiceError> for AdminError {
 /// The admin operations over a service.
 pub struct Admin<S> {
     service: Arc<Service<S>>,
-    access_ttl_secs: u64,
+    token: TokenConfig,
 }
 
 impl<S> std::fmt::Debug for Admin<S> {
@@ -121,12 +123,10 @@ impl<S> std::fmt::Debug for Admin<S> {
 }
 
 impl<S: Store> Admin<S> {
-    /// Operations over `service`; minted tokens live at most `access_ttl_secs`.
-    pub fn new(service: Arc<Service<S>>, access_ttl_secs: u64) -> Self {
-        Admin {
-            service,
-            access_ttl_secs,
-        }
+    /// Operations over `service` configured by `token` (minted tokens live at most
+    /// `token.access_ttl_secs`; key rotation follows its secrets).
+    pub fn new(service: Arc<Service<S>>, token: TokenConfig) -> Self {
+        Admin { service, token }
     }
 
     /// The service underneath.
@@ -513,7 +513,7 @@ impl Operation for TokenMint {
     const PATH: &'static str = "token-mint";
     async fn run<S: Store>(self, admin: &Admin<S>) -> Result<Minted, AdminError> {
         let uid = parse_uid(&self.uid)?;
-        let max = admin.access_ttl_secs;
+        let max = admin.token.access_ttl_secs;
         let ttl = self.ttl_secs.unwrap_or(max);
         if !(MINT_MIN_TTL..=max).contains(&ttl) {
             return Err(AdminError::invalid(format!(
@@ -535,6 +535,43 @@ impl Operation for TokenMint {
             sid: grant.sid.to_string(),
             access_token: grant.access_token,
             expiry: grant.expiry,
+        })
+    }
+}
+
+/// `token rotate-key`: replace the generated signing key. New access tokens carry the new
+/// key's kid; tokens signed by the old key keep verifying until they expire. Refused
+/// when `token.secret` is configured (that key is rotated in the configuration).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyRotate {}
+
+/// Answer of [`KeyRotate`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRotated {
+    /// The kid of the new signing key.
+    pub kid: String,
+    /// The kid of the key it replaced.
+    pub previous_kid: Option<String>,
+    /// When the replaced key stops verifying, Unix seconds.
+    pub retire_at: u64,
+}
+
+impl Operation for KeyRotate {
+    type Output = KeyRotated;
+    const PATH: &'static str = "token-rotate-key";
+    async fn run<S: Store>(self, admin: &Admin<S>) -> Result<KeyRotated, AdminError> {
+        let rotation = admin
+            .service
+            .rotate_signing_key(&admin.token)
+            .await
+            .map_err(|e| match e {
+                KeyError::Configured => AdminError::invalid(e.to_string()),
+                KeyError::Storage(e) => e.into(),
+            })?;
+        Ok(KeyRotated {
+            kid: rotation.kid,
+            previous_kid: rotation.previous_kid,
+            retire_at: rotation.retire_at,
         })
     }
 }

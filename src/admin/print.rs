@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::backup::Counts;
-use super::ops::{Minted, RevokeOutput, SessionView, UserView};
+use super::ops::{KeyRotated, Minted, RevokeOutput, SessionView, UserView};
 
 /// A table: a header row and data rows, columns padded to their widest cell.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -125,6 +125,18 @@ pub fn revoked(r: &RevokeOutput) -> String {
 /// A minted token: the token alone on stdout, so `$(liveuser token mint UID)` works.
 pub fn minted(m: &Minted) -> String {
     format!("{}\n", m.access_token)
+}
+
+/// What a signing-key rotation did.
+pub fn key_rotated(k: &KeyRotated) -> String {
+    match &k.previous_kid {
+        Some(previous) => format!(
+            "signing key rotated: new kid {}; kid {previous} verifies the tokens it signed until {}\n",
+            k.kid,
+            time(k.retire_at)
+        ),
+        None => format!("signing key rotated: new kid {}\n", k.kid),
+    }
 }
 
 /// The details of a minted token, for stderr.

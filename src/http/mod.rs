@@ -1,8 +1,10 @@
 //! The HTTP layer: the server loop and the public routes.
 //!
 //! The server owns its accept loop (rather than `warp::serve`) so it can put the peer
-//! address on each request, bound header reads, and drain connections on shutdown.
+//! address on each request, terminate TLS, bound header and body reads and the number of
+//! connections, log and count every request, and drain connections on shutdown.
 
+mod deadline;
 pub mod error;
 pub mod meta;
 pub mod observe;
@@ -10,6 +12,7 @@ pub mod routes;
 pub mod tls;
 pub mod wire;
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,20 +22,25 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use std::convert::Infallible;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use warp::Filter;
 use warp::reply::Response;
 
+use deadline::DeadlineBody;
 use routes::PeerAddr;
 
 /// Connection settings of a listener.
 #[derive(Debug, Clone)]
 pub struct ConnSettings {
-    /// How long a client may take to send its request headers (and, with TLS, to
-    /// finish its handshake).
+    /// How long a client may take to send its request headers (and, with TLS, to finish
+    /// its handshake); also how long an idle keep-alive connection is kept.
     pub header_read_timeout: Duration,
+    /// How long a client may take to send a request body once its headers are in.
+    pub body_read_timeout: Duration,
+    /// Open connections at most; beyond it the listener stops accepting until one closes.
+    pub max_connections: usize,
     /// How long shutdown waits for in-flight requests.
     pub drain_timeout: Duration,
     /// Serve HTTPS with this certificate instead of plain HTTP.
@@ -45,9 +53,24 @@ impl Default for ConnSettings {
     fn default() -> Self {
         ConnSettings {
             header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
+            max_connections: 1024,
             drain_timeout: Duration::from_secs(10),
             tls: None,
             observer: Arc::new(observe::Observer::new("public", None)),
+        }
+    }
+}
+
+impl ConnSettings {
+    /// The timeouts and limits `[server]` describes (TLS and the observer are set by the
+    /// caller, per listener).
+    pub fn from_config(server: &crate::config::ServerConfig) -> Self {
+        ConnSettings {
+            header_read_timeout: Duration::from_millis(server.header_read_timeout_ms),
+            body_read_timeout: Duration::from_millis(server.body_read_timeout_ms),
+            max_connections: server.max_connections,
+            ..ConnSettings::default()
         }
     }
 }
@@ -65,13 +88,32 @@ pub async fn serve<F>(
     let service = TowerToHyperService::new(warp::service(filter));
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
-    let accept = |stream: tokio::net::TcpStream, peer| {
+    let slots = Arc::new(Semaphore::new(settings.max_connections));
+    let accept = |stream: TcpStream, peer, slot: Option<OwnedSemaphorePermit>| {
         let _ = stream.set_nodelay(true);
         let service = service.clone();
         let observer = settings.observer.clone();
-        let handler = hyper::service::service_fn(move |mut request| {
+        let body_read_timeout = settings.body_read_timeout;
+        let handler = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
             request.extensions_mut().insert(PeerAddr(peer));
-            observe::call(service.clone(), observer.clone(), request)
+            fold_repeated_headers(request.headers_mut());
+            let unread = deadline::Unread::of(request.body());
+            let request = request.map(|body| DeadlineBody::new(body, body_read_timeout, &unread));
+            let answer = observe::call(service.clone(), observer.clone(), request);
+            async move {
+                let mut response = answer.await?;
+                // An answer given without reading the body (404, 405, 415, 413): the
+                // rest of the body may still be on its way, so hyper will close the
+                // connection; say so, or a client may reuse it and see its next request
+                // fail.
+                if unread.remains() {
+                    response.headers_mut().insert(
+                        hyper::header::CONNECTION,
+                        hyper::header::HeaderValue::from_static("close"),
+                    );
+                }
+                Ok::<_, Infallible>(response)
+            }
         });
         let watcher = graceful.watcher();
         let settings = settings.clone();
@@ -87,9 +129,19 @@ pub async fn serve<F>(
                     }
                 }
             }
+            drop(slot);
         });
     };
     loop {
+        // At the connection cap, wait for a slot instead of accepting: clients queue in
+        // the kernel's backlog, and slow ones are cut by the header timeout.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -102,12 +154,13 @@ pub async fn serve<F>(
             },
             () = &mut shutdown => break,
         };
-        accept(stream, peer);
+        accept(stream, peer, Some(slot));
     }
     // Connections the kernel completed before the listener closes would otherwise be
-    // reset: take every one already queued, and let the drain below answer them.
+    // reset: take every one already queued (past the cap if need be: there are at most
+    // a backlog's worth), and let the drain below answer them.
     while let Some(Ok((stream, peer))) = listener.accept().now_or_never() {
-        accept(stream, peer);
+        accept(stream, peer, slots.clone().try_acquire_owned().ok());
     }
     drop(listener);
     if tokio::time::timeout(settings.drain_timeout, graceful.shutdown())
@@ -115,6 +168,33 @@ pub async fn serve<F>(
         .is_err()
     {
         tracing::warn!("in-flight requests did not finish in time; closing them");
+    }
+}
+
+/// Folds repeated header lines so that routes read one value each:
+/// - repeated `X-Forwarded-For` lines are one list (RFC 9110 §5.3), joined with ", ";
+/// - repeated `Authorization` lines are ambiguous (a proxy in front may have judged the
+///   other one), so all are dropped and the request is unauthenticated.
+fn fold_repeated_headers(headers: &mut hyper::HeaderMap) {
+    use hyper::header::{AUTHORIZATION, HeaderValue};
+    if headers.get_all(AUTHORIZATION).iter().nth(1).is_some() {
+        headers.remove(AUTHORIZATION);
+    }
+    const XFF: &str = "x-forwarded-for";
+    if headers.get_all(XFF).iter().nth(1).is_some() {
+        let joined: Vec<&str> = headers
+            .get_all(XFF)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        match HeaderValue::from_str(&joined.join(", ")) {
+            Ok(value) => {
+                headers.insert(XFF, value);
+            }
+            Err(_) => {
+                headers.remove(XFF);
+            }
+        }
     }
 }
 

@@ -10,7 +10,6 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
-use hyper::body::Incoming;
 use warp::http::{HeaderValue, Request};
 use warp::reply::Response;
 
@@ -43,13 +42,13 @@ impl Observer {
 }
 
 /// Calls `service` with `request`, then logs and counts the answer.
-pub async fn call<S>(
+pub async fn call<S, B>(
     service: S,
     observer: Arc<Observer>,
-    request: Request<Incoming>,
+    request: Request<B>,
 ) -> Result<Response, Infallible>
 where
-    S: hyper::service::Service<Request<Incoming>, Response = Response, Error = Infallible>,
+    S: hyper::service::Service<Request<B>, Response = Response, Error = Infallible>,
 {
     let started = Instant::now();
     let method = request.method().clone();

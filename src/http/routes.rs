@@ -2,7 +2,7 @@
 //! the service, and encoding.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -13,6 +13,7 @@ use warp::{Filter, Rejection};
 
 use super::error::{ApiError, recover};
 use super::wire;
+use crate::limits::{Limits, RateLimiter};
 use crate::service::{Caller, Service};
 use crate::store::Store;
 
@@ -24,11 +25,12 @@ pub struct PeerAddr(pub SocketAddr);
 pub fn api<S: Store>(
     service: Arc<Service<S>>,
     body_limit: u64,
+    limits: Arc<Limits>,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     healthz()
-        .or(login(service.clone(), body_limit))
+        .or(login(service.clone(), body_limit, limits.clone()))
         .unify()
-        .or(renew_token(service.clone(), body_limit))
+        .or(renew_token(service.clone(), body_limit, limits))
         .unify()
         .or(add_user(service.clone(), body_limit))
         .unify()
@@ -49,42 +51,63 @@ pub fn healthz() -> impl Filter<Extract = (Response,), Error = Rejection> + Clon
         .map(|| json(br#"{"status":"ok"}"#.to_vec()))
 }
 
-/// `POST /liveuser/Wx/Login`
+/// `POST /liveuser/Wx/Login` (rate-limited per client address)
 pub fn login<S: Store>(
     service: Arc<Service<S>>,
     limit: u64,
+    limits: Arc<Limits>,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("liveuser" / "Wx" / "Login")
         .and(rpc(limit))
+        .and(client(limits.clone()))
         .and(with(service))
-        .then(|body: Bytes, service: Arc<Service<S>>| async move {
-            respond(async {
-                let code = wire::login(&body)?;
-                Ok(wire::grant(&service.login(&code).await?))
-            })
-            .await
-        })
+        .and(with(limits))
+        .then(
+            |body: Bytes, client: Option<IpAddr>, service: Arc<Service<S>>, limits: Arc<Limits>| async move {
+                respond(async {
+                    rate_limit(&limits.login, client, "Login")?;
+                    let code = wire::login(&body)?;
+                    Ok(wire::grant(&service.login(&code).await?))
+                })
+                .await
+            },
+        )
 }
 
-/// `POST /liveuser/Wx/RenewToken`
+/// `POST /liveuser/Wx/RenewToken` (rate-limited per client address)
 pub fn renew_token<S: Store>(
     service: Arc<Service<S>>,
     limit: u64,
+    limits: Arc<Limits>,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("liveuser" / "Wx" / "RenewToken")
         .and(rpc(limit))
-        .and(peer())
+        .and(client(limits.clone()))
         .and(with(service))
+        .and(with(limits))
         .then(
-            |body: Bytes, peer: Option<PeerAddr>, service: Arc<Service<S>>| async move {
+            |body: Bytes, client: Option<IpAddr>, service: Arc<Service<S>>, limits: Arc<Limits>| async move {
                 respond(async {
+                    rate_limit(&limits.renew, client, "RenewToken")?;
                     let token = wire::renew(&body)?;
-                    let client = peer.map(|p| p.0.ip());
                     Ok(wire::grant(&service.renew(&token, client).await?))
                 })
                 .await
             },
         )
+}
+
+/// Takes a call from `client`'s bucket, or answers `resource_exhausted` + `Retry-After`.
+fn rate_limit(limiter: &RateLimiter, client: Option<IpAddr>, method: &str) -> Result<(), ApiError> {
+    let Some(client) = client else {
+        return Ok(());
+    };
+    limiter.check(client).map_err(|secs| {
+        ApiError::resource_exhausted(
+            format!("too many {method} calls from this address; retry in {secs} s"),
+            Some(secs),
+        )
+    })
 }
 
 /// `POST /liveuser/User/AddUser` (Bearer)
@@ -168,9 +191,10 @@ fn with<T: Clone + Send>(value: T) -> impl Filter<Extract = (T,), Error = Infall
     warp::any().map(move || value.clone())
 }
 
-/// A header's raw value, if present. Unlike `warp::header::optional`, a value that is
-/// not visible ASCII is handed over as is (and judged by the caller) instead of
-/// becoming a rejection without a JSON body.
+/// A header's raw value, if present (a repeated header was folded into one line by the
+/// server loop). Unlike `warp::header::optional`, a value that is not visible ASCII is
+/// handed over as is (and judged by the caller) instead of becoming a rejection without
+/// a JSON body.
 fn header_value(
     name: &'static str,
 ) -> impl Filter<Extract = (Option<HeaderValue>,), Error = Infallible> + Clone {
@@ -180,8 +204,18 @@ fn header_value(
         .unify()
 }
 
-fn peer() -> impl Filter<Extract = (Option<PeerAddr>,), Error = Infallible> + Clone {
+/// The client address: the TCP peer, or what a trusted proxy says in `X-Forwarded-For`.
+fn client(
+    limits: Arc<Limits>,
+) -> impl Filter<Extract = (Option<IpAddr>,), Error = Infallible> + Clone {
     warp::ext::optional::<PeerAddr>()
+        .and(header_value("x-forwarded-for"))
+        .map(
+            move |peer: Option<PeerAddr>, forwarded: Option<HeaderValue>| {
+                let forwarded = forwarded.as_ref().and_then(|v| v.to_str().ok());
+                peer.map(|p| limits.client_addr(p.0.ip(), forwarded.into_iter()))
+            },
+        )
 }
 
 /// The common front of the four methods: POST, a JSON content type, a bounded body.

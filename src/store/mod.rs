@@ -15,7 +15,9 @@ pub mod sled;
 use std::future::Future;
 use std::sync::Arc;
 
-use crate::model::{Identity, RefreshRecord, Session, Sid, TokenHash, Uid, UserPatch, UserRecord};
+use crate::model::{
+    Identity, RefreshRecord, RetiredKey, Session, Sid, TokenHash, Uid, UserPatch, UserRecord,
+};
 
 pub use self::flush::FlushObserver;
 pub use self::sled::SledStore;
@@ -213,4 +215,19 @@ pub trait Store: Send + Sync + 'static {
         name: &str,
         generate: impl FnOnce() -> Vec<u8> + Send,
     ) -> impl Future<Output = StoreResult<Vec<u8>>> + Send;
+
+    /// The keys that [`Store::rotate_key`] retired from `name` (retired or not by now).
+    fn retired_keys(&self, name: &str)
+    -> impl Future<Output = StoreResult<Vec<RetiredKey>>> + Send;
+
+    /// Makes `fresh` the key `name` and keeps the key it replaces among `name`'s retired
+    /// keys until `retire_at`, dropping those already retired at `now`; one transaction,
+    /// durable on return. Returns the replaced key (`None` if `name` was unset).
+    fn rotate_key(
+        &self,
+        name: &str,
+        fresh: Vec<u8>,
+        retire_at: u64,
+        now: u64,
+    ) -> impl Future<Output = StoreResult<Option<Vec<u8>>>> + Send;
 }

@@ -11,6 +11,7 @@
 //! | `uid_sid`           | uid ‖ 0x00 ‖ sid                     | empty (index)           |
 //! | `sid_tokenhash`     | sid ‖ token hash                     | empty (index)           |
 //! | `meta`              | key name                             | raw bytes (generated keys) |
+//! | `meta`              | key name ‖ `.retired`                | `Vec<`[`RetiredKey`]`>` |
 //!
 //! Uids never contain 0x00, so `uid ‖ 0x00` is an exact prefix for one user's sessions.
 //! Values go through [`codec`](super::codec). Multi-tree changes are one sled transaction.
@@ -26,8 +27,8 @@ use super::codec::{decode, encode};
 use super::flush::{self, GroupCommit};
 use super::{Census, Family, Page, Restore, RotateOutcome, Store, StoreError, StoreResult};
 use crate::model::{
-    Identity, RefreshRecord, RefreshState, Session, SessionState, Sid, TokenHash, Uid, UserPatch,
-    UserRecord,
+    Identity, RefreshRecord, RefreshState, RetiredKey, Session, SessionState, Sid, TokenHash, Uid,
+    UserPatch, UserRecord,
 };
 
 /// A sled database holding liveuser's trees.
@@ -100,10 +101,10 @@ impl SledStore {
             .cache_capacity(cache_bytes)
             .open()
             .map_err(|e| match &e {
-                // sled reports a held lock as `Other` with the OS error in its message.
+                // sled reports a held lock as ErrorKind::Other with this text.
                 sled::Error::Io(io_err)
                     if io_err.kind() == std::io::ErrorKind::WouldBlock
-                        || io_err.to_string().starts_with("could not acquire lock") =>
+                        || io_err.to_string().contains("could not acquire lock") =>
                 {
                     StoreError::Locked
                 }
@@ -594,4 +595,45 @@ impl Store for SledStore {
         self.commit.durable().await?;
         Ok(key)
     }
+
+    async fn retired_keys(&self, name: &str) -> StoreResult<Vec<RetiredKey>> {
+        Ok(Self::get(&self.meta, retired_name(name).as_bytes())?.unwrap_or_default())
+    }
+
+    async fn rotate_key(
+        &self,
+        name: &str,
+        fresh: Vec<u8>,
+        retire_at: u64,
+        now: u64,
+    ) -> StoreResult<Option<Vec<u8>>> {
+        let retired_name = retired_name(name);
+        let replaced = self
+            .meta
+            .transaction(|meta| {
+                let replaced = meta.get(name)?.map(|v| v.to_vec());
+                let mut retired: Vec<RetiredKey> = match meta.get(retired_name.as_bytes())? {
+                    Some(bytes) => tx_decode(&bytes)?,
+                    None => Vec::new(),
+                };
+                retired.retain(|k| k.retire_at > now);
+                if let Some(old) = &replaced {
+                    retired.push(RetiredKey {
+                        key: crate::secret::Secret::new(old.clone()),
+                        retire_at,
+                    });
+                }
+                meta.insert(retired_name.as_bytes(), encode(&retired))?;
+                meta.insert(name, fresh.as_slice())?;
+                Ok(replaced)
+            })
+            .map_err(tx_error)?;
+        self.commit.durable().await?;
+        Ok(replaced)
+    }
+}
+
+/// Where the keys retired from `name` are kept.
+fn retired_name(name: &str) -> String {
+    format!("{name}.retired")
 }

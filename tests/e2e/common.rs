@@ -287,12 +287,14 @@ pub fn send(
 /// | `http500`           | HTTP 500                                            |
 /// | `garbage`           | 200 with an HTML body                               |
 /// | `hang`              | waits 5 s (past any test timeout)                   |
+/// | `held-<x>`          | waits until [`FakeWeChat::release`], then `ok-<x>`  |
 ///
 /// A wrong appid or secret answers errcode 40125, so a test that logs in proves both
 /// were sent. Every call is counted per code.
 pub struct FakeWeChat {
     pub base: String,
     calls: Arc<Mutex<HashMap<String, usize>>>,
+    released: tokio::sync::watch::Sender<bool>,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -305,11 +307,23 @@ impl FakeWeChat {
             .unwrap();
         let calls: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
         let counter = calls.clone();
+        let (released, gate) = tokio::sync::watch::channel(false);
         let route = warp::path!("sns" / "jscode2session")
             .and(warp::query::<HashMap<String, String>>())
             .then(move |q: HashMap<String, String>| {
                 let counter = counter.clone();
-                async move { answer(&counter, q).await }
+                let mut gate = gate.clone();
+                async move {
+                    if let Some(x) = q.get("js_code").and_then(|c| c.strip_prefix("held-")) {
+                        let x = x.to_string();
+                        count(&counter, &format!("held-{x}"));
+                        let _ = gate.wait_for(|open| *open).await;
+                        let mut q = q;
+                        q.insert("js_code".into(), format!("ok-{x}"));
+                        return answer(&counter, q).await;
+                    }
+                    answer(&counter, q).await
+                }
             });
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
@@ -319,8 +333,14 @@ impl FakeWeChat {
         FakeWeChat {
             base: format!("http://{addr}"),
             calls,
+            released,
             _runtime: runtime,
         }
+    }
+
+    /// Lets every `held-<x>` call, waiting or future, answer.
+    pub fn release(&self) {
+        let _ = self.released.send(true);
     }
 
     /// How many times WeChat was asked about `code`.
@@ -335,12 +355,7 @@ async fn answer(
 ) -> warp::reply::Response {
     use warp::Reply as _;
     let code = q.get("js_code").cloned().unwrap_or_default();
-    let n = {
-        let mut calls = counter.lock().unwrap();
-        let n = calls.entry(code.clone()).or_insert(0);
-        *n += 1;
-        *n
-    };
+    let n = count(counter, &code);
     let json = |v: Value| warp::reply::json(&v).into_response();
     if q.get("appid").map(String::as_str) != Some(WX_APPID)
         || q.get("secret").map(String::as_str) != Some(WX_SECRET)
@@ -386,6 +401,13 @@ async fn answer(
     }
 }
 
+fn count(counter: &Mutex<HashMap<String, usize>>, code: &str) -> usize {
+    let mut calls = counter.lock().unwrap();
+    let n = calls.entry(code.to_string()).or_insert(0);
+    *n += 1;
+    *n
+}
+
 /// Decodes a JWT's claims without checking anything (to compare with the answer).
 pub fn jwt_claims(token: &str) -> Value {
     use base64::Engine;
@@ -408,6 +430,17 @@ impl Binary {
     /// Writes `config_toml` to `dir/liveuser.toml` and runs `liveuser serve` with it,
     /// with extra environment variables; waits for the logged listening address.
     pub fn serve(dir: &std::path::Path, config_toml: &str, env: &[(&str, &str)]) -> Binary {
+        Self::serve_with(dir, config_toml, env, |_| {})
+    }
+
+    /// [`Binary::serve`], with `tweak` applied to the command before it starts (e.g. to
+    /// set resource limits on the child).
+    pub fn serve_with(
+        dir: &std::path::Path,
+        config_toml: &str,
+        env: &[(&str, &str)],
+        tweak: impl FnOnce(&mut std::process::Command),
+    ) -> Binary {
         use std::io::BufRead;
         let config = dir.join("liveuser.toml");
         std::fs::write(&config, config_toml).unwrap();
@@ -422,6 +455,7 @@ impl Binary {
         for (k, v) in env {
             command.env(k, v);
         }
+        tweak(&mut command);
         let mut child = command.spawn().expect("liveuser starts");
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(String::new()));

@@ -2,12 +2,18 @@
 
 mod common;
 
+mod abuse;
 mod admin;
+mod attacks;
 mod backup;
 mod bad_input;
+mod crash;
 mod durability;
+mod fuzz;
+mod key_rotation;
 mod login;
 mod ops;
 mod rotation;
 mod tokens;
+mod upstream;
 mod users;

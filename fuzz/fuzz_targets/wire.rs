@@ -1,0 +1,24 @@
+//! Request decoding: any body gives a typed request or an `ApiError` with a code from the
+//! fixed list — never a panic and never `internal`.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use liveuser::http::wire;
+
+fn check<T>(result: Result<T, liveuser::http::error::ApiError>) {
+    if let Err(e) = result {
+        assert!(
+            matches!(e.code, "malformed" | "invalid_argument"),
+            "unexpected code {}",
+            e.code
+        );
+        assert!(e.status.is_client_error());
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    check(wire::login(data));
+    check(wire::renew(data));
+    check(wire::add_user(data));
+    check(wire::query_user(data));
+});

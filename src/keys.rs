@@ -1,0 +1,230 @@
+//! Signing keys: where they come from, and how they rotate without logging anyone out.
+//!
+//! Two sources, as `[token]` says:
+//!
+//! - **Configured** (`token.secret`): the operator rotates by moving the old value to
+//!   `token.previous_secret`, setting a new `token.secret`, and restarting. The first
+//!   start that sees a previous secret records when (in the `meta` tree, under the
+//!   previous key's kid); the previous key then verifies for one access-token lifetime
+//!   from that moment and is ignored afterwards, with a warning to remove it.
+//! - **Generated** (no `token.secret`): the key lives in the `meta` tree.
+//!   [`rotate_signing_key`] makes a new one and keeps the old one, with its retire time,
+//!   in the same transaction. The CLI calls it on a stopped server's database;
+//!   [`Service::rotate_signing_key`](crate::service::Service::rotate_signing_key) calls it
+//!   on a running one and swaps the new keys in at once.
+//!
+//! Either way the new key signs from the moment it is in force, and a previous key
+//! verifies only tokens that expire before it retires (see [`KeyRing`]).
+
+use crate::config::TokenConfig;
+use crate::store::{Store, StoreError};
+use crate::token::{KeyRing, kid_of, random_bytes};
+
+/// Name of the generated signing key in the `meta` tree.
+pub const SIGNING_KEY: &str = "signing_key";
+/// Name of the generated key that derives rotated refresh tokens.
+pub const REFRESH_KEY: &str = "refresh_key";
+/// Prefix of the record of when a configured `token.previous_secret` was first seen.
+const PREVIOUS_SEEN: &str = "previous_secret_seen:";
+
+/// Why a signing-key rotation was refused.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum KeyError {
+    /// `token.secret` is configured: it is rotated in the configuration, not here.
+    #[error(
+        "token.secret is configured, so the signing key is rotated in the configuration: \
+         move the old value to token.previous_secret, set a new token.secret, and restart"
+    )]
+    Configured,
+    /// Storage failed.
+    #[error(transparent)]
+    Storage(#[from] StoreError),
+}
+
+/// What a rotation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRotation {
+    /// The kid of the new signing key.
+    pub kid: String,
+    /// The kid of the key it replaced.
+    pub previous_kid: Option<String>,
+    /// When the replaced key stops verifying (Unix seconds).
+    pub retire_at: u64,
+}
+
+/// The keys in force at `now` for `token`, generating and storing a signing key on first
+/// start when none is configured.
+pub async fn load<S: Store>(
+    store: &S,
+    token: &TokenConfig,
+    now: u64,
+) -> Result<KeyRing, StoreError> {
+    let configured = token.secret.expose();
+    if configured.is_empty() {
+        let current = store
+            .key_or_init(SIGNING_KEY, || random_bytes::<32>().to_vec())
+            .await?;
+        let mut ring = KeyRing::new(&current);
+        for retired in store.retired_keys(SIGNING_KEY).await? {
+            if now < retired.retire_at {
+                ring = ring.with_previous(retired.key.expose(), retired.retire_at);
+            }
+        }
+        return Ok(ring);
+    }
+
+    let mut ring = KeyRing::new(configured.as_bytes());
+    let previous = token.previous_secret.expose();
+    if !previous.is_empty() {
+        let kid = kid_of(previous.as_bytes());
+        let seen = store
+            .key_or_init(&format!("{PREVIOUS_SEEN}{kid}"), || {
+                now.to_be_bytes().to_vec()
+            })
+            .await?;
+        let seen = <[u8; 8]>::try_from(seen.as_slice())
+            .map(u64::from_be_bytes)
+            .map_err(|_| StoreError::Corrupt("bad previous_secret_seen record".into()))?;
+        let retire_at = seen + token.access_ttl_secs;
+        if now < retire_at {
+            tracing::info!(
+                previous_kid = %kid,
+                retire_at,
+                "token.previous_secret verifies tokens it signed until it retires"
+            );
+            ring = ring.with_previous(previous.as_bytes(), retire_at);
+        } else {
+            tracing::warn!(
+                previous_kid = %kid,
+                "token.previous_secret is retired (every token it signed has expired); remove it"
+            );
+        }
+    }
+    Ok(ring)
+}
+
+/// Replaces the generated signing key with a fresh one; the old one verifies the tokens
+/// it signed until `now + token.access_ttl_secs`. Refused when `token.secret` is set.
+///
+/// Works on any open store: the CLI's (server stopped) or the running server's, through
+/// [`Service::rotate_signing_key`](crate::service::Service::rotate_signing_key), which
+/// also puts the new keys in force.
+pub async fn rotate_signing_key<S: Store>(
+    store: &S,
+    token: &TokenConfig,
+    now: u64,
+) -> Result<KeyRotation, KeyError> {
+    if !token.secret.expose().is_empty() {
+        return Err(KeyError::Configured);
+    }
+    let fresh = random_bytes::<32>().to_vec();
+    let retire_at = now + token.access_ttl_secs;
+    let replaced = store
+        .rotate_key(SIGNING_KEY, fresh.clone(), retire_at, now)
+        .await?;
+    let rotation = KeyRotation {
+        kid: kid_of(&fresh),
+        previous_kid: replaced.as_deref().map(kid_of),
+        retire_at,
+    };
+    tracing::info!(
+        kid = %rotation.kid,
+        previous_kid = ?rotation.previous_kid,
+        retire_at,
+        "signing key rotated"
+    );
+    Ok(rotation)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+    use crate::store::SledStore;
+
+    fn generated() -> TokenConfig {
+        TokenConfig {
+            access_ttl_secs: 600,
+            ..TokenConfig::default()
+        }
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn a_generated_key_rotates_and_the_old_one_retires_after_the_access_ttl() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&dir.path().join("db"), 1 << 20).unwrap();
+        let token = generated();
+        block_on(async {
+            let before = load(&store, &token, 1000).await.unwrap();
+            let again = load(&store, &token, 1000).await.unwrap();
+            assert_eq!(before.current_kid(), again.current_kid(), "the key is kept");
+
+            let rotation = rotate_signing_key(&store, &token, 2000).await.unwrap();
+            assert_eq!(rotation.previous_kid.as_deref(), Some(before.current_kid()));
+            assert_eq!(rotation.retire_at, 2600);
+
+            let after = load(&store, &token, 2000).await.unwrap();
+            assert_eq!(after.current_kid(), rotation.kid);
+            assert_eq!(
+                after.previous_kids(),
+                vec![(before.current_kid().to_string(), 2600)]
+            );
+            let retired = load(&store, &token, 2600).await.unwrap();
+            assert!(retired.previous_kids().is_empty());
+        });
+    }
+
+    #[test]
+    fn rotating_twice_keeps_both_old_keys_until_each_retires() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&dir.path().join("db"), 1 << 20).unwrap();
+        let token = generated();
+        block_on(async {
+            let k0 = load(&store, &token, 0).await.unwrap();
+            let r1 = rotate_signing_key(&store, &token, 100).await.unwrap();
+            let r2 = rotate_signing_key(&store, &token, 200).await.unwrap();
+            assert_eq!(r2.previous_kid.as_deref(), Some(r1.kid.as_str()));
+            let ring = load(&store, &token, 300).await.unwrap();
+            assert_eq!(
+                ring.previous_kids(),
+                vec![(k0.current_kid().to_string(), 700), (r1.kid.clone(), 800)]
+            );
+            // A rotation after the first old key retired drops it from storage.
+            let _ = rotate_signing_key(&store, &token, 750).await.unwrap();
+            assert_eq!(store.retired_keys(SIGNING_KEY).await.unwrap().len(), 2);
+        });
+    }
+
+    #[test]
+    fn a_configured_secret_is_not_rotated_here_and_its_previous_secret_retires() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&dir.path().join("db"), 1 << 20).unwrap();
+        let token = TokenConfig {
+            access_ttl_secs: 600,
+            secret: Secret::new("n".repeat(32)),
+            previous_secret: Secret::new("o".repeat(32)),
+            ..TokenConfig::default()
+        };
+        block_on(async {
+            assert!(matches!(
+                rotate_signing_key(&store, &token, 0).await,
+                Err(KeyError::Configured)
+            ));
+            let ring = load(&store, &token, 1000).await.unwrap();
+            assert_eq!(ring.current_kid(), kid_of(&[b'n'; 32]));
+            assert_eq!(ring.previous_kids(), vec![(kid_of(&[b'o'; 32]), 1600)]);
+            // The retire time counts from the first start that saw the previous secret.
+            let later = load(&store, &token, 1500).await.unwrap();
+            assert_eq!(later.previous_kids(), vec![(kid_of(&[b'o'; 32]), 1600)]);
+            let retired = load(&store, &token, 1600).await.unwrap();
+            assert!(retired.previous_kids().is_empty());
+        });
+    }
+}

@@ -1,0 +1,237 @@
+//! Abuse limits: per-address rate limits on Login and RenewToken, and slow or idle
+//! clients that must not exhaust the server.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::common::{Reply, TestApp};
+
+fn login_from(app: &TestApp, code: &str, forwarded_for: Option<&str>) -> Reply {
+    let mut headers = vec![("content-type", "application/json".to_string())];
+    if let Some(xff) = forwarded_for {
+        headers.push(("x-forwarded-for", xff.to_string()));
+    }
+    let body = json!({ "code": code }).to_string();
+    app.raw("POST", "/liveuser/Wx/Login", &headers, body.as_bytes())
+}
+
+fn renew_from(app: &TestApp, token: &str, forwarded_for: &str) -> Reply {
+    let headers = vec![
+        ("content-type", "application/json".to_string()),
+        ("x-forwarded-for", forwarded_for.to_string()),
+    ];
+    let body = json!({ "refresh_token": token }).to_string();
+    app.raw("POST", "/liveuser/Wx/RenewToken", &headers, body.as_bytes())
+}
+
+#[track_caller]
+fn assert_limited(r: &Reply) -> u64 {
+    r.assert_error(429, "resource_exhausted");
+    let secs: u64 = r
+        .headers
+        .get("retry-after")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no Retry-After: {:?}", r.headers));
+    assert!(secs >= 1);
+    secs
+}
+
+#[test]
+fn login_and_renew_are_limited_per_address_with_retry_after() {
+    let app = TestApp::spawn_with(|c| {
+        c.limits.login_per_min = 3;
+        c.limits.renew_per_min = 2;
+    });
+    let first = app.login_ok("alice");
+    app.login_ok("bob");
+    app.login_ok("carol");
+    let refused = login_from(&app, "dave", None);
+    let wait = assert_limited(&refused);
+    assert!(wait <= 20, "one Login comes back every 20 s, not {wait}");
+
+    // RenewToken has its own bucket, and other methods none.
+    let r1 = app.renew(&first.str("refresh_token"));
+    assert_eq!(r1.status, 200, "{}", r1.text);
+    let r2 = app.renew(&r1.str("refresh_token"));
+    assert_eq!(r2.status, 200, "{}", r2.text);
+    assert_limited(&app.renew(&r2.str("refresh_token")));
+    for _ in 0..10 {
+        assert_eq!(app.query(&first.str("access_token"), &[]).status, 200);
+    }
+}
+
+#[test]
+fn zero_turns_the_limits_off() {
+    let app = TestApp::spawn_with(|c| {
+        c.limits.login_per_min = 0;
+        c.limits.renew_per_min = 0;
+    });
+    let mut token = app.login_ok("alice").str("refresh_token");
+    for i in 0..150 {
+        let r = app.renew(&token);
+        assert_eq!(r.status, 200, "renewal {i}: {}", r.text);
+        token = r.str("refresh_token");
+    }
+    for i in 0..80 {
+        app.login_ok(&format!("user-{i}"));
+    }
+}
+
+#[test]
+fn forwarded_for_counts_only_behind_a_trusted_proxy() {
+    // Not trusted: the header is ignored; every request is the peer, 127.0.0.1.
+    let app = TestApp::spawn_with(|c| c.limits.login_per_min = 2);
+    assert_eq!(login_from(&app, "a", Some("203.0.113.1")).status, 200);
+    assert_eq!(login_from(&app, "b", Some("203.0.113.2")).status, 200);
+    assert_limited(&login_from(&app, "c", Some("203.0.113.3")));
+
+    // Trusted: the rightmost address the proxy added is the client, whatever the
+    // client wrote to its left.
+    let app = TestApp::spawn_with(|c| {
+        c.limits.login_per_min = 2;
+        c.limits.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    });
+    assert_eq!(login_from(&app, "a", Some("203.0.113.1")).status, 200);
+    assert_eq!(login_from(&app, "b", Some("203.0.113.1")).status, 200);
+    assert_limited(&login_from(&app, "c", Some("203.0.113.1")));
+    assert_limited(&login_from(&app, "c", Some("198.51.100.1, 203.0.113.1")));
+    assert_eq!(login_from(&app, "d", Some("203.0.113.2")).status, 200);
+    assert_eq!(
+        login_from(&app, "e", Some("203.0.113.1, 203.0.113.3")).status,
+        200,
+        "a spoofed left entry is not who is counted"
+    );
+}
+
+#[test]
+fn a_flood_from_many_addresses_does_not_free_a_limited_one() {
+    let app = TestApp::spawn_with(|c| {
+        c.limits.renew_per_min = 5;
+        c.limits.max_tracked_addresses = 64;
+        c.limits.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    });
+    let attacker = "198.51.100.66";
+    let mut answered = 0;
+    while renew_from(&app, "lvrt_x", attacker).status != 429 {
+        answered += 1;
+        assert!(answered <= 5, "the limit never applied");
+    }
+    // 2000 distinct addresses, 30 times the table's capacity.
+    for i in 0..2000u32 {
+        let addr = std::net::Ipv4Addr::from(0x0a00_0000 + i).to_string();
+        let r = renew_from(&app, "lvrt_x", &addr);
+        r.assert_error(401, "unauthenticated");
+    }
+    assert_limited(&renew_from(&app, "lvrt_x", attacker));
+}
+
+/// Reads until the server closes the connection (or 20 s pass); what it sent.
+fn read_until_closed(stream: &mut TcpStream) -> Result<Vec<u8>, String> {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Ok(out),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                return Err(format!(
+                    "still open; got {:?}",
+                    String::from_utf8_lossy(&out)
+                ));
+            }
+            Err(_) => return Ok(out), // reset: closed too
+        }
+    }
+}
+
+#[test]
+fn slow_and_idle_clients_are_cut_off_and_cannot_exhaust_the_connections() {
+    let app = TestApp::spawn_with(|c| {
+        c.server.header_read_timeout_ms = 300;
+        c.server.body_read_timeout_ms = 300;
+        c.server.max_connections = 4;
+    });
+    // Four clients take every connection slot and never finish their headers.
+    let mut slow: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let mut s = TcpStream::connect(app.addr).unwrap();
+            s.write_all(b"POST /liveuser/Wx/Login HTTP/1.1\r\nHost: x\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    // A real client still gets through: the slow ones are cut at the header timeout.
+    let r = app.login("alice");
+    assert_eq!(r.status, 200, "{}", r.text);
+    for s in &mut slow {
+        read_until_closed(s).expect("a slow client is disconnected");
+    }
+
+    // A body trickled too slowly is refused with a JSON error, and the connection closed.
+    let mut s = TcpStream::connect(app.addr).unwrap();
+    s.write_all(
+        b"POST /liveuser/Wx/Login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"code\":",
+    )
+    .unwrap();
+    let answer = String::from_utf8(read_until_closed(&mut s).expect("closed")).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains(r#""code":"malformed""#), "{answer}");
+
+    // An idle keep-alive connection is closed after the same timeout.
+    let mut s = TcpStream::connect(app.addr).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let answer = String::from_utf8(read_until_closed(&mut s).expect("closed")).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(r#"{"status":"ok"}"#), "{answer}");
+}
+
+#[test]
+fn an_answer_given_without_reading_the_body_closes_the_connection_and_says_so() {
+    let app = TestApp::spawn();
+    // Unknown path: answered from the head alone, the body never read.
+    let mut s = TcpStream::connect(app.addr).unwrap();
+    s.write_all(b"POST /nowhere HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+        .unwrap();
+    let answer = String::from_utf8(read_until_closed(&mut s).expect("closed")).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+
+    // A request whose body was read keeps its connection for the next one.
+    let mut s = TcpStream::connect(app.addr).unwrap();
+    let login = br#"{"code":"alice"}"#;
+    let request = format!(
+        "POST /liveuser/Wx/Login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        login.len()
+    );
+    for _ in 0..2 {
+        s.write_all(request.as_bytes()).unwrap();
+        s.write_all(login).unwrap();
+    }
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let answers = String::from_utf8(read_until_closed(&mut s).expect("closed")).unwrap();
+    let answers: Vec<String> = answers
+        .split("HTTP/1.1 ")
+        .skip(1)
+        .map(str::to_ascii_lowercase)
+        .collect();
+    assert_eq!(answers.len(), 3, "{answers:?}");
+    assert!(answers.iter().all(|a| a.starts_with("200")), "{answers:?}");
+    assert!(
+        !answers[0].contains("connection: close") && !answers[1].contains("connection: close"),
+        "{answers:?}"
+    );
+}
