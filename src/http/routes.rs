@@ -213,7 +213,7 @@ fn client(
         .map(
             move |peer: Option<PeerAddr>, forwarded: Option<HeaderValue>| {
                 let forwarded = forwarded.as_ref().and_then(|v| v.to_str().ok());
-                peer.map(|p| limits.client_addr(p.0.ip(), forwarded.into_iter()))
+                peer.map(|p| limits.client_addr(p.0.ip(), forwarded))
             },
         )
 }
