@@ -286,6 +286,9 @@ pub struct Loaded {
 /// Prefix of environment overrides.
 pub const ENV_PREFIX: &str = "LIVEUSER_";
 
+/// Longest session lifetime, absolute or idle: ten years.
+pub const MAX_LIFETIME_SECS: u64 = 10 * 365 * 86_400;
+
 impl Config {
     /// Loads the file (or defaults when it is absent and was not named explicitly), then
     /// applies `LIVEUSER_*` overrides from the process environment, then validates.
@@ -447,6 +450,12 @@ impl Config {
             "storage.path",
             "must not be empty",
         )?;
+        // sled panics on a page cache under 256 bytes; anything that small is a typo.
+        check(
+            self.storage.cache_capacity_bytes >= 1024 * 1024,
+            "storage.cache_capacity_bytes",
+            "must be at least 1048576 (1 MiB)",
+        )?;
         check(
             self.storage.sweep_interval_secs >= 1,
             "storage.sweep_interval_secs",
@@ -464,15 +473,18 @@ impl Config {
             "token.access_ttl_secs",
             "must be between 60 and 604800",
         )?;
+        // Expiry times are `now + lifetime` in Unix seconds: a bound keeps that sum far
+        // from overflowing (a panic in a debug build, a wrapped-around past in release),
+        // and no session needs to outlive ten years.
         check(
-            t.refresh_ttl_secs >= 60,
+            (60..=MAX_LIFETIME_SECS).contains(&t.refresh_ttl_secs),
             "token.refresh_ttl_secs",
-            "must be at least 60",
+            "must be between 60 and 315360000 (ten years)",
         )?;
         check(
-            t.refresh_idle_secs >= 60,
+            (60..=MAX_LIFETIME_SECS).contains(&t.refresh_idle_secs),
             "token.refresh_idle_secs",
-            "must be at least 60",
+            "must be between 60 and 315360000 (ten years)",
         )?;
         check(
             t.max_sessions_per_user >= 1,
@@ -760,6 +772,29 @@ mod tests {
             !same.to_string().contains(&old),
             "the value is a secret: {same}"
         );
+    }
+
+    #[test]
+    fn session_lifetimes_are_bounded_so_expiry_times_cannot_overflow() {
+        for key in ["refresh_ttl_secs", "refresh_idle_secs"] {
+            for bad in [i64::MAX as u64, MAX_LIFETIME_SECS + 1] {
+                let err = load(&format!("[token]\n{key} = {bad}\n"), &[]).unwrap_err();
+                assert_eq!(err.key.as_deref(), Some(format!("token.{key}").as_str()));
+                assert!(err.reason.contains("315360000"), "{err}");
+            }
+            let ok = load(&format!("[token]\n{key} = {MAX_LIFETIME_SECS}\n"), &[]);
+            assert!(ok.is_ok(), "ten years is accepted: {:?}", ok.err());
+            let env = format!("LIVEUSER_TOKEN_{}", key.to_ascii_uppercase());
+            let err = load("", &[(env.as_str(), "9223372036854775807")]).unwrap_err();
+            assert_eq!(err.source, format!("environment variable {env}"));
+        }
+    }
+
+    #[test]
+    fn a_page_cache_too_small_for_sled_is_refused_not_a_panic_at_open() {
+        let err = load("[storage]\ncache_capacity_bytes = 100\n", &[]).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("storage.cache_capacity_bytes"));
+        assert!(load("[storage]\ncache_capacity_bytes = 1048576\n", &[]).is_ok());
     }
 
     #[test]
