@@ -119,8 +119,31 @@ fn a_wrong_method_is_bad_route_405() {
         r.assert_error(405, "bad_route");
         assert_eq!(r.headers.get("allow").map(String::as_str), Some("POST"));
     }
-    app.raw("POST", "/healthz", &json_header(), b"{}")
-        .assert_error(405, "bad_route");
+}
+
+#[test]
+fn a_wrong_method_on_a_get_route_names_get_in_the_allow_header() {
+    let app = TestApp::spawn();
+    for (method, path) in [
+        ("POST", "/healthz"),
+        ("POST", "/metrics"),
+        ("POST", "/liveuser/openapi.json"),
+        ("PUT", "/healthz"),
+        ("DELETE", "/metrics"),
+    ] {
+        let r = app.raw(method, path, &json_header(), b"{}");
+        r.assert_error(405, "bad_route");
+        assert_eq!(
+            r.headers.get("allow").map(String::as_str),
+            Some("GET"),
+            "{method} {path}"
+        );
+        assert!(
+            r.body["msg"].as_str().unwrap().contains("use GET"),
+            "{}",
+            r.text
+        );
+    }
 }
 
 #[test]
