@@ -33,6 +33,7 @@ use super::ops::{
     Admin, AdminError, ErrorKind, KeyRotate, Operation, SessionList, SessionRevoke, TokenMint,
     UserGet, UserList, UserPut,
 };
+use crate::http::routes::header_value;
 use crate::store::Store;
 
 /// Largest body of an operation request.
@@ -83,12 +84,18 @@ pub fn routes<S: Store>(
     authorized(endpoint).and(ops).recover(recover).unify()
 }
 
+/// `Authorization: Bearer <admin token>`. A value that is not visible ASCII is refused
+/// like a wrong token (`warp::header::optional` would turn it into a rejection that
+/// ends as a 500).
 fn authorized(endpoint: Arc<Endpoint>) -> impl Filter<Extract = (), Error = Rejection> + Clone {
-    warp::header::optional::<String>("authorization")
-        .and_then(move |value: Option<String>| {
+    header_value("authorization")
+        .and_then(move |value: Option<HeaderValue>| {
             let endpoint = endpoint.clone();
             async move {
-                let token = value.as_deref().and_then(|v| v.strip_prefix("Bearer "));
+                let token = value
+                    .as_ref()
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "));
                 match token {
                     Some(token) if endpoint.accepts(token) => Ok(()),
                     _ => Err(warp::reject::custom(Refused(AdminError::new(

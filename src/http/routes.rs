@@ -195,7 +195,7 @@ fn with<T: Clone + Send>(value: T) -> impl Filter<Extract = (T,), Error = Infall
 /// server loop). Unlike `warp::header::optional`, a value that is not visible ASCII is
 /// handed over as is (and judged by the caller) instead of becoming a rejection without
 /// a JSON body.
-fn header_value(
+pub(crate) fn header_value(
     name: &'static str,
 ) -> impl Filter<Extract = (Option<HeaderValue>,), Error = Infallible> + Clone {
     warp::header::value(name)

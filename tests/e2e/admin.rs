@@ -265,3 +265,43 @@ fn listings_never_show_refresh_tokens_or_their_hashes() {
         assert!(!out.contains(&hash), "{args:?} shows a refresh-token hash");
     }
 }
+
+#[test]
+fn an_admin_token_header_that_is_not_visible_ascii_is_a_401_not_a_server_error() {
+    use std::io::{Read, Write};
+    let app = TestApp::spawn();
+    let file = app.dir.path().join("db.admin-token");
+    let endpoint: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let token = endpoint["token"].as_str().unwrap().to_string();
+    let send = |authorization: &[u8]| {
+        let body = br#"{"after": null, "limit": 10}"#;
+        let mut request = format!(
+            "POST /admin/v1/user-list HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\nAuthorization: ",
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(authorization);
+        request.extend_from_slice(b"\r\n\r\n");
+        request.extend_from_slice(body);
+        let mut stream = std::net::TcpStream::connect(app.admin_addr).unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        stream.write_all(&request).unwrap();
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    // 0xFF is legal in a header value (obs-text) but not visible ASCII.
+    for value in [
+        [b"Bearer ", token.as_bytes(), b"\xff"].concat(),
+        b"Bearer \xff".to_vec(),
+        b"\xff".to_vec(),
+    ] {
+        let answer = send(&value);
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+        assert!(answer.contains(r#""code":"unauthenticated""#), "{answer}");
+    }
+    let answer = send(format!("Bearer {token}").as_bytes());
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
