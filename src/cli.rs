@@ -621,6 +621,14 @@ fn import(config: &Config, out: Output, args: &ImportArgs) -> Result<(), CliErro
                 CliError::Other(format!("cannot read {}: {e}", args.file.display()))
             })?;
             let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+            let limit = crate::admin::api::IMPORT_BODY_LIMIT;
+            if size > limit {
+                return Err(CliError::Other(format!(
+                    "{} is larger than {limit} bytes, the most the running server imports; \
+                     stop the server and run the import again",
+                    args.file.display()
+                )));
+            }
             let bar = progress("{spinner} sending: {bytes}/{total_bytes} [{elapsed}]");
             bar.set_length(size);
             let result = client.import(bar.wrap_read(file), args.merge);

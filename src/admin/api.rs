@@ -21,7 +21,8 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use warp::http::{HeaderValue, StatusCode, header};
 use warp::reply::Response;
@@ -38,6 +39,12 @@ use crate::store::Store;
 
 /// Largest body of an operation request.
 const OP_BODY_LIMIT: u64 = 1024 * 1024;
+
+/// Largest export file the running server imports (1 GiB). The file is held in memory
+/// while it is checked and written, so the bound keeps a mistaken or hostile upload from
+/// exhausting the server's memory; a larger file is imported with the server stopped,
+/// where the CLI reads it from disk.
+pub const IMPORT_BODY_LIMIT: u64 = 1024 * 1024 * 1024;
 
 /// `export`'s request.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
@@ -190,25 +197,75 @@ fn import<S: Store>(
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     path("import")
         .and(warp::query::<ImportQuery>())
-        // No size limit: the caller holds the admin token, and a file is sent chunked.
-        .and(warp::body::bytes())
-        .then(move |query: ImportQuery, body: Bytes| {
-            let admin = admin.clone();
-            async move {
-                let service = admin.service();
-                let result = backup::import(
-                    service.store().as_ref(),
-                    || Ok(&body[..]),
-                    query.merge,
-                    &|_, _| {},
-                )
-                .await;
-                if result.is_ok() {
-                    service.metrics().census_stale();
+        .and(header_value("content-length"))
+        .and(warp::body::stream())
+        .then(
+            move |query: ImportQuery, length: Option<HeaderValue>, stream| {
+                let admin = admin.clone();
+                async move {
+                    let body = match read_import(length.as_ref(), stream, IMPORT_BODY_LIMIT).await {
+                        Ok(body) => body,
+                        Err(e) => return error(&e),
+                    };
+                    // Checking every line and writing in batches is long CPU and disk
+                    // work: it runs on a blocking thread, not on the async workers that
+                    // also serve the public API.
+                    let runtime = tokio::runtime::Handle::current();
+                    let worker = admin.clone();
+                    let result = tokio::task::spawn_blocking(move || {
+                        let store = worker.service().store();
+                        runtime.block_on(backup::import(
+                            store.as_ref(),
+                            || Ok(&body[..]),
+                            query.merge,
+                            &|_, _| {},
+                        ))
+                    })
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::error!(error = %e, "the import task failed");
+                        Err(AdminError::internal("the import failed"))
+                    });
+                    if result.is_ok() {
+                        admin.service().metrics().census_stale();
+                    }
+                    answer::<Counts>(result)
                 }
-                answer::<Counts>(result)
-            }
-        })
+            },
+        )
+}
+
+/// The import body, at most `limit` bytes: refused at once by its `Content-Length`, or as
+/// soon as a chunked body passes the limit.
+async fn read_import<B: Buf>(
+    length: Option<&HeaderValue>,
+    stream: impl Stream<Item = Result<B, warp::Error>>,
+    limit: u64,
+) -> Result<Bytes, AdminError> {
+    let too_large = || {
+        AdminError::invalid(format!(
+            "the file is larger than {limit} bytes, the most the running server imports; \
+             stop the server and import it directly"
+        ))
+    };
+    let declared = length
+        .and_then(|l| l.to_str().ok())
+        .and_then(|l| l.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut stream = std::pin::pin!(stream);
+    // The declared length is a hint, not a promise: reserve at most 64 MiB up front.
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(64 << 20) as usize);
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| AdminError::invalid(format!("the file could not be read: {e}")))?;
+        if (buf.len() + chunk.remaining()) as u64 > limit {
+            return Err(too_large());
+        }
+        buf.put(chunk);
+    }
+    Ok(buf.freeze())
 }
 
 fn answer<T: Serialize>(result: Result<T, AdminError>) -> Response {
@@ -270,4 +327,41 @@ async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
         AdminError::internal("internal error")
     };
     Ok(error(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunks(sizes: &[usize]) -> impl Stream<Item = Result<Bytes, warp::Error>> {
+        let chunks: Vec<Result<Bytes, warp::Error>> = sizes
+            .iter()
+            .map(|&n| Ok(Bytes::from(vec![b'x'; n])))
+            .collect();
+        futures_util::stream::iter(chunks)
+    }
+
+    fn block_on<F: Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn an_import_body_is_read_up_to_the_limit_and_refused_past_it() {
+        let read = block_on(read_import(None, chunks(&[400, 600]), 1000)).unwrap();
+        assert_eq!(read.len(), 1000);
+        let err = block_on(read_import(None, chunks(&[400, 600, 1]), 1000)).unwrap_err();
+        assert_eq!(err.code, ErrorKind::InvalidArgument);
+        assert!(err.msg.contains("stop the server"), "{err}");
+    }
+
+    #[test]
+    fn a_declared_length_over_the_limit_is_refused_before_reading() {
+        let declared = HeaderValue::from_static("1001");
+        let never = futures_util::stream::pending::<Result<Bytes, warp::Error>>();
+        let err = block_on(read_import(Some(&declared), never, 1000)).unwrap_err();
+        assert!(err.msg.contains("larger than 1000 bytes"), "{err}");
+    }
 }

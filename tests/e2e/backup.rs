@@ -255,3 +255,29 @@ fn import_into_a_running_server_goes_through_its_admin_api() {
     );
     assert_eq!(after.body["users"][0]["name"], "One", "{}", after.text);
 }
+
+#[test]
+fn an_import_over_the_limit_is_refused_by_the_running_server_before_it_is_read() {
+    use std::io::{Read, Write};
+    let app = crate::common::TestApp::spawn();
+    let endpoint: Value = serde_json::from_str(
+        &std::fs::read_to_string(app.dir.path().join("db.admin-token")).unwrap(),
+    )
+    .unwrap();
+    let token = endpoint["token"].as_str().unwrap();
+    let declared = liveuser::admin::api::IMPORT_BODY_LIMIT + 1;
+    let mut stream = std::net::TcpStream::connect(app.admin_addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    write!(
+        stream,
+        "POST /admin/v1/import?merge=true HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: {declared}\r\n\r\n{{\"kind\":\"header\"}}\n"
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("stop the server"), "{answer}");
+}
