@@ -175,6 +175,10 @@ pub struct WxConfig {
     pub api_base: String,
     /// Timeout of one call to WeChat.
     pub timeout_ms: u64,
+    /// Exchanges with WeChat in progress at once, at most; each holds a blocking thread
+    /// while it waits for WeChat. A Login that finds them all busy waits up to
+    /// `timeout_ms` for one to end, then answers `unavailable`.
+    pub max_concurrent: usize,
 }
 
 impl Default for WxConfig {
@@ -185,6 +189,7 @@ impl Default for WxConfig {
             secret: Secret::default(),
             api_base: "https://api.weixin.qq.com".into(),
             timeout_ms: 5000,
+            max_concurrent: 64,
         }
     }
 }
@@ -533,6 +538,13 @@ impl Config {
             "wx.timeout_ms",
             "must be between 100 and 60000",
         )?;
+        // tokio runs at most 512 blocking threads; exchanges stuck at WeChat must leave
+        // most of them to storage work.
+        check(
+            (1..=256).contains(&w.max_concurrent),
+            "wx.max_concurrent",
+            "must be between 1 and 256",
+        )?;
         check(
             tracing_subscriber::EnvFilter::try_new(&self.log.level).is_ok(),
             "log.level",
@@ -638,6 +650,7 @@ mod tests {
         assert_eq!(c.wx.mode, WxMode::Wechat);
         assert_eq!(c.wx.api_base, "https://api.weixin.qq.com");
         assert_eq!(c.wx.timeout_ms, 5000);
+        assert_eq!(c.wx.max_concurrent, 64);
         assert_eq!(c.log.format, LogFormat::Text);
         assert_eq!(c.limits.login_per_min, 60);
         assert_eq!(c.limits.renew_per_min, 120);

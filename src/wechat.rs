@@ -2,7 +2,10 @@
 //!
 //! The real client calls `GET {api_base}/sns/jscode2session` through ureq on a blocking
 //! thread (never on the async workers), with `wx.timeout_ms`, and retries once when
-//! WeChat answers -1 ("system busy"). The app secret travels only in that request's
+//! WeChat answers -1 ("system busy"). At most `wx.max_concurrent` exchanges run at once:
+//! while WeChat hangs, each one holds a blocking thread, and without a bound a login
+//! flood would take every thread tokio has (512), starving storage work. A Login that
+//! finds every slot taken waits up to `wx.timeout_ms` for one, then is `unavailable`. The app secret travels only in that request's
 //! query string: no error built here contains the URL or the underlying ureq error text,
 //! because those could carry it.
 
@@ -10,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
+use tokio::sync::Semaphore;
 
 use crate::config::{WxConfig, WxMode};
 use crate::model::hex;
@@ -90,6 +94,10 @@ pub struct RealClient {
     url: String,
     appid: String,
     secret: Secret<String>,
+    /// One permit per exchange in progress (`wx.max_concurrent`).
+    slots: Arc<Semaphore>,
+    /// How long a Login waits for a slot (`wx.timeout_ms`).
+    slot_wait: Duration,
 }
 
 /// WeChat's answer; every field optional because errors and successes share the shape.
@@ -118,6 +126,8 @@ impl WxClient {
                     url: format!("{}/sns/jscode2session", wx.api_base.trim_end_matches('/')),
                     appid: wx.appid.clone(),
                     secret: wx.secret.clone(),
+                    slots: Arc::new(Semaphore::new(wx.max_concurrent)),
+                    slot_wait: Duration::from_millis(wx.timeout_ms),
                 }))
             }
         }
@@ -131,13 +141,25 @@ impl WxClient {
                 if client.appid.is_empty() || client.secret.expose().is_empty() {
                     return Err(WxError::NotConfigured);
                 }
+                let permit =
+                    tokio::time::timeout(client.slot_wait, client.slots.clone().acquire_owned())
+                        .await;
+                let Ok(Ok(permit)) = permit else {
+                    return Err(WxError::Unavailable(
+                        "too many exchanges with WeChat are in progress".into(),
+                    ));
+                };
                 let client = client.clone();
                 let code = code.to_string();
-                tokio::task::spawn_blocking(move || client.exchange_blocking(&code))
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(WxError::Unavailable("the exchange was aborted".into()))
-                    })
+                // The permit lives on the blocking thread: if the Login is abandoned
+                // (the client hangs up), the thread still waits for WeChat and still
+                // counts against the bound.
+                tokio::task::spawn_blocking(move || {
+                    let _permit = permit;
+                    client.exchange_blocking(&code)
+                })
+                .await
+                .unwrap_or_else(|_| Err(WxError::Unavailable("the exchange was aborted".into())))
             }
         }
     }
@@ -238,6 +260,44 @@ mod tests {
         assert_eq!(a.openid, mock_identity("alice").openid);
         assert_ne!(a.openid, mock_identity("bob").openid);
         assert!(!a.openid.contains("alice"));
+    }
+
+    #[test]
+    fn with_every_slot_taken_an_exchange_waits_the_timeout_then_is_unavailable() {
+        let wx = WxConfig {
+            mode: WxMode::Wechat,
+            appid: "appid".into(),
+            secret: Secret::new("secret".into()),
+            // Never reached: the only slot is taken.
+            api_base: "http://127.0.0.1:9".into(),
+            timeout_ms: 100,
+            max_concurrent: 1,
+        };
+        let WxClient::Real(real) = WxClient::from_config(&wx) else {
+            panic!("real mode");
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let held = real.slots.clone().acquire_owned().await.unwrap();
+            let client = WxClient::Real(real.clone());
+            let err = client.exchange("code").await.unwrap_err();
+            assert_eq!(
+                err,
+                WxError::Unavailable("too many exchanges with WeChat are in progress".into())
+            );
+            assert_eq!(err.errcode(), None);
+            drop(held);
+            // A free slot lets the exchange run (and fail at the closed port instead).
+            let err = client.exchange("code").await.unwrap_err();
+            assert!(
+                !err.to_string().contains("in progress"),
+                "a free slot is used: {err}"
+            );
+            assert_eq!(real.slots.available_permits(), 1, "the slot is given back");
+        });
     }
 
     #[test]

@@ -96,3 +96,41 @@ fn with_wechat_unreachable_logins_fail_fast_and_everything_else_works() {
         refresh = r.str("refresh_token");
     }
 }
+
+#[test]
+fn at_most_wx_max_concurrent_exchanges_wait_at_wechat_at_once() {
+    const BOUND: usize = 2;
+    const LOGINS: usize = 6;
+    let app = TestApp::spawn_wechat(|c| {
+        c.wx.max_concurrent = BOUND;
+        c.wx.timeout_ms = 20_000;
+    });
+    let wx = app.wx.as_ref().unwrap();
+    let at_wechat = || {
+        (0..LOGINS)
+            .map(|i| wx.calls(&format!("held-{i}")))
+            .sum::<usize>()
+    };
+    thread::scope(|s| {
+        let handles: Vec<_> = (0..LOGINS)
+            .map(|i| {
+                let app = &app;
+                s.spawn(move || app.login(&format!("held-{i}")))
+            })
+            .collect();
+        while at_wechat() < BOUND {
+            thread::sleep(Duration::from_millis(10));
+        }
+        // Unbounded, the other Logins would reach WeChat within milliseconds.
+        thread::sleep(Duration::from_millis(500));
+        assert_eq!(at_wechat(), BOUND, "the others wait for a free slot");
+
+        // As the held exchanges end, the waiting Logins take their slots.
+        wx.release();
+        for h in handles {
+            let r = h.join().unwrap();
+            assert_eq!(r.status, 200, "{}", r.text);
+        }
+    });
+    assert_eq!(at_wechat(), LOGINS);
+}
