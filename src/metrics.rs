@@ -90,7 +90,8 @@ impl Metrics {
             Opts::new(
                 "liveuser_wechat_calls_total",
                 "Code exchanges with WeChat (jscode2session), by outcome and WeChat errcode \
-                 (\"0\" on success, \"none\" when WeChat gave no errcode).",
+                 (\"0\" on success, \"none\" when WeChat gave no errcode, \"other\" for an \
+                 errcode liveuser does not handle specially).",
             ),
             &["outcome", "errcode"],
         )
@@ -186,7 +187,7 @@ impl Metrics {
     /// Records one exchange with the real WeChat.
     pub fn wechat_call<T>(&self, result: &Result<T, WxError>, elapsed: Duration) {
         let (outcome, errcode) = match result {
-            Ok(_) => ("ok", "0".to_string()),
+            Ok(_) => ("ok", "0"),
             Err(e) => {
                 let outcome = match e {
                     WxError::InvalidCode(_) => "invalid_code",
@@ -195,14 +196,11 @@ impl Metrics {
                     WxError::Unavailable(_) => "unavailable",
                     WxError::NotConfigured => "not_configured",
                 };
-                let errcode = e
-                    .errcode()
-                    .map_or_else(|| "none".to_string(), |c| c.to_string());
-                (outcome, errcode)
+                (outcome, errcode_label(e.errcode()))
             }
         };
         self.wechat_calls
-            .with_label_values(&[outcome, errcode.as_str()])
+            .with_label_values(&[outcome, errcode])
             .inc();
         self.wechat_seconds
             .with_label_values(&[outcome])
@@ -295,6 +293,23 @@ fn status_label(status: u16) -> &'static str {
 /// The media type of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// The `errcode` label of a WeChat call. WeChat's errcode is any integer the upstream
+/// chooses; as a label it would make a new time series per value, so only the codes
+/// liveuser acts on are kept and the rest are counted together as `other` (the message
+/// of the `unavailable` answer still names the real code).
+fn errcode_label(errcode: Option<i64>) -> &'static str {
+    match errcode {
+        None => "none",
+        Some(0) => "0",
+        Some(-1) => "-1",
+        Some(40029) => "40029",
+        Some(40163) => "40163",
+        Some(45011) => "45011",
+        Some(40226) => "40226",
+        Some(_) => "other",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,10 +351,48 @@ mod tests {
         );
         assert!(
             text.contains(
-                r#"liveuser_wechat_calls_total{errcode="40001",outcome="unavailable"} 1"#
-            )
+                r#"liveuser_wechat_calls_total{errcode="other",outcome="unavailable"} 1"#
+            ),
+            "{text}"
         );
         assert!(text.contains(r#"liveuser_wechat_calls_total{errcode="0",outcome="ok"} 1"#));
+    }
+
+    #[test]
+    fn unknown_wechat_errcodes_share_one_label_so_the_series_stay_few() {
+        let m = Metrics::new();
+        for code in [40001, 40125, -2, i64::MIN, i64::MAX, 99_999_999] {
+            m.wechat_call::<()>(
+                &Err(WxError::Unavailable(format!("errcode {code}"))),
+                Duration::ZERO,
+            );
+        }
+        m.wechat_call::<()>(
+            &Err(WxError::Unavailable(
+                "WeChat answered errcode -1 (system busy) twice".into(),
+            )),
+            Duration::ZERO,
+        );
+        m.wechat_call::<()>(&Err(WxError::InvalidCode(40029)), Duration::ZERO);
+        m.wechat_call::<()>(&Err(WxError::RateLimited), Duration::ZERO);
+        m.wechat_call::<()>(&Err(WxError::HighRisk), Duration::ZERO);
+        m.wechat_call::<()>(&Err(WxError::NotConfigured), Duration::ZERO);
+        let text = String::from_utf8(m.render()).unwrap();
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("liveuser_wechat_calls_total{"))
+            .collect();
+        for expected in [
+            r#"liveuser_wechat_calls_total{errcode="other",outcome="unavailable"} 6"#,
+            r#"liveuser_wechat_calls_total{errcode="-1",outcome="unavailable"} 1"#,
+            r#"liveuser_wechat_calls_total{errcode="40029",outcome="invalid_code"} 1"#,
+            r#"liveuser_wechat_calls_total{errcode="45011",outcome="rate_limited"} 1"#,
+            r#"liveuser_wechat_calls_total{errcode="40226",outcome="high_risk"} 1"#,
+            r#"liveuser_wechat_calls_total{errcode="none",outcome="not_configured"} 1"#,
+        ] {
+            assert!(series.contains(&expected), "{expected} in {series:#?}");
+        }
+        assert_eq!(series.len(), 6, "{series:#?}");
     }
 
     #[test]
