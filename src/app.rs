@@ -145,6 +145,14 @@ pub async fn start(config: &Config, clock: SharedClock) -> Result<Running, Start
             source,
         })?
         .with_metrics(metrics.clone());
+    // Admin commands run on this database while the server is stopped compare their own
+    // signing key with this record (see `keys::check_key_source`).
+    crate::keys::record_key_source(store.as_ref(), &config.token, service.now())
+        .await
+        .map_err(|source| StartError::Store {
+            path: config.storage.path.display().to_string(),
+            source,
+        })?;
     let service = Arc::new(service);
     let (listener, addr) = bind(config.server.listen).await?;
     let (admin_listener, admin_addr) = bind(config.server.admin_listen).await?;

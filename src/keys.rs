@@ -26,6 +26,13 @@ pub const SIGNING_KEY: &str = "signing_key";
 pub const REFRESH_KEY: &str = "refresh_key";
 /// Prefix of the record of when a configured `token.previous_secret` was first seen.
 const PREVIOUS_SEEN: &str = "previous_secret_seen:";
+/// Name of the record, written at every server start, of how the server signs:
+/// `generated`, or `configured:<kid>` with the kid of `token.secret` (the kid every
+/// access token already shows; never the secret).
+pub const KEY_SOURCE: &str = "signing_key_source";
+/// [`KEY_SOURCE`] as written by an admin command that found no record (a database no
+/// server of this version has served yet): it says nothing.
+const SOURCE_UNKNOWN: &[u8] = b"unknown";
 
 /// Why a signing-key rotation was refused.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -36,6 +43,10 @@ pub enum KeyError {
          move the old value to token.previous_secret, set a new token.secret, and restart"
     )]
     Configured,
+    /// This process would sign differently from the server that uses the database, so
+    /// the tokens it minted would be refused.
+    #[error("{0}")]
+    NotTheServersKey(&'static str),
     /// Storage failed.
     #[error(transparent)]
     Storage(#[from] StoreError),
@@ -136,6 +147,70 @@ pub async fn rotate_signing_key<S: Store>(
     Ok(rotation)
 }
 
+/// How `token` signs, as [`KEY_SOURCE`] records it.
+fn source_of(token: &TokenConfig) -> Vec<u8> {
+    let configured = token.secret.expose();
+    if configured.is_empty() {
+        b"generated".to_vec()
+    } else {
+        format!("configured:{}", kid_of(configured.as_bytes())).into_bytes()
+    }
+}
+
+/// Records how the server signs (called at every server start), so that admin commands
+/// run on the stopped server's database can tell whether they sign the same way.
+pub async fn record_key_source<S: Store>(
+    store: &S,
+    token: &TokenConfig,
+    now: u64,
+) -> Result<(), StoreError> {
+    let mine = source_of(token);
+    let recorded = store.key_or_init(KEY_SOURCE, || mine.clone()).await?;
+    if recorded != mine {
+        // `rotate_key` is how the store replaces a record in the meta tree; the replaced
+        // record is kept as retired at `now` and dropped at the next change.
+        store.rotate_key(KEY_SOURCE, mine, now, now).await?;
+    }
+    Ok(())
+}
+
+/// Checks that `token` signs as the server that last served this database did, before an
+/// admin command run on the database directly mints a token or rotates the key.
+///
+/// Without this, an operator who runs `liveuser token mint` without the environment that
+/// holds the server's `LIVEUSER_TOKEN_SECRET` would get a token signed with a key
+/// generated in the database — one the server refuses. A command that carries the new
+/// `token.secret` of a configured rotation (the recorded one moved to
+/// `token.previous_secret`) is accepted: the server will sign with it after its restart.
+pub async fn check_key_source<S: Store>(store: &S, token: &TokenConfig) -> Result<(), KeyError> {
+    let recorded = store
+        .key_or_init(KEY_SOURCE, || SOURCE_UNKNOWN.to_vec())
+        .await?;
+    if recorded == SOURCE_UNKNOWN || recorded == source_of(token) {
+        return Ok(());
+    }
+    let previous = token.previous_secret.expose();
+    if !previous.is_empty()
+        && recorded == format!("configured:{}", kid_of(previous.as_bytes())).into_bytes()
+    {
+        return Ok(());
+    }
+    Err(KeyError::NotTheServersKey(
+        if recorded.starts_with(b"configured:") && token.secret.expose().is_empty() {
+            "the server signs with token.secret, but this command runs without it and its \
+             tokens would be refused; run it with the server's environment \
+             (LIVEUSER_TOKEN_SECRET, e.g. from its EnvironmentFile)"
+        } else if recorded.starts_with(b"configured:") {
+            "the server signs with a different token.secret than this command has, so its \
+             tokens would be refused; run it with the server's configuration and environment"
+        } else {
+            "the server signs with a key generated in its database, but this command has \
+             token.secret set and its tokens would be refused; run it with the server's \
+             configuration and environment"
+        },
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,6 +274,44 @@ mod tests {
             // A rotation after the first old key retired drops it from storage.
             let _ = rotate_signing_key(&store, &token, 750).await.unwrap();
             assert_eq!(store.retired_keys(SIGNING_KEY).await.unwrap().len(), 2);
+        });
+    }
+
+    #[test]
+    fn a_command_that_would_sign_unlike_the_server_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&dir.path().join("db"), 1 << 20).unwrap();
+        let secret = |s: &str| TokenConfig {
+            secret: Secret::new(s.repeat(32)),
+            ..TokenConfig::default()
+        };
+        block_on(async {
+            // No server has recorded anything yet: nothing to compare with.
+            check_key_source(&store, &generated()).await.unwrap();
+            check_key_source(&store, &secret("a")).await.unwrap();
+
+            record_key_source(&store, &secret("a"), 10).await.unwrap();
+            check_key_source(&store, &secret("a")).await.unwrap();
+            let err = check_key_source(&store, &generated()).await.unwrap_err();
+            assert!(err.to_string().contains("runs without it"), "{err}");
+            let err = check_key_source(&store, &secret("b")).await.unwrap_err();
+            assert!(err.to_string().contains("different token.secret"), "{err}");
+            assert!(
+                !err.to_string().contains(&"a".repeat(32)),
+                "never the secret"
+            );
+            // The new secret of a configured rotation, before the server's restart.
+            let rotating = TokenConfig {
+                previous_secret: Secret::new("a".repeat(32)),
+                ..secret("b")
+            };
+            check_key_source(&store, &rotating).await.unwrap();
+
+            // The server changes to a generated key; the record follows.
+            record_key_source(&store, &generated(), 20).await.unwrap();
+            check_key_source(&store, &generated()).await.unwrap();
+            let err = check_key_source(&store, &secret("a")).await.unwrap_err();
+            assert!(err.to_string().contains("generated"), "{err}");
         });
     }
 

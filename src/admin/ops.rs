@@ -520,6 +520,7 @@ impl Operation for TokenMint {
                 "ttl must be between {MINT_MIN_TTL} and {max} seconds (token.access_ttl_secs)"
             )));
         }
+        signs_like_the_server(admin).await?;
         if admin
             .store()
             .users(std::slice::from_ref(&uid))
@@ -560,18 +561,35 @@ impl Operation for KeyRotate {
     type Output = KeyRotated;
     const PATH: &'static str = "token-rotate-key";
     async fn run<S: Store>(self, admin: &Admin<S>) -> Result<KeyRotated, AdminError> {
+        signs_like_the_server(admin).await?;
         let rotation = admin
             .service
             .rotate_signing_key(&admin.token)
             .await
-            .map_err(|e| match e {
-                KeyError::Configured => AdminError::invalid(e.to_string()),
-                KeyError::Storage(e) => e.into(),
-            })?;
+            .map_err(key_error)?;
         Ok(KeyRotated {
             kid: rotation.kid,
             previous_kid: rotation.previous_kid,
             retire_at: rotation.retire_at,
         })
+    }
+}
+
+/// Refuses to mint or rotate when this process would sign differently from the server
+/// that uses the database (see [`crate::keys::check_key_source`]). Through the admin API
+/// the server checks its own configuration, which always agrees.
+async fn signs_like_the_server<S: Store>(admin: &Admin<S>) -> Result<(), AdminError> {
+    crate::keys::check_key_source(admin.store(), &admin.token)
+        .await
+        .map_err(key_error)
+}
+
+fn key_error(e: KeyError) -> AdminError {
+    match e {
+        KeyError::Configured => AdminError::invalid(e.to_string()),
+        KeyError::NotTheServersKey(_) => {
+            AdminError::new(ErrorKind::FailedPrecondition, e.to_string())
+        }
+        KeyError::Storage(e) => e.into(),
     }
 }

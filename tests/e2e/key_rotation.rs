@@ -7,7 +7,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use liveuser::secret::Secret;
 use serde_json::{Value, json};
 
-use crate::common::{Binary, Reply, TestApp, agent, binary_config, jwt_claims, send};
+use crate::common::{Binary, CliRun, Reply, TestApp, agent, binary_config, jwt_claims, send};
 
 const OLD: &str = "the-old-signing-secret-32-bytes-long!";
 const NEW: &str = "the-new-signing-secret-32-bytes-long!";
@@ -246,4 +246,70 @@ fn the_cli_rotates_a_generated_key_of_a_running_server_and_of_a_stopped_one() {
         None,
     );
     assert_eq!(renewed.status, 200, "{}", renewed.text);
+}
+
+fn run_cli_with(dir: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> CliRun {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_liveuser"))
+        .arg("--config")
+        .arg(dir.join("liveuser.toml"))
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(dir)
+        .output()
+        .expect("liveuser runs");
+    CliRun {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn admin_commands_without_the_servers_secret_refuse_to_mint_or_rotate() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = binary_config(dir.path());
+    let env = [("LIVEUSER_TOKEN_SECRET", OLD)];
+    let mut server = Binary::serve(dir.path(), &config, &env);
+    let uid = post(
+        &server.base,
+        "/liveuser/Wx/Login",
+        json!({"code": "dora"}),
+        None,
+    )
+    .str("uid");
+    assert!(server.terminate().success());
+
+    // Without the server's environment, a minted token would be signed with a key the
+    // server does not use: refused with one line that says what to do.
+    for args in [
+        vec!["token", "mint", uid.as_str()],
+        vec!["token", "rotate-key"],
+    ] {
+        let r = run_cli_with(dir.path(), &[], &args);
+        let line = r.failed();
+        assert!(line.contains("LIVEUSER_TOKEN_SECRET"), "{args:?}: {line}");
+        assert!(r.stdout.is_empty(), "no token printed: {}", r.stdout);
+    }
+    let wrong = "another-secret-that-is-32-bytes-long!";
+    let r = run_cli_with(
+        dir.path(),
+        &[("LIVEUSER_TOKEN_SECRET", wrong)],
+        &["token", "mint", &uid],
+    );
+    assert!(r.failed().contains("different token.secret"), "{r:?}");
+    assert!(!r.stderr.contains(OLD) && !r.stderr.contains(wrong));
+
+    // With it, the token works once the server is back.
+    let token = run_cli_with(dir.path(), &env, &["token", "mint", &uid])
+        .ok()
+        .trim()
+        .to_string();
+    let server = Binary::serve(dir.path(), &config, &env);
+    let q = post(
+        &server.base,
+        "/liveuser/User/QueryUser",
+        json!({"uids": [uid]}),
+        Some(&token),
+    );
+    assert_eq!(q.status, 200, "{}", q.text);
 }
