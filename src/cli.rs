@@ -149,6 +149,8 @@ pub enum TokenCommand {
     /// The session lasts exactly as long as the token (--ttl, default and at most
     /// token.access_ttl_secs); there is no refresh token. The token alone goes to
     /// stdout, its session id and expiry to stderr. `session revoke SID` ends it early.
+    /// Run it with the server's environment: with the server stopped, a command that
+    /// would sign with another key than the server's is refused.
     Mint {
         /// User id.
         uid: String,
@@ -644,7 +646,8 @@ fn import(config: &Config, out: Output, args: &ImportArgs) -> Result<(), CliErro
     }
 }
 
-/// `token rotate-key` on the database directly; refused while the server holds it.
+/// `serve`: runs the server (public API and admin API) until SIGTERM or SIGINT, then
+/// finishes in-flight requests, flushes storage and returns.
 fn serve(config: Config) -> Result<(), CliError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -9,9 +9,14 @@
 //!   from that moment and is ignored afterwards, with a warning to remove it.
 //! - **Generated** (no `token.secret`): the key lives in the `meta` tree.
 //!   [`rotate_signing_key`] makes a new one and keeps the old one, with its retire time,
-//!   in the same transaction. The CLI calls it on a stopped server's database;
+//!   in the same transaction. `liveuser token rotate-key` calls it on a stopped server's
+//!   database, or through the admin API on a running server, where
 //!   [`Service::rotate_signing_key`](crate::service::Service::rotate_signing_key) calls it
-//!   on a running one and swaps the new keys in at once.
+//!   and swaps the new keys in at once.
+//!
+//! Every server start records which of the two it uses ([`record_key_source`]), so an
+//! admin command run on the stopped server's database without the server's secret is
+//! refused instead of minting tokens the server would reject ([`check_key_source`]).
 //!
 //! Either way the new key signs from the moment it is in force, and a previous key
 //! verifies only tokens that expire before it retires (see [`KeyRing`]).

@@ -11,7 +11,7 @@
 //!   with "locked"): the CLI posts the same request struct to the server's admin API
 //!   ([`api`], on `server.admin_listen`) and decodes the same answer struct.
 //!
-//! Both paths yield identical structs, so the printed output ([`print`]) is identical.
+//! Both paths yield identical structs, so the printed output ([`print`](mod@print)) is identical.
 //! The admin API is authenticated by a random token that the server writes beside the
 //! database at start ([`endpoint`]). Export and import ([`backup`]) stream JSON lines.
 
