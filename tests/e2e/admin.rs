@@ -3,27 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::common::{Binary, Reply, TestApp, agent, binary_config, cli, send};
-
-fn post(base: &str, path: &str, body: Value, bearer: Option<&str>) -> Reply {
-    let mut headers = vec![("content-type", "application/json".to_string())];
-    if let Some(t) = bearer {
-        headers.push(("authorization", format!("Bearer {t}")));
-    }
-    send(
-        &agent(),
-        "POST",
-        &format!("{base}{path}"),
-        &headers,
-        body.to_string().as_bytes(),
-    )
-}
-
-fn login(base: &str, code: &str) -> Reply {
-    let r = post(base, "/liveuser/Wx/Login", json!({ "code": code }), None);
-    assert_eq!(r.status, 200, "{}", r.text);
-    r
-}
+use crate::common::{Binary, TestApp, binary_config, cli, login, post};
 
 #[test]
 fn every_read_command_prints_the_same_with_the_server_running_and_stopped() {

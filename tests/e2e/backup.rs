@@ -2,21 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::common::{Binary, Reply, agent, binary_config, cli, send, write_config};
-
-fn post(base: &str, path: &str, body: Value, bearer: Option<&str>) -> Reply {
-    let mut headers = vec![("content-type", "application/json".to_string())];
-    if let Some(t) = bearer {
-        headers.push(("authorization", format!("Bearer {t}")));
-    }
-    send(
-        &agent(),
-        "POST",
-        &format!("{base}{path}"),
-        &headers,
-        body.to_string().as_bytes(),
-    )
-}
+use crate::common::{Binary, binary_config, cli, post, write_config};
 
 /// The file's lines without the header (whose export time differs between runs).
 fn body_lines(path: &std::path::Path) -> Vec<String> {

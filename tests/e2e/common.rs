@@ -275,6 +275,30 @@ pub fn send(
     }
 }
 
+/// POSTs a JSON body to `base` + `path` (e.g. a [`Binary`]'s), optionally with a Bearer
+/// token.
+pub fn post(base: &str, path: &str, body: Value, bearer: Option<&str>) -> Reply {
+    let mut headers = vec![("content-type", "application/json".to_string())];
+    if let Some(t) = bearer {
+        headers.push(("authorization", format!("Bearer {t}")));
+    }
+    send(
+        &agent(),
+        "POST",
+        &format!("{base}{path}"),
+        &headers,
+        body.to_string().as_bytes(),
+    )
+}
+
+/// Logs in at `base` with `code` and asserts success.
+#[track_caller]
+pub fn login(base: &str, code: &str) -> Reply {
+    let r = post(base, "/liveuser/Wx/Login", json!({ "code": code }), None);
+    assert_eq!(r.status, 200, "{}", r.text);
+    r
+}
+
 /// A fake WeChat `jscode2session` on loopback. The code says how it answers:
 ///
 /// | code                | answer                                              |

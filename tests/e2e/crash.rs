@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::common::{Binary, Reply, agent, binary_config, send};
+use crate::common::{Binary, Reply, binary_config, login, post};
 
 /// Kill rounds; the issue asks for at least 20.
 const ROUNDS: usize = 24;
@@ -20,20 +20,6 @@ fn config(dir: &std::path::Path) -> String {
     format!(
         "{}[limits]\nlogin_per_min = 0\nrenew_per_min = 0\n[token]\nreuse_grace_secs = 120\n",
         binary_config(dir)
-    )
-}
-
-fn post(base: &str, path: &str, body: Value, bearer: Option<&str>) -> Reply {
-    let mut headers = vec![("content-type", "application/json".to_string())];
-    if let Some(t) = bearer {
-        headers.push(("authorization", format!("Bearer {t}")));
-    }
-    send(
-        &agent(),
-        "POST",
-        &format!("{base}{path}"),
-        &headers,
-        body.to_string().as_bytes(),
     )
 }
 
@@ -92,12 +78,6 @@ struct Writer {
 struct Chain {
     tokens: Vec<String>,
     pending: Option<String>,
-}
-
-fn login(base: &str, code: &str) -> Reply {
-    let r = post(base, "/liveuser/Wx/Login", json!({ "code": code }), None);
-    assert_eq!(r.status, 200, "{}", r.text);
-    r
 }
 
 #[test]

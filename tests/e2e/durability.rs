@@ -7,21 +7,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::common::{Binary, FakeWeChat, Reply, WX_APPID, WX_SECRET, agent, binary_config, send};
-
-fn post(base: &str, path: &str, body: serde_json::Value, bearer: Option<&str>) -> Reply {
-    let mut headers = vec![("content-type", "application/json".to_string())];
-    if let Some(t) = bearer {
-        headers.push(("authorization", format!("Bearer {t}")));
-    }
-    send(
-        &agent(),
-        "POST",
-        &format!("{base}{path}"),
-        &headers,
-        body.to_string().as_bytes(),
-    )
-}
+use crate::common::{Binary, FakeWeChat, WX_APPID, WX_SECRET, binary_config, post};
 
 /// Posts, but a connection that breaks (the server was killed) is `None`.
 fn try_post(base: &str, path: &str, body: serde_json::Value, bearer: &str) -> Option<u16> {

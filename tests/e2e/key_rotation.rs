@@ -7,7 +7,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use liveuser::secret::Secret;
 use serde_json::{Value, json};
 
-use crate::common::{Binary, CliRun, Reply, TestApp, agent, binary_config, jwt_claims, send};
+use crate::common::{Binary, CliRun, TestApp, binary_config, jwt_claims, post};
 
 const OLD: &str = "the-old-signing-secret-32-bytes-long!";
 const NEW: &str = "the-new-signing-secret-32-bytes-long!";
@@ -134,20 +134,6 @@ fn run_cli(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
         .current_dir(dir)
         .output()
         .expect("liveuser runs")
-}
-
-fn post(base: &str, path: &str, body: Value, bearer: Option<&str>) -> Reply {
-    let mut headers = vec![("content-type", "application/json".to_string())];
-    if let Some(t) = bearer {
-        headers.push(("authorization", format!("Bearer {t}")));
-    }
-    send(
-        &agent(),
-        "POST",
-        &format!("{base}{path}"),
-        &headers,
-        body.to_string().as_bytes(),
-    )
 }
 
 #[test]
