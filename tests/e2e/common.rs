@@ -313,8 +313,10 @@ pub fn login(base: &str, code: &str) -> Reply {
 /// | `hang`              | waits 5 s (past any test timeout)                   |
 /// | `held-<x>`          | waits until [`FakeWeChat::release`], then `ok-<x>`  |
 ///
-/// A wrong appid or secret answers errcode 40125, so a test that logs in proves both
-/// were sent. Every call is counted per code.
+/// Any code may end with `~<tag>`: it answers as the code without the tag, so a test can
+/// make every code it sends unique (e.g. to look for it in a log). A wrong appid or
+/// secret answers errcode 40125, so a test that logs in proves both were sent. Every call
+/// is counted per code, tag included.
 pub struct FakeWeChat {
     pub base: String,
     calls: Arc<Mutex<HashMap<String, usize>>>,
@@ -378,8 +380,11 @@ async fn answer(
     q: HashMap<String, String>,
 ) -> warp::reply::Response {
     use warp::Reply as _;
-    let code = q.get("js_code").cloned().unwrap_or_default();
-    let n = count(counter, &code);
+    let tagged = q.get("js_code").cloned().unwrap_or_default();
+    let n = count(counter, &tagged);
+    let code = tagged
+        .split_once('~')
+        .map_or(tagged.as_str(), |(code, _)| code);
     let json = |v: Value| warp::reply::json(&v).into_response();
     if q.get("appid").map(String::as_str) != Some(WX_APPID)
         || q.get("secret").map(String::as_str) != Some(WX_SECRET)
@@ -407,7 +412,7 @@ async fn answer(
         }
         return ok(x);
     }
-    match code.as_str() {
+    match code {
         "busy-always" => json(json!({"errcode": -1, "errmsg": "system error"})),
         "http500" => {
             warp::reply::with_status("oops", warp::http::StatusCode::INTERNAL_SERVER_ERROR)
