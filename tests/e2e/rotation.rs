@@ -5,7 +5,7 @@ use std::thread;
 
 use serde_json::json;
 
-use crate::common::{TestApp, jwt_claims};
+use crate::common::{Binary, TestApp, binary_config, jwt_claims, login, post};
 
 #[test]
 fn each_renewal_returns_a_new_refresh_token_and_a_fresh_access_token() {
@@ -192,4 +192,95 @@ fn swept_sessions_are_gone_from_storage() {
     app.renew(&login.str("refresh_token"))
         .assert_error(401, "unauthenticated");
     assert_eq!(app.renew(&fresh.str("refresh_token")).status, 200);
+}
+
+#[test]
+fn reuse_is_logged_as_a_warning_with_uid_family_and_client_but_not_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{}[token]\nreuse_grace_secs = 1\n",
+        binary_config(dir.path())
+    );
+    let server = Binary::serve(dir.path(), &config, &[]);
+    let r = login(&server.base, "ivy");
+    let (uid, old) = (r.str("uid"), r.str("refresh_token"));
+    let sid = jwt_claims(&r.str("access_token"))["sid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let renew = |token: &str| {
+        post(
+            &server.base,
+            "/liveuser/Wx/RenewToken",
+            json!({ "refresh_token": token }),
+            None,
+        )
+    };
+    let new = renew(&old);
+    assert_eq!(new.status, 200, "{}", new.text);
+    // Past the one-second grace period the retired token is reuse, not a retry.
+    thread::sleep(std::time::Duration::from_secs(2));
+    renew(&old).assert_error(401, "unauthenticated");
+    renew(&new.str("refresh_token")).assert_error(401, "unauthenticated");
+
+    let mut warning = None;
+    for _ in 0..100 {
+        let log = server.log();
+        warning = log
+            .lines()
+            .find(|l| l.contains("WARN") && l.to_lowercase().contains("reuse"))
+            .map(str::to_string);
+        if warning.is_some() {
+            break;
+        }
+        thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let warning = warning.unwrap_or_else(|| panic!("no reuse warning:\n{}", server.log()));
+    assert!(warning.contains(&uid), "names the uid: {warning}");
+    assert!(
+        warning.contains(&sid),
+        "names the session family: {warning}"
+    );
+    assert!(warning.contains("127.0.0.1"), "names the client: {warning}");
+    let log = server.log();
+    for token in [&old, &new.str("refresh_token")] {
+        assert!(
+            !log.contains(&token[5..]),
+            "a refresh token is in the log:\n{log}"
+        );
+    }
+}
+
+#[test]
+fn the_background_sweep_removes_dead_sessions() {
+    use liveuser::store::Store;
+    let app = TestApp::spawn_with(|c| {
+        c.storage.sweep_interval_secs = 1;
+        c.token.refresh_idle_secs = 60;
+    });
+    let sid_of = |r: &crate::common::Reply| {
+        let sid = jwt_claims(&r.str("access_token"))["sid"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        liveuser::model::Sid::parse(&sid).unwrap()
+    };
+    let idle = sid_of(&app.login_ok("otto"));
+    app.advance(61);
+    let live = sid_of(&app.login_ok("pia"));
+    let store = app.service().store();
+    assert!(app.block_on(store.session(idle)).unwrap().is_some());
+    // No one calls sweep: the server's own background task must remove it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while app.block_on(store.session(idle)).unwrap().is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the idle session was not swept"
+        );
+        thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        app.block_on(store.session(live)).unwrap().is_some(),
+        "a live session is kept"
+    );
 }
