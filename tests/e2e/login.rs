@@ -183,15 +183,69 @@ fn eight_concurrent_logins_with_one_code_make_one_call_and_one_user() {
 fn the_per_user_session_cap_evicts_the_oldest_session() {
     let app = TestApp::spawn_with(|c| c.token.max_sessions_per_user = 3);
     let first = app.login_ok("kim");
-    for _ in 0..3 {
-        app.advance(400); // a new code each time in real life; here: past idempotency
-        app.login_ok("kim");
-    }
+    let newer: Vec<_> = (0..3)
+        .map(|_| {
+            app.advance(400); // a new code each time in real life; here: past idempotency
+            app.login_ok("kim")
+        })
+        .collect();
     let token = first.str("access_token");
     // The first session was evicted: its access and refresh tokens are dead.
     app.query(&token, &[]).assert_error(401, "unauthenticated");
     app.renew(&first.str("refresh_token"))
         .assert_error(401, "unauthenticated");
+    // Only the oldest: the three newer sessions all still work.
+    for r in &newer {
+        let q = app.query(&r.str("access_token"), &[]);
+        assert_eq!(q.status, 200, "{}", q.text);
+        let renewed = app.renew(&r.str("refresh_token"));
+        assert_eq!(renewed.status, 200, "{}", renewed.text);
+    }
+}
+
+#[test]
+fn the_unionid_and_session_key_are_stored_and_the_session_key_is_never_answered() {
+    use liveuser::store::Store;
+    let app = TestApp::spawn_wechat(|_| {});
+    let config = crate::common::write_config(app.dir.path());
+    let r = app.login_ok("ok-uma");
+    let uid = r.str("uid");
+    let store = app.service().store();
+    let identities = app.block_on(store.list_identities(None, 100)).unwrap();
+    let (openid, identity) = identities
+        .iter()
+        .find(|(_, i)| i.uid.to_string() == uid)
+        .expect("an identity for the new user");
+    assert_eq!(openid, "openid-uma");
+    assert_eq!(identity.unionid.as_deref(), Some("union-uma"));
+    // The fake WeChat's session_key.
+    let session_key = "c2Vzc2lvbi1rZXk=";
+    assert_eq!(identity.session_key.expose(), session_key);
+
+    // No answer, to the user or to an operator, carries it (nor its decoded bytes).
+    let token = r.str("access_token");
+    let renewed = app.renew(&r.str("refresh_token"));
+    let mut answers = vec![
+        r.text.clone(),
+        renewed.text.clone(),
+        app.add_user(&token, serde_json::json!({"name": "Uma"}))
+            .text,
+        app.query(&token, &[&uid]).text,
+        app.login_ok("ok-uma").text,
+    ];
+    for args in [
+        vec!["user", "get", uid.as_str()],
+        vec!["--json", "user", "get", uid.as_str()],
+        vec!["--json", "session", "list", "--uid", uid.as_str()],
+        vec!["export", "--sessions"],
+    ] {
+        answers.push(crate::common::cli(&config, &args).ok().to_string());
+    }
+    for answer in &answers {
+        assert!(!answer.is_empty());
+        assert!(!answer.contains(session_key), "{answer}");
+        assert!(!answer.contains("session-key"), "{answer}");
+    }
 }
 
 #[test]
