@@ -285,3 +285,70 @@ fn an_admin_token_header_that_is_not_visible_ascii_is_a_401_not_a_server_error()
     let answer = send(format!("Bearer {token}").as_bytes());
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
+
+/// Logs alice and bob in twice each and carol once, and returns the sids of bob's two
+/// sessions.
+fn five_sessions(base: &str) -> (String, String) {
+    let sid = |r: &crate::common::Reply| {
+        crate::common::jwt_claims(&r.str("access_token"))["sid"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    login(base, "alice");
+    login(base, "alice");
+    let b1 = sid(&login(base, "bob"));
+    let b2 = sid(&login(base, "bob"));
+    login(base, "carol");
+    (b1, b2)
+}
+
+#[test]
+fn every_session_revoke_form_prints_the_same_with_the_server_running_and_stopped() {
+    // The same five logins on two databases: one revoked through the running server's
+    // admin API, the other directly with its server stopped.
+    let outputs = |stop_first: bool| -> Vec<String> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut server = Binary::serve(dir.path(), &binary_config(dir.path()), &[]);
+        let config = dir.path().join("liveuser.toml");
+        let (b1, b2) = five_sessions(&server.base);
+        let alice = login(&server.base, "alice");
+        let alice_uid = alice.str("uid");
+        if stop_first {
+            assert!(server.terminate().success());
+        }
+        let commands: Vec<Vec<&str>> = vec![
+            vec!["session", "revoke", &b1],
+            vec!["session", "revoke", &b1, &b2],
+            vec!["--json", "session", "revoke", &b2],
+            vec!["session", "revoke", "--uid", &alice_uid],
+            vec!["--json", "session", "revoke", "--uid", &alice_uid],
+            vec!["session", "revoke", "--all"],
+            vec!["--json", "session", "revoke", "--all"],
+        ];
+        let printed = commands
+            .iter()
+            .map(|c| cli(&config, c).ok().to_string())
+            .collect();
+        let via = cli(&config, &["-v", "session", "list"]).stderr;
+        let expected = if stop_first { "directly" } else { "admin API" };
+        assert!(via.contains(expected), "{via}");
+        if !stop_first {
+            // Revocation through the running server takes effect at once.
+            let r = post(
+                &server.base,
+                "/liveuser/User/QueryUser",
+                json!({"uids": []}),
+                Some(&alice.str("access_token")),
+            );
+            r.assert_error(401, "unauthenticated");
+        }
+        printed
+    };
+    let running = outputs(false);
+    assert_eq!(running[0], "revoked 1 session; 0 had already ended\n");
+    assert_eq!(running[1], "revoked 1 session; 1 had already ended\n");
+    assert_eq!(running[3], "revoked 3 sessions; 0 had already ended\n");
+    assert_eq!(running[5], "revoked 1 session; 5 had already ended\n");
+    assert_eq!(outputs(true), running);
+}

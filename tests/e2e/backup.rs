@@ -194,7 +194,6 @@ fn import_into_a_running_server_goes_through_its_admin_api() {
          {\"kind\":\"end\",\"users\":1,\"identities\":0,\"sessions\":0}\n",
     )
     .unwrap();
-    drop(source_config);
 
     let dir = tempfile::tempdir().unwrap();
     let server = Binary::serve(dir.path(), &binary_config(dir.path()), &[]);
@@ -220,6 +219,13 @@ fn import_into_a_running_server_goes_through_its_admin_api() {
     );
     assert_eq!(r.ok(), "imported 1 users, 0 identities, 0 sessions\n");
     assert!(r.stderr.contains("admin API"), "{}", r.stderr);
+    // The same file into a database with no server prints the same.
+    let direct = cli(
+        &source_config,
+        &["-v", "import", "--merge", file.to_str().unwrap()],
+    );
+    assert!(direct.stderr.contains("directly"), "{}", direct.stderr);
+    assert_eq!(direct.ok(), r.ok());
     let token = cli(&config, &["token", "mint", "u-1"])
         .ok()
         .trim()
