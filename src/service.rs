@@ -422,9 +422,7 @@ impl<S: Store> Service<S> {
                 self.policy.max_query_uids
             )));
         }
-        let mut seen = HashSet::with_capacity(uids.len());
-        let unique: Vec<Uid> = uids.iter().filter(|u| seen.insert(*u)).cloned().collect();
-        Ok(self.store.users(&unique).await?)
+        Ok(self.store.users(&first_occurrences(uids)).await?)
     }
 
     /// Rotates the generated signing key and puts the new keys in force at once: new
@@ -475,6 +473,22 @@ impl<S: Store> Service<S> {
             sid: session.sid,
         }
     }
+}
+
+/// `uids` with repeats removed, first occurrence kept, order kept. A short list (the
+/// usual QueryUser) is checked pairwise, cheaper than hashing every uid.
+fn first_occurrences(uids: &[Uid]) -> Vec<Uid> {
+    if uids.len() <= 32 {
+        let mut unique: Vec<Uid> = Vec::with_capacity(uids.len());
+        for uid in uids {
+            if !unique.contains(uid) {
+                unique.push(uid.clone());
+            }
+        }
+        return unique;
+    }
+    let mut seen = HashSet::with_capacity(uids.len());
+    uids.iter().filter(|u| seen.insert(*u)).cloned().collect()
 }
 
 /// Login codes seen in the last five minutes, by SHA-256, with their outcome.
@@ -554,5 +568,23 @@ impl LoginCodes {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .prune(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeats_are_dropped_keeping_first_occurrences_in_order() {
+        let uid = |s: &str| Uid::parse(s).unwrap();
+        let short: Vec<Uid> = ["c", "a", "c", "b", "a"].iter().map(|s| uid(s)).collect();
+        assert_eq!(
+            first_occurrences(&short),
+            vec![uid("c"), uid("a"), uid("b")]
+        );
+        let long: Vec<Uid> = (0..100).map(|i| uid(&format!("u{}", i % 40))).collect();
+        let expected: Vec<Uid> = (0..40).map(|i| uid(&format!("u{i}"))).collect();
+        assert_eq!(first_occurrences(&long), expected);
     }
 }
