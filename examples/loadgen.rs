@@ -64,6 +64,11 @@ struct Args {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Reuse the database already in --dir (seeded by an earlier run) instead of seeding:
+    /// only the healthz and query workloads run, with a fresh login for each connection
+    /// (for memory and start-up figures of a large database without seeding it again).
+    #[arg(long)]
+    reuse: bool,
     /// Internal: run the server with this config file.
     #[arg(long, hide = true)]
     serve: Option<PathBuf>,
@@ -133,6 +138,7 @@ impl Workload {
 fn main() {
     let args = Args::parse();
     if let Some(config) = &args.serve {
+        liveuser::app::tune_allocator();
         serve(config);
         return;
     }
@@ -162,9 +168,21 @@ fn main() {
     config.log.level = "warn".into();
     std::fs::write(&config_path, toml::to_string(&config).unwrap()).expect("write config");
 
+    if args.reuse {
+        assert!(
+            workloads
+                .iter()
+                .all(|w| matches!(w, Workload::Healthz | Workload::Query)),
+            "--reuse runs only healthz and query"
+        );
+    }
     eprintln!("seeding {} users into {} …", args.users, dir.display());
     let started = Instant::now();
-    let users = seed(&config, args.users);
+    let users = if args.reuse {
+        reuse(&config, args.connections)
+    } else {
+        seed(&config, args.users)
+    };
     let seed_secs = started.elapsed().as_secs_f64();
     eprintln!(
         "seeded in {seed_secs:.1} s ({:.0} logins/s)",
@@ -212,7 +230,8 @@ fn main() {
 /// The `__serve` mode: exactly what `liveuser serve` does with this configuration.
 fn serve(config_path: &Path) {
     let text = std::fs::read_to_string(config_path).expect("config");
-    let config = Config::from_parts("loadgen.toml", Some(&text), std::iter::empty())
+    // The environment applies, so LIVEUSER_* variables tune the server under test.
+    let config = Config::from_parts("loadgen.toml", Some(&text), std::env::vars())
         .expect("config")
         .config;
     liveuser::logging::init(&config.log);
@@ -276,6 +295,48 @@ fn seed(config: &Config, n: usize) -> Vec<Seeded> {
         }
         drop(service);
         out.into_iter().map(Option::unwrap).collect()
+    })
+}
+
+/// Credentials for an already seeded database: every uid, and a fresh login of the first
+/// `logins` users (whose tokens the query workload uses, one per connection).
+fn reuse(config: &Config, logins: usize) -> Vec<Seeded> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        use liveuser::store::Store;
+        let store = Arc::new(liveuser::app::open_store(config).expect("open store"));
+        let service = liveuser::app::build_service(config, store.clone(), Arc::new(SystemClock))
+            .await
+            .expect("service");
+        let mut users = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store
+                .list_users(after.as_ref(), 10_000)
+                .await
+                .expect("list users");
+            let Some(last) = page.last() else { break };
+            after = Some(last.uid.clone());
+            users.extend(page.into_iter().map(|u| Seeded {
+                uid: u.uid.to_string(),
+                access: String::new(),
+                refresh: String::new(),
+            }));
+        }
+        let mut logged = Vec::with_capacity(logins);
+        for i in 0..logins {
+            let grant = service.login(&format!("user-{i}")).await.expect("login");
+            logged.push(Seeded {
+                uid: grant.uid.to_string(),
+                access: grant.access_token,
+                refresh: grant.refresh_token,
+            });
+        }
+        users.splice(0..0, logged);
+        users
     })
 }
 
@@ -409,7 +470,10 @@ async fn drive(
                 request.extend_from_slice(b"GET /healthz HTTP/1.1\r\nHost: bench\r\n\r\n")
             }
             Workload::Query => {
-                let me = &users[rng.random_range(0..users.len())];
+                let me = match &users[rng.random_range(0..users.len())] {
+                    seeded if !seeded.access.is_empty() => seeded,
+                    _ => &users[conn],
+                };
                 let uids: Vec<&str> = (0..10)
                     .map(|_| users[rng.random_range(0..users.len())].uid.as_str())
                     .collect();

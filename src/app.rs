@@ -52,6 +52,24 @@ pub enum StartError {
     },
 }
 
+/// Process-wide memory settings, to call first thing in `main`.
+///
+/// glibc gives every thread that allocates its own arena (up to 8 per core); with sled's
+/// I/O threads, the flusher and the async workers each keeping freed memory in its own
+/// arena, a server on a 1M-user database held about a quarter more resident memory than
+/// with two arenas, at no measurable cost in throughput on the 2-core machines liveuser
+/// targets. Other C libraries are left alone.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallopt only changes allocator parameters; it is called before the
+        // program starts any thread.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+}
+
 /// Opens the store named by `config`.
 pub fn open_store(config: &Config) -> Result<SledStore, StartError> {
     let storage = &config.storage;
@@ -182,15 +200,11 @@ pub async fn start(config: &Config, clock: SharedClock) -> Result<Running, Start
         Duration::from_secs(config.storage.sweep_interval_secs),
         stopped.clone(),
     ));
-    // Count users and live sessions once before serving, so the gauges start right;
-    // later counts run in the background (see `metrics`).
-    let started = std::time::Instant::now();
-    if metrics.claim_census(started) {
-        match store.census(service.now()).await {
-            Ok(c) => metrics.set_census(c.users, c.sessions_live),
-            Err(e) => tracing::warn!(error = %e, "counting users and sessions failed"),
-        }
-        metrics.census_done(started);
+    // Count users and live sessions in the background: a count scans both trees (seconds
+    // at a million users), and the server must not wait for it to become healthy. Until
+    // it finishes the two gauges read 0.
+    if config.server.metrics {
+        http::meta::census_if_due(&service);
     }
     let routes = http::routes::api(
         service.clone(),

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    liveuser::app::tune_allocator();
     let cli = match liveuser::cli::parse(std::env::args_os()) {
         Ok(cli) => cli,
         Err(code) => return code,

@@ -6,10 +6,11 @@
 //! WeChat calls, the store reports flush latency.
 //!
 //! Users and live sessions are gauges. sled can only count a tree by scanning it, so
-//! they are not counted per scrape: a census scans both trees at start and again in the
-//! background at most once every [`CENSUS_INTERVAL`] when `/metrics` is scraped, and in
-//! between the service adjusts them on each event it sees (a first login adds a user, a
-//! login adds a session, a revocation removes it). Sessions that simply expire are
+//! they are not counted per scrape: a census scans both trees in the background at start
+//! (the gauges read 0 until it finishes) and again at most once every
+//! [`CENSUS_INTERVAL`] when `/metrics` is scraped, and in between the service adjusts
+//! them on each event it sees (a first login adds a user, a login adds a session, a
+//! revocation removes it). Sessions that simply expire are
 //! noticed at the next census.
 
 use std::sync::Mutex;

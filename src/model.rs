@@ -216,12 +216,25 @@ pub struct Session {
     pub state: SessionState,
     /// Hash of the family's current refresh token.
     pub current: TokenHash,
+    /// The last rotation: the token it retired and when (none before the first one).
+    pub previous: Option<Rotation>,
 }
 
 impl Session {
     /// Whether the session can be used at `now`.
     pub fn is_live(&self, now: u64) -> bool {
         self.state == SessionState::Active && now < self.expires_at && now < self.idle_expires_at
+    }
+
+    /// Where the token with `hash` stands in this session.
+    pub fn standing(&self, hash: TokenHash) -> Standing {
+        if hash == self.current {
+            return Standing::Current;
+        }
+        match self.previous {
+            Some(Rotation { token, at }) if token == hash => Standing::Previous { rotated_at: at },
+            _ => Standing::Retired,
+        }
     }
 
     /// The state as an operator reads it: `active`, `revoked`, `expired` or `idle`.
@@ -235,29 +248,39 @@ impl Session {
     }
 }
 
-/// Where one refresh token stands.
+/// The rotation that retired a session's previous refresh token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum RefreshState {
-    /// The family's current token.
-    Current,
-    /// Retired by rotation at `at`; `successor` replaced it.
-    Rotated {
-        /// Hash of the token that replaced this one.
-        successor: TokenHash,
-        /// When this token was rotated.
-        at: u64,
-    },
+pub struct Rotation {
+    /// Hash of the token that was current before the last rotation.
+    pub token: TokenHash,
+    /// When it was rotated.
+    pub at: u64,
 }
 
-/// One refresh token, stored under its [`TokenHash`].
+/// Where a presented refresh token stands in its session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// The session's current token.
+    Current,
+    /// The token the last rotation retired, at `rotated_at`; its successor is the
+    /// session's current token, which therefore has not been used yet.
+    Previous {
+        /// When it was rotated.
+        rotated_at: u64,
+    },
+    /// An older token of the family (or one never current): presenting it is reuse.
+    Retired,
+}
+
+/// One refresh token, stored under its [`TokenHash`]. Immutable once written: where a
+/// token stands is the session's business ([`Session::standing`]), so every change of a
+/// family is a change of one record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefreshRecord {
     /// The session (family) it belongs to.
     pub sid: Sid,
     /// When it was issued.
     pub issued_at: u64,
-    /// Current or rotated.
-    pub state: RefreshState,
 }
 
 /// What WeChat told us about a user, kept under the openid.

@@ -19,7 +19,7 @@ use crate::config::TokenConfig;
 use crate::keys::{KeyError, KeyRotation};
 use crate::metrics::Metrics;
 use crate::model::{
-    Identity, RefreshState, Session, SessionState, Sid, Uid, UserPatch, UserRecord, check_text,
+    Identity, Session, SessionState, Sid, Standing, Uid, UserPatch, UserRecord, check_text,
 };
 use crate::store::{RotateOutcome, Store, StoreError};
 use crate::token::{AccessTokens, RefreshKey, RefreshToken, sha256};
@@ -233,40 +233,53 @@ impl<S: Store> Service<S> {
     }
 
     /// Opens a session for `uid`, evicting its oldest live sessions beyond the cap.
+    ///
+    /// The cap is checked before the session is written, so two logins of one user at
+    /// the same instant may leave it one over; the next login brings it back.
     pub async fn open_session(&self, uid: &Uid, now: u64) -> Result<Grant> {
-        self.open_session_lasting(uid, now, self.policy.refresh_ttl_secs)
+        self.open_session_lasting(uid, now, self.policy.refresh_ttl_secs, true)
             .await
     }
 
     /// [`Service::open_session`] for a session that ends `lifetime_secs` after `now`
-    /// (operator-minted tokens live exactly as long as their session).
+    /// (operator-minted tokens live exactly as long as their session). With `evict`
+    /// false, no other session is revoked to make room: an operator's token never logs a
+    /// user's device out.
     pub async fn open_session_lasting(
         &self,
         uid: &Uid,
         now: u64,
         lifetime_secs: u64,
+        evict: bool,
     ) -> Result<Grant> {
-        let live: Vec<Session> = self
-            .store
-            .sessions_of(uid)
-            .await?
-            .into_iter()
-            .filter(|s| s.is_live(now))
-            .collect();
-        let excess = (live.len() + 1).saturating_sub(self.policy.max_sessions_per_user);
-        let evict: Vec<Sid> = live.iter().take(excess).map(|s| s.sid).collect();
+        let evict: Vec<Sid> = if evict {
+            let live: Vec<Session> = self
+                .store
+                .sessions_of(uid)
+                .await?
+                .into_iter()
+                .filter(|s| s.is_live(now))
+                .collect();
+            let excess = (live.len() + 1).saturating_sub(self.policy.max_sessions_per_user);
+            live.iter().take(excess).map(|s| s.sid).collect()
+        } else {
+            Vec::new()
+        };
 
         let token = RefreshToken::generate();
-        let expires_at = now + lifetime_secs;
+        let expires_at = now.saturating_add(lifetime_secs);
         let session = Session {
             sid: Sid::generate(),
             uid: uid.clone(),
             created_at: now,
             last_used_at: now,
             expires_at,
-            idle_expires_at: (now + self.policy.refresh_idle_secs).min(expires_at),
+            idle_expires_at: now
+                .saturating_add(self.policy.refresh_idle_secs)
+                .min(expires_at),
             state: SessionState::Active,
             current: token.hash(),
+            previous: None,
         };
         self.store.create_session(&session, &evict).await?;
         self.metrics.sessions_changed(1 - evict.len() as i64);
@@ -278,38 +291,39 @@ impl<S: Store> Service<S> {
     /// With rotation, the presented token must be its family's current one; it is then
     /// retired and its successor returned. Presenting the just-retired token again within
     /// the grace period, while its successor is unused, is a retry and returns the same
-    /// successor. Anything else is reuse: the family is revoked and the answer is the
-    /// same `unauthenticated` as for an unknown token.
+    /// successor — as does losing a race against a concurrent renewal of the same token.
+    /// Anything else is reuse: the family is revoked and the answer is the same
+    /// `unauthenticated` as for an unknown token.
     pub async fn renew(&self, presented: &str, client: Option<IpAddr>) -> Result<Grant> {
         let refused = || ServiceError::Unauthenticated(REFRESH_REFUSED.into());
         let token = RefreshToken::parse(presented).ok_or_else(refused)?;
         let hash = token.hash();
         let now = self.now();
-        // A second pass only happens after losing a rotation race; by then the record
+        let record = self.store.refresh_record(hash).await?.ok_or_else(refused)?;
+        let successor = token.successor(&self.refresh_key);
+        let mut lost_race = false;
+        // A second pass only happens after losing a rotation race; by then the session
         // says who won.
         for _ in 0..2 {
-            let record = self.store.refresh_record(hash).await?.ok_or_else(refused)?;
             let session = self.store.session(record.sid).await?.ok_or_else(refused)?;
             if !session.is_live(now) {
                 return Err(refused());
             }
-            let idle_expires_at = (now + self.policy.refresh_idle_secs).min(session.expires_at);
-
-            if !self.policy.rotation {
-                if record.state != RefreshState::Current
-                    || !self
+            let idle_expires_at = now
+                .saturating_add(self.policy.refresh_idle_secs)
+                .min(session.expires_at);
+            match session.standing(hash) {
+                Standing::Current if !self.policy.rotation => {
+                    if !self
                         .store
                         .touch_session(session.sid, now, idle_expires_at)
                         .await?
-                {
-                    return Err(refused());
+                    {
+                        return Err(refused());
+                    }
+                    return Ok(self.grant(&session, token.encode(), now));
                 }
-                return Ok(self.grant(&session, token.encode(), now));
-            }
-
-            let successor = token.successor(&self.refresh_key);
-            match record.state {
-                RefreshState::Current => {
+                Standing::Current => {
                     let outcome = self
                         .store
                         .rotate(session.sid, hash, successor.hash(), now, idle_expires_at)
@@ -318,38 +332,44 @@ impl<S: Store> Service<S> {
                         self.metrics.rotated();
                         return Ok(self.grant(&session, successor.encode(), now));
                     }
+                    lost_race = true;
                 }
-                RefreshState::Rotated {
-                    successor: next,
-                    at,
-                } => {
-                    let in_grace = self.policy.reuse_grace_secs > 0
-                        && now <= at + self.policy.reuse_grace_secs
-                        && next == successor.hash();
-                    if in_grace {
-                        let next_unused = self
-                            .store
-                            .refresh_record(next)
-                            .await?
-                            .is_some_and(|r| r.state == RefreshState::Current);
-                        if next_unused {
-                            return Ok(self.grant(&session, successor.encode(), now));
-                        }
+                Standing::Previous { rotated_at } if self.policy.rotation => {
+                    let grace = self.policy.reuse_grace_secs;
+                    let in_grace = grace > 0 && now <= rotated_at.saturating_add(grace);
+                    if (in_grace || lost_race) && session.current == successor.hash() {
+                        // The rotation was written by another request, perhaps not yet
+                        // flushed: answer only once it is durable.
+                        self.store.sync().await?;
+                        return Ok(self.grant(&session, successor.encode(), now));
                     }
-                    let revoked = self.store.revoke_sessions(&[session.sid]).await?;
-                    self.metrics.reuse_detected();
-                    self.metrics.sessions_changed(-(revoked as i64));
-                    tracing::warn!(
-                        uid = %session.uid,
-                        family = %session.sid,
-                        client = %client.map_or_else(|| "unknown".to_string(), |c| c.to_string()),
-                        "refresh token reuse detected; the session family is revoked"
-                    );
-                    return Err(refused());
+                    return Err(self.reuse(&session, client).await);
                 }
+                Standing::Previous { .. } | Standing::Retired if self.policy.rotation => {
+                    return Err(self.reuse(&session, client).await);
+                }
+                // Without rotation only the current token renews; tokens left over from
+                // a time with rotation are refused without judging them.
+                Standing::Previous { .. } | Standing::Retired => return Err(refused()),
             }
         }
         Err(refused())
+    }
+
+    /// Reuse of a retired refresh token: revoke the family, log it, refuse.
+    async fn reuse(&self, session: &Session, client: Option<IpAddr>) -> ServiceError {
+        match self.store.revoke_sessions(&[session.sid]).await {
+            Ok(revoked) => self.metrics.sessions_changed(-(revoked as i64)),
+            Err(e) => return e.into(),
+        }
+        self.metrics.reuse_detected();
+        tracing::warn!(
+            uid = %session.uid,
+            family = %session.sid,
+            client = %client.map_or_else(|| "unknown".to_string(), |c| c.to_string()),
+            "refresh token reuse detected; the session family is revoked"
+        );
+        ServiceError::Unauthenticated(REFRESH_REFUSED.into())
     }
 
     /// Checks a bearer access token: signature, claims, and that its session is live.
@@ -402,9 +422,7 @@ impl<S: Store> Service<S> {
                 self.policy.max_query_uids
             )));
         }
-        let mut seen = HashSet::with_capacity(uids.len());
-        let unique: Vec<Uid> = uids.iter().filter(|u| seen.insert(*u)).cloned().collect();
-        Ok(self.store.users(&unique).await?)
+        Ok(self.store.users(&first_occurrences(uids)).await?)
     }
 
     /// Rotates the generated signing key and puts the new keys in force at once: new
@@ -455,6 +473,22 @@ impl<S: Store> Service<S> {
             sid: session.sid,
         }
     }
+}
+
+/// `uids` with repeats removed, first occurrence kept, order kept. A short list (the
+/// usual QueryUser) is checked pairwise, cheaper than hashing every uid.
+fn first_occurrences(uids: &[Uid]) -> Vec<Uid> {
+    if uids.len() <= 32 {
+        let mut unique: Vec<Uid> = Vec::with_capacity(uids.len());
+        for uid in uids {
+            if !unique.contains(uid) {
+                unique.push(uid.clone());
+            }
+        }
+        return unique;
+    }
+    let mut seen = HashSet::with_capacity(uids.len());
+    uids.iter().filter(|u| seen.insert(*u)).cloned().collect()
 }
 
 /// Login codes seen in the last five minutes, by SHA-256, with their outcome.
@@ -534,5 +568,23 @@ impl LoginCodes {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .prune(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeats_are_dropped_keeping_first_occurrences_in_order() {
+        let uid = |s: &str| Uid::parse(s).unwrap();
+        let short: Vec<Uid> = ["c", "a", "c", "b", "a"].iter().map(|s| uid(s)).collect();
+        assert_eq!(
+            first_occurrences(&short),
+            vec![uid("c"), uid("a"), uid("b")]
+        );
+        let long: Vec<Uid> = (0..100).map(|i| uid(&format!("u{}", i % 40))).collect();
+        let expected: Vec<Uid> = (0..40).map(|i| uid(&format!("u{i}"))).collect();
+        assert_eq!(first_occurrences(&long), expected);
     }
 }

@@ -16,7 +16,7 @@ use std::sync::{Arc, RwLock};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, KeyInit, Mac};
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rand::TryRng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -140,15 +140,26 @@ pub enum AccessTokenError {
 struct SigningKey {
     kid: String,
     encoding: EncodingKey,
-    decoding: DecodingKey,
+    /// HMAC-SHA256 with the key already absorbed, cloned for each verification.
+    mac: Hmac<Sha256>,
+    /// The exact first segment of every token this key signs (base64url of
+    /// `{"typ":"JWT","alg":"HS256","kid":"…"}`): verification compares bytes instead of
+    /// parsing a header, which pins the algorithm and the key in one comparison.
+    header: String,
 }
 
 impl SigningKey {
     fn new(secret: &[u8]) -> Self {
+        let kid = kid_of(secret);
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(kid.clone());
+        let header = URL_SAFE_NO_PAD
+            .encode(serde_json::to_vec(&header).expect("a JWT header always serializes"));
         SigningKey {
-            kid: kid_of(secret),
+            kid,
             encoding: EncodingKey::from_secret(secret).expect("non-empty HS256 secret"),
-            decoding: DecodingKey::from_secret(secret).expect("non-empty HS256 secret"),
+            mac: Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key"),
+            header,
         }
     }
 }
@@ -221,14 +232,15 @@ impl KeyRing {
             .collect()
     }
 
-    /// The key for `kid` at `now`, with its retire time if it is a previous key.
-    fn find(&self, kid: &str, now: u64) -> Option<(&SigningKey, Option<u64>)> {
-        if kid == self.current.kid {
+    /// The key whose tokens start with `header` at `now`, with its retire time if it is
+    /// a previous key.
+    fn find(&self, header: &str, now: u64) -> Option<(&SigningKey, Option<u64>)> {
+        if header == self.current.header {
             return Some((&self.current, None));
         }
         self.previous
             .iter()
-            .find(|(k, retire_at)| k.kid == kid && now < *retire_at)
+            .find(|(k, retire_at)| k.header == header && now < *retire_at)
             .map(|(k, retire_at)| (k, Some(*retire_at)))
     }
 }
@@ -240,7 +252,6 @@ impl KeyRing {
 #[derive(Clone)]
 pub struct AccessTokens {
     keys: Arc<RwLock<Arc<KeyRing>>>,
-    validation: Validation,
     issuer: String,
     audience: String,
     ttl_secs: u64,
@@ -264,17 +275,8 @@ impl AccessTokens {
 
     /// Tokens signed and verified with `keys`.
     pub fn with_keys(keys: KeyRing, issuer: &str, audience: &str, ttl_secs: u64) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_issuer(&[issuer]);
-        validation.set_audience(&[audience]);
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        // Time is checked against the injected clock in `verify`, not the system clock.
-        validation.validate_exp = false;
-        validation.validate_nbf = false;
-        validation.leeway = 0;
         AccessTokens {
             keys: Arc::new(RwLock::new(Arc::new(keys))),
-            validation,
             issuer: issuer.to_string(),
             audience: audience.to_string(),
             ttl_secs,
@@ -319,23 +321,30 @@ impl AccessTokens {
 
     /// Verifies algorithm, key id, signature, `iss`, `aud`, `sub`, `exp` and `nbf`.
     ///
-    /// The header must name HS256 and the kid of the current key or of a previous key
-    /// not yet retired; a token under a previous key must also expire before that key
-    /// retires. There is no leeway: the server that checks a token is the one whose
-    /// clock issued it.
+    /// The header must be byte for byte the one liveuser writes for the current key or
+    /// for a previous key not yet retired — HS256 and that key's kid; any other header
+    /// (another algorithm, `none`, a missing or unknown kid, `jwk`/`jku`, a reordering) is
+    /// refused without being parsed. A token under a previous key must also expire before
+    /// that key retires. The signature is HMAC-SHA256 compared in constant time. There is
+    /// no leeway: the server that checks a token is the one whose clock issued it.
     pub fn verify(&self, token: &str, now: u64) -> Result<AccessClaims, AccessTokenError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| AccessTokenError::Invalid)?;
-        if header.alg != Algorithm::HS256 {
-            return Err(AccessTokenError::Invalid);
-        }
+        let invalid = AccessTokenError::Invalid;
+        let (signed, signature) = token.rsplit_once('.').ok_or(invalid)?;
+        let (header, payload) = signed.split_once('.').ok_or(invalid)?;
         let keys = self.keys();
-        let kid = header.kid.as_deref().ok_or(AccessTokenError::Invalid)?;
-        let (key, retire_at) = keys.find(kid, now).ok_or(AccessTokenError::Invalid)?;
-        let data = jsonwebtoken::decode::<AccessClaims>(token, &key.decoding, &self.validation)
-            .map_err(|_| AccessTokenError::Invalid)?;
-        let claims = data.claims;
+        let (key, retire_at) = keys.find(header, now).ok_or(invalid)?;
+        let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| invalid)?;
+        let mut mac = key.mac.clone();
+        mac.update(signed.as_bytes());
+        mac.verify_slice(&signature).map_err(|_| invalid)?;
+
+        let payload = URL_SAFE_NO_PAD.decode(payload).map_err(|_| invalid)?;
+        let claims: AccessClaims = serde_json::from_slice(&payload).map_err(|_| invalid)?;
+        if claims.iss != self.issuer || claims.aud != self.audience || claims.sub.is_empty() {
+            return Err(invalid);
+        }
         if retire_at.is_some_and(|retire_at| claims.exp > retire_at) {
-            return Err(AccessTokenError::Invalid);
+            return Err(invalid);
         }
         if now >= claims.exp {
             return Err(AccessTokenError::Expired);
@@ -355,6 +364,21 @@ mod tests {
 
     fn tokens() -> AccessTokens {
         AccessTokens::new(SECRET, "liveuser", "liveuser", 7200)
+    }
+
+    #[test]
+    fn issued_tokens_start_with_the_header_verification_expects() {
+        let t = tokens();
+        let (token, _) = t.issue(&Uid::parse("u").unwrap(), Sid::generate(), 1, u64::MAX);
+        assert_eq!(
+            token.split('.').next(),
+            Some(t.keys().current.header.as_str())
+        );
+        let header: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(&t.keys().current.header).unwrap())
+                .unwrap();
+        assert_eq!(header["alg"], "HS256");
+        assert_eq!(header["kid"], t.keys().current_kid());
     }
 
     #[test]

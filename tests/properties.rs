@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use liveuser::clock::Clock;
 use liveuser::config::TokenConfig;
-use liveuser::model::{RefreshState, SessionState, Sid, Uid};
+use liveuser::model::{SessionState, Sid, Standing, Uid};
 use liveuser::service::{Grant, Policy, Service, ServiceError};
 use liveuser::store::{SledStore, Store};
 use liveuser::token::{AccessTokens, RefreshKey, RefreshToken};
@@ -324,19 +324,23 @@ impl World {
                     continue;
                 };
                 prop_assert_eq!(record.sid, fam.sid);
-                match record.state {
-                    RefreshState::Current => {
+                let Some(session) = &session else { continue };
+                let last = fam.tokens.len() - 1;
+                match session.standing(hash) {
+                    Standing::Current => {
                         current += 1;
-                        prop_assert_eq!(i, fam.tokens.len() - 1, "an old token is current again");
+                        prop_assert_eq!(i, last, "an old token is current again");
                     }
-                    RefreshState::Rotated { successor, .. } => {
-                        let next = fam.tokens.get(i + 1).ok_or_else(|| {
-                            TestCaseError::fail("the current token is marked rotated")
-                        })?;
+                    Standing::Previous { .. } => {
+                        prop_assert_eq!(i + 1, last, "only the last token's parent is previous");
                         prop_assert!(
-                            successor == RefreshToken::parse(next).unwrap().hash(),
+                            session.current
+                                == RefreshToken::parse(&fam.tokens[last]).unwrap().hash(),
                             "a token's successor is not the one the client got"
                         );
+                    }
+                    Standing::Retired => {
+                        prop_assert!(i + 1 < last, "a recent token is retired");
                     }
                 }
             }

@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ops::{AdminError, ErrorKind};
 use crate::model::{
-    Identity, RefreshRecord, RefreshState, Session, SessionState, Sid, TokenHash, Uid, UserPatch,
+    Identity, RefreshRecord, Rotation, Session, SessionState, Sid, TokenHash, Uid, UserPatch,
     UserRecord, check_text, hex, unhex,
 };
 use crate::secret::Secret;
@@ -106,6 +106,8 @@ pub enum Line {
         idle_expires_at: u64,
         /// Hash of the current refresh token, 64 hex digits.
         current: String,
+        /// The last rotation: the token it retired and when (absent before the first).
+        previous: Option<PreviousLine>,
         /// Every refresh-token record of the family.
         tokens: Vec<TokenLine>,
     },
@@ -128,10 +130,16 @@ pub struct TokenLine {
     pub hash: String,
     /// When it was issued.
     pub issued_at: u64,
-    /// Hash of the token that replaced it, if it was rotated.
-    pub successor: Option<String>,
+}
+
+/// The last rotation of a session line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviousLine {
+    /// SHA-256 of the token the rotation retired, 64 hex digits.
+    pub hash: String,
     /// When it was rotated.
-    pub rotated_at: Option<u64>,
+    pub rotated_at: u64,
 }
 
 /// What an import wrote (or an export holds).
@@ -303,19 +311,15 @@ fn session_line(session: &Session, records: &[(TokenHash, RefreshRecord)]) -> Li
         expires_at: session.expires_at,
         idle_expires_at: session.idle_expires_at,
         current: hex(&session.current.0),
+        previous: session.previous.map(|p| PreviousLine {
+            hash: hex(&p.token.0),
+            rotated_at: p.at,
+        }),
         tokens: records
             .iter()
-            .map(|(hash, record)| {
-                let (successor, rotated_at) = match record.state {
-                    RefreshState::Current => (None, None),
-                    RefreshState::Rotated { successor, at } => (Some(hex(&successor.0)), Some(at)),
-                };
-                TokenLine {
-                    hash: hex(&hash.0),
-                    issued_at: record.issued_at,
-                    successor,
-                    rotated_at,
-                }
+            .map(|(hash, record)| TokenLine {
+                hash: hex(&hash.0),
+                issued_at: record.issued_at,
             })
             .collect(),
     }
@@ -491,6 +495,7 @@ impl Checker {
                 expires_at,
                 idle_expires_at,
                 current,
+                previous,
                 tokens,
             } => {
                 let sid =
@@ -515,26 +520,17 @@ impl Checker {
                     ));
                 }
                 let current = parse_hash(&current, "current").map_err(|e| bad(n, e))?;
+                let previous = match previous {
+                    Some(p) => Some(Rotation {
+                        token: parse_hash(&p.hash, "previous.hash").map_err(|e| bad(n, e))?,
+                        at: p.rotated_at,
+                    }),
+                    None => None,
+                };
                 let mut records = Vec::with_capacity(tokens.len());
                 for (i, token) in tokens.iter().enumerate() {
                     let hash = parse_hash(&token.hash, &format!("tokens[{i}].hash"))
                         .map_err(|e| bad(n, e))?;
-                    let state = match (&token.successor, token.rotated_at) {
-                        (None, None) => RefreshState::Current,
-                        (Some(next), Some(at)) => RefreshState::Rotated {
-                            successor: parse_hash(next, &format!("tokens[{i}].successor"))
-                                .map_err(|e| bad(n, e))?,
-                            at,
-                        },
-                        _ => {
-                            return Err(bad(
-                                n,
-                                format!(
-                                    "tokens[{i}] must have both successor and rotated_at, or neither"
-                                ),
-                            ));
-                        }
-                    };
                     if records.iter().any(|(h, _)| *h == hash) {
                         return Err(bad(n, format!("tokens[{i}] appears twice")));
                     }
@@ -543,25 +539,19 @@ impl Checker {
                         RefreshRecord {
                             sid,
                             issued_at: token.issued_at,
-                            state,
                         },
                     ));
                 }
-                let current_ok = records
-                    .iter()
-                    .any(|(h, r)| *h == current && r.state == RefreshState::Current);
-                if !current_ok {
+                if !records.iter().any(|(h, _)| *h == current) {
+                    return Err(bad(n, "current must be one of the tokens"));
+                }
+                if let Some(p) = previous
+                    && (p.token == current || !records.iter().any(|(h, _)| *h == p.token))
+                {
                     return Err(bad(
                         n,
-                        "current must be one of the tokens, and not a rotated one",
+                        "previous.hash must be one of the tokens, other than current",
                     ));
-                }
-                for (i, (_, record)) in records.iter().enumerate() {
-                    if let RefreshState::Rotated { successor, .. } = record.state
-                        && !records.iter().any(|(h, _)| *h == successor)
-                    {
-                        return Err(bad(n, format!("tokens[{i}].successor is not in tokens")));
-                    }
                 }
                 self.counts.sessions += 1;
                 Ok(Some(Record::Session(
@@ -574,6 +564,7 @@ impl Checker {
                         idle_expires_at,
                         state: SessionState::Active,
                         current,
+                        previous,
                     },
                     records,
                 )))
@@ -721,7 +712,7 @@ mod tests {
 
     fn session(current: &str, tokens: &str) -> String {
         format!(
-            r#"{{"kind":"session","sid":"{}","uid":"u1","created_at":1,"last_used_at":2,"expires_at":9,"idle_expires_at":8,"current":"{current}","tokens":{tokens}}}"#,
+            r#"{{"kind":"session","sid":"{}","uid":"u1","created_at":1,"last_used_at":2,"expires_at":9,"idle_expires_at":8,"current":"{current}","previous":null,"tokens":{tokens}}}"#,
             "ab".repeat(16)
         )
     }
@@ -730,9 +721,7 @@ mod tests {
     fn a_well_formed_file_is_counted() {
         let a = "11".repeat(32);
         let b = "22".repeat(32);
-        let tokens = format!(
-            r#"[{{"hash":"{a}","issued_at":1,"successor":"{b}","rotated_at":2}},{{"hash":"{b}","issued_at":2,"successor":null,"rotated_at":null}}]"#
-        );
+        let tokens = format!(r#"[{{"hash":"{a}","issued_at":1}},{{"hash":"{b}","issued_at":2}}]"#);
         let text = format!(
             "{HEADER}\n{USER}\n{}\n{}\n{}\n",
             r#"{"kind":"identity","openid":"o1","uid":"u1","unionid":null}"#,

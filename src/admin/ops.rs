@@ -530,7 +530,10 @@ impl Operation for TokenMint {
             return Err(AdminError::not_found(format!("no user {uid}")));
         }
         let now = admin.service.now();
-        let grant = admin.service.open_session_lasting(&uid, now, ttl).await?;
+        let grant = admin
+            .service
+            .open_session_lasting(&uid, now, ttl, false)
+            .await?;
         Ok(Minted {
             uid: grant.uid.to_string(),
             sid: grant.sid.to_string(),

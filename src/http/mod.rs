@@ -85,7 +85,9 @@ pub async fn serve<F>(
 ) where
     F: Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static,
 {
-    let service = TowerToHyperService::new(warp::service(filter));
+    // Boxed: hyper's adapter clones the service for every request, and the route tree
+    // is a few hundred bytes of filters; a boxed filter clones as one reference count.
+    let service = TowerToHyperService::new(warp::service(filter.boxed()));
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     let slots = Arc::new(Semaphore::new(settings.max_connections));

@@ -58,7 +58,7 @@ where
         .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|id| is_plain_id(id))
-        .map_or_else(|| hex(&crate::token::random_bytes::<8>()), str::to_string);
+        .map_or_else(fresh_request_id, str::to_string);
 
     let (answer, uid) = crate::context::scope(service.call(request)).await;
     let Ok(mut response) = answer;
@@ -107,6 +107,17 @@ pub fn api_method(path: &str) -> &'static str {
     }
 }
 
+/// A new request id: 16 hex digits, a random per-process prefix and a counter, so ids
+/// never repeat within a run and rarely across runs, without a system call per request.
+fn fresh_request_id() -> String {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static PREFIX: OnceLock<String> = OnceLock::new();
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let prefix = PREFIX.get_or_init(|| hex(&crate::token::random_bytes::<4>()));
+    format!("{prefix}{:08x}", COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
 fn is_plain_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= REQUEST_ID_MAX
@@ -125,6 +136,14 @@ fn loggable_path(path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fresh_request_ids_are_plain_and_distinct() {
+        let a = fresh_request_id();
+        let b = fresh_request_id();
+        assert_ne!(a, b);
+        assert!(is_plain_id(&a) && a.len() == 16, "{a}");
+    }
 
     #[test]
     fn only_short_plain_request_ids_are_taken_from_the_client() {

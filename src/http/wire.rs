@@ -214,8 +214,15 @@ struct UserOut<'a> {
     uid: &'a str,
     name: &'a str,
     agent: &'a str,
-    update_at: String,
+    #[serde(serialize_with = "decimal_string")]
+    update_at: u64,
     avatar: &'a str,
+}
+
+/// A number as a JSON string of its decimal digits (the protocol's `update_at`), written
+/// without an intermediate allocation.
+fn decimal_string<S: serde::Serializer>(n: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(n)
 }
 
 impl<'a> From<&'a UserRecord> for UserOut<'a> {
@@ -224,7 +231,7 @@ impl<'a> From<&'a UserRecord> for UserOut<'a> {
             uid: u.uid.as_str(),
             name: &u.name,
             agent: &u.agent,
-            update_at: u.update_at.to_string(),
+            update_at: u.update_at,
             avatar: &u.avatar,
         }
     }

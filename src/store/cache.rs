@@ -10,10 +10,13 @@
 //! make the per-request reads (the live-session check, QueryUser's records) cheap, and
 //! sled's own page cache still sits behind them.
 
-use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hash};
 use std::sync::Mutex;
+
+// A seeded fast hash (the one hashbrown uses): keys are cached per request, and some
+// (uids in QueryUser) are chosen by clients, so the seed keeps collisions unguessable.
+use foldhash::fast::RandomState;
 
 const SHARDS: usize = 64;
 
@@ -25,7 +28,7 @@ pub struct Cache<K, V> {
 }
 
 struct Shard<K, V> {
-    map: HashMap<K, Option<V>>,
+    map: HashMap<K, Option<V>, RandomState>,
     order: VecDeque<K>,
 }
 
@@ -37,13 +40,13 @@ impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
             shards: (0..SHARDS)
                 .map(|_| {
                     Mutex::new(Shard {
-                        map: HashMap::new(),
+                        map: HashMap::default(),
                         order: VecDeque::new(),
                     })
                 })
                 .collect(),
             per_shard,
-            hasher: RandomState::new(),
+            hasher: RandomState::default(),
         }
     }
 

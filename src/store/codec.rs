@@ -70,14 +70,14 @@ mod tests {
             idle_expires_at: 4,
             state: SessionState::Revoked,
             current: TokenHash([7; 32]),
+            previous: Some(Rotation {
+                token: TokenHash([9; 32]),
+                at: 6,
+            }),
         });
         round_trip(RefreshRecord {
             sid: Sid::generate(),
             issued_at: 5,
-            state: RefreshState::Rotated {
-                successor: TokenHash([9; 32]),
-                at: 6,
-            },
         });
         round_trip(Identity {
             uid,

@@ -3,9 +3,16 @@
 //! The service logic talks only to the [`Store`] trait. Every write method returns once
 //! the write is durable. Decisions (who may rotate, when a token is reused, which
 //! sessions to evict) belong to the service; a store offers the atomic steps those
-//! decisions need — notably [`Store::rotate`], a compare-and-swap on the presented token —
-//! so another backend (PostgreSQL for several instances) implements the same steps with
-//! its own transactions and the service does not change.
+//! decisions need — notably [`Store::rotate`], a compare-and-swap on the session's
+//! current token — so another backend (PostgreSQL for several instances) implements the
+//! same steps with its own transactions and the service does not change.
+//!
+//! The data is shaped so that every step changes one mutable record: a session holds
+//! its family's state (current token, the last rotation), and refresh-token records are
+//! written once, before the session points at them, and never changed. A step is then
+//! atomic as a single compare-and-swap, and the records written before it are harmless
+//! if a crash stops it half way (they belong to no session yet, or to a dead one, and are
+//! swept).
 
 mod cache;
 pub mod codec;
@@ -148,17 +155,17 @@ pub trait Store: Send + Sync + 'static {
         hash: TokenHash,
     ) -> impl Future<Output = StoreResult<Option<RefreshRecord>>> + Send;
 
-    /// Creates `session` with its first refresh token (`session.current`) and revokes
-    /// the sessions in `evict`, in one transaction.
+    /// Revokes the sessions in `evict`, then creates `session` with its first refresh
+    /// token (`session.current`).
     fn create_session(
         &self,
         session: &Session,
         evict: &[Sid],
     ) -> impl Future<Output = StoreResult<()>> + Send;
 
-    /// Compare-and-swap rotation: if `parent` is still the current token of active session
-    /// `sid`, retire it in favour of `successor` and set the session's last use and idle
-    /// expiry, all in one transaction.
+    /// Compare-and-swap rotation: if `parent` is still the current token of session `sid`
+    /// and the session is live at `now`, make `successor` current, remember `parent` as
+    /// the last rotation, and set the last use and idle expiry — one atomic change.
     fn rotate(
         &self,
         sid: Sid,
@@ -168,8 +175,8 @@ pub trait Store: Send + Sync + 'static {
         idle_expires_at: u64,
     ) -> impl Future<Output = StoreResult<RotateOutcome>> + Send;
 
-    /// Records a use of active session `sid` without rotation; `false` if it is gone or
-    /// no longer active.
+    /// Records a use of session `sid` without rotation; `false` if it is gone or not
+    /// live at `now`.
     fn touch_session(
         &self,
         sid: Sid,
@@ -185,6 +192,10 @@ pub trait Store: Send + Sync + 'static {
     /// how many sessions were removed.
     fn sweep(&self, now: u64) -> impl Future<Output = StoreResult<usize>> + Send;
 
+    /// Returns once everything written so far, by anyone, is durable (a caller that
+    /// answers with another request's write waits for it here).
+    fn sync(&self) -> impl Future<Output = StoreResult<()>> + Send;
+
     // ----- operators: export, import, counts -----
 
     /// Up to `limit` identities with openid greater than `after`, in openid order.
@@ -198,7 +209,7 @@ pub trait Store: Send + Sync + 'static {
     /// never shows half done), or `None` if it is gone.
     fn family(&self, sid: Sid) -> impl Future<Output = StoreResult<Option<Family>>> + Send;
 
-    /// Writes `batch` as it is, in one transaction.
+    /// Writes `batch` as it is: users, identities, then each session after its tokens.
     fn restore(&self, batch: &Restore) -> impl Future<Output = StoreResult<()>> + Send;
 
     /// Whether no user and no identity is stored.

@@ -14,20 +14,35 @@
 //! | `meta`              | key name ‖ `.retired`                | `Vec<`[`RetiredKey`]`>` |
 //!
 //! Uids never contain 0x00, so `uid ‖ 0x00` is an exact prefix for one user's sessions.
-//! Values go through [`codec`](super::codec). Multi-tree changes are one sled transaction.
+//! Values go through [`codec`](super::codec).
+//!
+//! No sled transactions: a sled transaction takes a process-wide write lock that stops
+//! every other read and write of the database, and measured here it cut durable write
+//! throughput several times over. Every change is instead one compare-and-swap on one
+//! mutable record (a user, an identity, a session), preceded by the immutable records it
+//! will point to and followed by nothing that matters for correctness (see the module
+//! documentation of [`store`](super)). Write order, for a crash at any point:
+//!
+//! - login: refresh record and indexes, then the session (a crash before leaves records
+//!   that belong to no session);
+//! - first login: identity, then user record (a crash between leaves an identity whose
+//!   user record is created at the next login);
+//! - rotation: successor record and index, then the session's compare-and-swap;
+//! - sweep: a dead session's tokens and indexes, then the session itself.
 
 use std::path::Path;
 use std::sync::Arc;
 
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use sled::Tree;
-use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
 use super::cache::Cache;
 use super::codec::{decode, encode};
 use super::flush::{self, GroupCommit};
 use super::{Census, Family, Page, Restore, RotateOutcome, Store, StoreError, StoreResult};
 use crate::model::{
-    Identity, RefreshRecord, RefreshState, RetiredKey, Session, SessionState, Sid, TokenHash, Uid,
+    Identity, RefreshRecord, RetiredKey, Rotation, Session, SessionState, Sid, TokenHash, Uid,
     UserPatch, UserRecord,
 };
 
@@ -55,22 +70,44 @@ impl std::fmt::Debug for SledStore {
     }
 }
 
-type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
-
 fn io(e: sled::Error) -> StoreError {
     StoreError::Io(e.to_string())
 }
 
-fn tx_error(e: TransactionError<StoreError>) -> StoreError {
-    match e {
-        TransactionError::Abort(e) => e,
-        TransactionError::Storage(e) => io(e),
-    }
+/// What a read-modify-write does with the record it read.
+enum Edit<T> {
+    /// Replace it (or create it).
+    Put(T),
+    /// Leave it as it is; nothing is written.
+    Leave,
 }
 
-/// Decodes inside a transaction, aborting it on a corrupt record.
-fn tx_decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> TxResult<T> {
-    decode(bytes).map_err(ConflictableTransactionError::Abort)
+/// Read-modify-write of one record, atomic against concurrent writers: `change` sees the
+/// stored value (`None` if absent) and says what to write; if another writer changed
+/// the record in between, it runs again on the new value.
+fn edit<T, R>(
+    tree: &Tree,
+    key: &[u8],
+    mut change: impl FnMut(Option<T>) -> StoreResult<(Edit<T>, R)>,
+) -> StoreResult<R>
+where
+    T: Serialize + DeserializeOwned,
+{
+    loop {
+        let old = tree.get(key).map_err(io)?;
+        let value = old.as_deref().map(decode).transpose()?;
+        let (edit, result) = change(value)?;
+        let Edit::Put(new) = edit else {
+            return Ok(result);
+        };
+        if tree
+            .compare_and_swap(key, old, Some(encode(&new)))
+            .map_err(io)?
+            .is_ok()
+        {
+            return Ok(result);
+        }
+    }
 }
 
 fn uid_sid_key(uid: &Uid, sid: Sid) -> Vec<u8> {
@@ -150,31 +187,51 @@ impl SledStore {
         }
     }
 
-    /// Removes one dead session with its tokens and index entries, if it is still there.
-    fn remove_session(&self, session: &Session) -> StoreResult<()> {
-        let mut hashes = Vec::new();
+    /// Removes one dead session: its tokens and index entries first, the session record
+    /// last and only if it is still the `stored` bytes (a crash half way leaves a dead
+    /// session that the next sweep finishes).
+    fn remove_session(&self, session: &Session, stored: &[u8]) -> StoreResult<bool> {
         for item in self.session_tokens.scan_prefix(session.sid.0) {
             let (key, _) = item.map_err(io)?;
-            hashes.push(key);
+            self.refresh.remove(&key[16..]).map_err(io)?;
+            self.session_tokens.remove(&key).map_err(io)?;
         }
-        (
-            &self.sessions,
-            &self.refresh,
-            &self.uid_sessions,
-            &self.session_tokens,
-        )
-            .transaction(|(sessions, refresh, uid_sessions, session_tokens)| {
-                sessions.remove(&session.sid.0)?;
-                uid_sessions.remove(uid_sid_key(&session.uid, session.sid))?;
-                for key in &hashes {
-                    refresh.remove(&key[16..])?;
-                    session_tokens.remove(key)?;
-                }
-                Ok(())
-            })
-            .map_err(tx_error)?;
+        self.uid_sessions
+            .remove(uid_sid_key(&session.uid, session.sid))
+            .map_err(io)?;
+        let removed = self
+            .sessions
+            .compare_and_swap(session.sid.0, Some(stored), None::<&[u8]>)
+            .map_err(io)?
+            .is_ok();
         self.session_cache.invalidate(&session.sid);
+        Ok(removed)
+    }
+
+    /// Writes a refresh-token record and its family index entry (both immutable).
+    fn put_token(&self, sid: Sid, hash: TokenHash, issued_at: u64) -> StoreResult<()> {
+        self.refresh
+            .insert(hash.0, encode(&RefreshRecord { sid, issued_at }))
+            .map_err(io)?;
+        self.session_tokens
+            .insert(&sid_token_key(sid, hash)[..], &[])
+            .map_err(io)?;
         Ok(())
+    }
+
+    /// Revokes `sid` if it is active; whether it was.
+    fn revoke_one(&self, sid: Sid) -> StoreResult<bool> {
+        let revoked = edit(&self.sessions, &sid.0, |stored: Option<Session>| {
+            Ok(match stored {
+                Some(mut session) if session.state == SessionState::Active => {
+                    session.state = SessionState::Revoked;
+                    (Edit::Put(session), true)
+                }
+                _ => (Edit::Leave, false),
+            })
+        })?;
+        self.session_cache.invalidate(&sid);
+        Ok(revoked)
     }
 }
 
@@ -191,18 +248,11 @@ impl Store for SledStore {
     }
 
     async fn update_user(&self, uid: &Uid, patch: &UserPatch, now: u64) -> StoreResult<UserRecord> {
-        let user = self
-            .users
-            .transaction(|users| {
-                let mut user = match users.get(uid.as_str())? {
-                    Some(bytes) => tx_decode(&bytes)?,
-                    None => UserRecord::new(uid.clone(), now),
-                };
-                user.apply(patch, now);
-                users.insert(uid.as_str(), encode(&user))?;
-                Ok(user)
-            })
-            .map_err(tx_error)?;
+        let user = edit(&self.users, uid.as_str().as_bytes(), |stored| {
+            let mut user = stored.unwrap_or_else(|| UserRecord::new(uid.clone(), now));
+            user.apply(patch, now);
+            Ok((Edit::Put(user.clone()), user))
+        })?;
         self.user_cache.invalidate(uid);
         self.commit.durable().await?;
         Ok(user)
@@ -238,24 +288,36 @@ impl Store for SledStore {
         candidate: Identity,
         now: u64,
     ) -> StoreResult<Uid> {
-        let uid = (&self.identities, &self.users)
-            .transaction(|(identities, users)| {
-                if let Some(bytes) = identities.get(openid)? {
-                    let mut known: Identity = tx_decode(&bytes)?;
-                    if candidate.unionid.is_some() {
-                        known.unionid.clone_from(&candidate.unionid);
+        let uid = edit(
+            &self.identities,
+            openid.as_bytes(),
+            |stored: Option<Identity>| {
+                Ok(match stored {
+                    Some(mut known) => {
+                        if candidate.unionid.is_some() {
+                            known.unionid.clone_from(&candidate.unionid);
+                        }
+                        known.session_key = candidate.session_key.clone();
+                        let uid = known.uid.clone();
+                        (Edit::Put(known), uid)
                     }
-                    known.session_key = candidate.session_key.clone();
-                    identities.insert(openid, encode(&known))?;
-                    return Ok(known.uid);
-                }
-                identities.insert(openid, encode(&candidate))?;
-                let user = UserRecord::new(candidate.uid.clone(), now);
-                users.insert(user.uid.as_str(), encode(&user))?;
-                Ok(candidate.uid.clone())
-            })
-            .map_err(tx_error)?;
-        self.user_cache.invalidate(&candidate.uid);
+                    None => (Edit::Put(candidate.clone()), candidate.uid.clone()),
+                })
+            },
+        )?;
+        // The user record follows its identity; creating it when absent also completes a
+        // first login that a crash cut between the two writes.
+        edit(
+            &self.users,
+            uid.as_str().as_bytes(),
+            |stored: Option<UserRecord>| {
+                Ok(match stored {
+                    Some(_) => (Edit::Leave, ()),
+                    None => (Edit::Put(UserRecord::new(uid.clone(), now)), ()),
+                })
+            },
+        )?;
+        self.user_cache.invalidate(&uid);
         self.commit.durable().await?;
         Ok(uid)
     }
@@ -302,35 +364,17 @@ impl Store for SledStore {
     }
 
     async fn create_session(&self, session: &Session, evict: &[Sid]) -> StoreResult<()> {
-        let first = RefreshRecord {
-            sid: session.sid,
-            issued_at: session.created_at,
-            state: RefreshState::Current,
-        };
-        (
-            &self.sessions,
-            &self.refresh,
-            &self.uid_sessions,
-            &self.session_tokens,
-        )
-            .transaction(|(sessions, refresh, uid_sessions, session_tokens)| {
-                for sid in evict {
-                    if let Some(bytes) = sessions.get(sid.0)? {
-                        let mut old: Session = tx_decode(&bytes)?;
-                        old.state = SessionState::Revoked;
-                        sessions.insert(&sid.0, encode(&old))?;
-                    }
-                }
-                sessions.insert(&session.sid.0, encode(session))?;
-                refresh.insert(&session.current.0, encode(&first))?;
-                uid_sessions.insert(uid_sid_key(&session.uid, session.sid), &[])?;
-                session_tokens.insert(&sid_token_key(session.sid, session.current)[..], &[])?;
-                Ok(())
-            })
-            .map_err(tx_error)?;
-        for sid in evict.iter().chain([&session.sid]) {
-            self.session_cache.invalidate(sid);
+        for &sid in evict {
+            self.revoke_one(sid)?;
         }
+        self.put_token(session.sid, session.current, session.created_at)?;
+        self.uid_sessions
+            .insert(uid_sid_key(&session.uid, session.sid), &[])
+            .map_err(io)?;
+        self.sessions
+            .insert(session.sid.0, encode(session))
+            .map_err(io)?;
+        self.session_cache.invalidate(&session.sid);
         self.commit.durable().await
     }
 
@@ -342,38 +386,24 @@ impl Store for SledStore {
         now: u64,
         idle_expires_at: u64,
     ) -> StoreResult<RotateOutcome> {
-        let outcome = (&self.sessions, &self.refresh, &self.session_tokens)
-            .transaction(|(sessions, refresh, session_tokens)| {
-                let Some(bytes) = refresh.get(parent.0)? else {
-                    return Ok(RotateOutcome::NotCurrent);
-                };
-                let mut record: RefreshRecord = tx_decode(&bytes)?;
-                if record.sid != sid || record.state != RefreshState::Current {
-                    return Ok(RotateOutcome::NotCurrent);
+        // The successor is derived from the parent, so every contender writes the same
+        // record here; only the session's compare-and-swap decides who rotated.
+        self.put_token(sid, successor, now)?;
+        let outcome = edit(&self.sessions, &sid.0, |stored: Option<Session>| {
+            Ok(match stored {
+                Some(mut session) if session.is_live(now) && session.current == parent => {
+                    session.previous = Some(Rotation {
+                        token: parent,
+                        at: now,
+                    });
+                    session.current = successor;
+                    session.last_used_at = now;
+                    session.idle_expires_at = idle_expires_at;
+                    (Edit::Put(session), RotateOutcome::Rotated)
                 }
-                let Some(bytes) = sessions.get(sid.0)? else {
-                    return Ok(RotateOutcome::NotCurrent);
-                };
-                let mut session: Session = tx_decode(&bytes)?;
-                if session.state != SessionState::Active || session.current != parent {
-                    return Ok(RotateOutcome::NotCurrent);
-                }
-                record.state = RefreshState::Rotated { successor, at: now };
-                refresh.insert(&parent.0, encode(&record))?;
-                let next = RefreshRecord {
-                    sid,
-                    issued_at: now,
-                    state: RefreshState::Current,
-                };
-                refresh.insert(&successor.0, encode(&next))?;
-                session.current = successor;
-                session.last_used_at = now;
-                session.idle_expires_at = idle_expires_at;
-                sessions.insert(&sid.0, encode(&session))?;
-                session_tokens.insert(&sid_token_key(sid, successor)[..], &[])?;
-                Ok(RotateOutcome::Rotated)
+                _ => (Edit::Leave, RotateOutcome::NotCurrent),
             })
-            .map_err(tx_error)?;
+        })?;
         if outcome == RotateOutcome::Rotated {
             self.session_cache.invalidate(&sid);
             self.commit.durable().await?;
@@ -382,22 +412,16 @@ impl Store for SledStore {
     }
 
     async fn touch_session(&self, sid: Sid, now: u64, idle_expires_at: u64) -> StoreResult<bool> {
-        let touched = self
-            .sessions
-            .transaction(|sessions| {
-                let Some(bytes) = sessions.get(sid.0)? else {
-                    return Ok(false);
-                };
-                let mut session: Session = tx_decode(&bytes)?;
-                if session.state != SessionState::Active {
-                    return Ok(false);
+        let touched = edit(&self.sessions, &sid.0, |stored: Option<Session>| {
+            Ok(match stored {
+                Some(mut session) if session.is_live(now) => {
+                    session.last_used_at = now;
+                    session.idle_expires_at = idle_expires_at;
+                    (Edit::Put(session), true)
                 }
-                session.last_used_at = now;
-                session.idle_expires_at = idle_expires_at;
-                sessions.insert(&sid.0, encode(&session))?;
-                Ok(true)
+                _ => (Edit::Leave, false),
             })
-            .map_err(tx_error)?;
+        })?;
         if touched {
             self.session_cache.invalidate(&sid);
             self.commit.durable().await?;
@@ -406,47 +430,61 @@ impl Store for SledStore {
     }
 
     async fn revoke_sessions(&self, sids: &[Sid]) -> StoreResult<usize> {
-        let revoked = self
-            .sessions
-            .transaction(|sessions| {
-                let mut revoked = 0;
-                for sid in sids {
-                    let Some(bytes) = sessions.get(sid.0)? else {
-                        continue;
-                    };
-                    let mut session: Session = tx_decode(&bytes)?;
-                    if session.state == SessionState::Active {
-                        session.state = SessionState::Revoked;
-                        sessions.insert(&sid.0, encode(&session))?;
-                        revoked += 1;
-                    }
-                }
-                Ok(revoked)
-            })
-            .map_err(tx_error)?;
-        for sid in sids {
-            self.session_cache.invalidate(sid);
+        let mut revoked = 0;
+        for &sid in sids {
+            if self.revoke_one(sid)? {
+                revoked += 1;
+            }
         }
         self.commit.durable().await?;
         Ok(revoked)
     }
 
     async fn sweep(&self, now: u64) -> StoreResult<usize> {
-        let mut dead = Vec::new();
-        for item in self.sessions.iter() {
-            let (_, bytes) = item.map_err(io)?;
-            let session: Session = decode(&bytes)?;
-            if !session.is_live(now) {
-                dead.push(session);
+        // In pages, yielding between them, so a sweep of a large database never holds an
+        // async worker for long.
+        const PAGE: usize = 1024;
+        let mut after: Option<Vec<u8>> = None;
+        let mut removed = 0;
+        loop {
+            let mut dead = Vec::new();
+            let mut last = None;
+            {
+                let iter = match &after {
+                    Some(key) => self.sessions.range::<&[u8], _>((
+                        std::ops::Bound::Excluded(key.as_slice()),
+                        std::ops::Bound::Unbounded,
+                    )),
+                    None => self.sessions.iter(),
+                };
+                for item in iter.take(PAGE) {
+                    let (key, bytes) = item.map_err(io)?;
+                    let session: Session = decode(&bytes)?;
+                    if !session.is_live(now) {
+                        dead.push((session, bytes));
+                    }
+                    last = Some(key.to_vec());
+                }
             }
+            for (session, bytes) in &dead {
+                if self.remove_session(session, bytes)? {
+                    removed += 1;
+                }
+            }
+            match last {
+                Some(key) => after = Some(key),
+                None => break,
+            }
+            tokio::task::yield_now().await;
         }
-        for session in &dead {
-            self.remove_session(session)?;
-        }
-        if !dead.is_empty() {
+        if removed > 0 {
             self.commit.durable().await?;
         }
-        Ok(dead.len())
+        Ok(removed)
+    }
+
+    async fn sync(&self) -> StoreResult<()> {
+        self.commit.durable().await
     }
 
     async fn list_identities(
@@ -472,9 +510,9 @@ impl Store for SledStore {
     }
 
     async fn family(&self, sid: Sid) -> StoreResult<Option<Family>> {
-        // The index is scanned outside the transaction (sled transactions cannot
-        // iterate); a rotation in between shows as a current token missing from the
-        // scan, and the read is done again.
+        // Token records never change and are written before the session points at them:
+        // read the index, then the session, then the records; if a rotation slipped in
+        // between (the session's current token is not among those read), read again.
         for _ in 0..8 {
             let mut hashes = Vec::new();
             for item in self.session_tokens.scan_prefix(sid.0) {
@@ -484,29 +522,19 @@ impl Store for SledStore {
                     .map_err(|_| StoreError::Corrupt("bad sid_tokenhash key".into()))?;
                 hashes.push(TokenHash(hash));
             }
-            let read = (&self.sessions, &self.refresh)
-                .transaction(|(sessions, refresh)| {
-                    let Some(bytes) = sessions.get(sid.0)? else {
-                        return Ok(None);
-                    };
-                    let session: Session = tx_decode(&bytes)?;
-                    let mut records = Vec::with_capacity(hashes.len());
-                    for hash in &hashes {
-                        if let Some(bytes) = refresh.get(hash.0)? {
-                            records.push((*hash, tx_decode::<RefreshRecord>(&bytes)?));
-                        }
-                    }
-                    Ok(Some((session, records)))
-                })
-                .map_err(tx_error)?;
-            match read {
-                Some((session, records))
-                    if !records.iter().any(|(hash, _)| *hash == session.current) =>
-                {
-                    continue;
-                }
-                other => return Ok(other),
+            let Some(session) = Self::get::<Session>(&self.sessions, &sid.0)? else {
+                return Ok(None);
+            };
+            if !hashes.contains(&session.current) {
+                continue;
             }
+            let mut records = Vec::with_capacity(hashes.len());
+            for hash in hashes {
+                if let Some(record) = Self::get::<RefreshRecord>(&self.refresh, &hash.0)? {
+                    records.push((hash, record));
+                }
+            }
+            return Ok(Some((session, records)));
         }
         Err(StoreError::Io(format!(
             "session {sid} kept changing while it was read"
@@ -514,38 +542,27 @@ impl Store for SledStore {
     }
 
     async fn restore(&self, batch: &Restore) -> StoreResult<()> {
-        (
-            &self.users,
-            &self.identities,
-            &self.sessions,
-            &self.refresh,
-            &self.uid_sessions,
-            &self.session_tokens,
-        )
-            .transaction(
-                |(users, identities, sessions, refresh, uid_sessions, session_tokens)| {
-                    for user in &batch.users {
-                        users.insert(user.uid.as_str(), encode(user))?;
-                    }
-                    for (openid, identity) in &batch.identities {
-                        identities.insert(openid.as_str(), encode(identity))?;
-                    }
-                    for (session, records) in &batch.sessions {
-                        sessions.insert(&session.sid.0, encode(session))?;
-                        uid_sessions.insert(uid_sid_key(&session.uid, session.sid), &[])?;
-                        for (hash, record) in records {
-                            refresh.insert(&hash.0, encode(record))?;
-                            session_tokens.insert(&sid_token_key(session.sid, *hash)[..], &[])?;
-                        }
-                    }
-                    Ok(())
-                },
-            )
-            .map_err(tx_error)?;
         for user in &batch.users {
+            self.users
+                .insert(user.uid.as_str(), encode(user))
+                .map_err(io)?;
             self.user_cache.invalidate(&user.uid);
         }
-        for (session, _) in &batch.sessions {
+        for (openid, identity) in &batch.identities {
+            self.identities
+                .insert(openid.as_str(), encode(identity))
+                .map_err(io)?;
+        }
+        for (session, records) in &batch.sessions {
+            for (hash, record) in records {
+                self.put_token(session.sid, *hash, record.issued_at)?;
+            }
+            self.uid_sessions
+                .insert(uid_sid_key(&session.uid, session.sid), &[])
+                .map_err(io)?;
+            self.sessions
+                .insert(session.sid.0, encode(session))
+                .map_err(io)?;
             self.session_cache.invalidate(&session.sid);
         }
         self.commit.durable().await
@@ -608,28 +625,37 @@ impl Store for SledStore {
         now: u64,
     ) -> StoreResult<Option<Vec<u8>>> {
         let retired_name = retired_name(name);
-        let replaced = self
-            .meta
-            .transaction(|meta| {
-                let replaced = meta.get(name)?.map(|v| v.to_vec());
-                let mut retired: Vec<RetiredKey> = match meta.get(retired_name.as_bytes())? {
-                    Some(bytes) => tx_decode(&bytes)?,
-                    None => Vec::new(),
-                };
-                retired.retain(|k| k.retire_at > now);
-                if let Some(old) = &replaced {
-                    retired.push(RetiredKey {
-                        key: crate::secret::Secret::new(old.clone()),
-                        retire_at,
-                    });
-                }
-                meta.insert(retired_name.as_bytes(), encode(&retired))?;
-                meta.insert(name, fresh.as_slice())?;
-                Ok(replaced)
-            })
-            .map_err(tx_error)?;
-        self.commit.durable().await?;
-        Ok(replaced)
+        loop {
+            let replaced = self.meta.get(name).map_err(io)?;
+            // First the retired list, holding the key about to be replaced (so tokens it
+            // signed keep verifying whatever happens next), then the swap of the key.
+            edit(
+                &self.meta,
+                retired_name.as_bytes(),
+                |stored: Option<Vec<RetiredKey>>| {
+                    let mut retired = stored.unwrap_or_default();
+                    retired.retain(|k| k.retire_at > now);
+                    if let Some(old) = &replaced
+                        && !retired.iter().any(|k| k.key.expose() == &old[..])
+                    {
+                        retired.push(RetiredKey {
+                            key: crate::secret::Secret::new(old.to_vec()),
+                            retire_at,
+                        });
+                    }
+                    Ok((Edit::Put(retired), ()))
+                },
+            )?;
+            if self
+                .meta
+                .compare_and_swap(name, replaced.clone(), Some(fresh.as_slice()))
+                .map_err(io)?
+                .is_ok()
+            {
+                self.commit.durable().await?;
+                return Ok(replaced.map(|v| v.to_vec()));
+            }
+        }
     }
 }
 

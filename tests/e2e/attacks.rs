@@ -25,6 +25,21 @@ fn b64(v: &Value) -> String {
     URL_SAFE_NO_PAD.encode(v.to_string())
 }
 
+/// A header as liveuser writes it: `typ`, `alg`, `kid` in that order. The server accepts
+/// only the exact bytes it writes, so a genuine header must be encoded the same way; any
+/// other header is encoded as given (serde_json orders its keys).
+fn encode_header(header: &Value) -> String {
+    let genuine = header.as_object().is_some_and(|h| {
+        h.len() == 3 && h["typ"] == "JWT" && h["alg"] == "HS256" && h["kid"].is_string()
+    });
+    if genuine {
+        let text = format!(r#"{{"typ":"JWT","alg":"HS256","kid":{}}}"#, header["kid"]);
+        URL_SAFE_NO_PAD.encode(text)
+    } else {
+        b64(header)
+    }
+}
+
 fn header_of(token: &str) -> Value {
     let part = token.split('.').next().unwrap();
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
@@ -33,7 +48,7 @@ fn header_of(token: &str) -> Value {
 /// A JWT with exactly this header and these claims, MAC'd with `alg` ("HS256", "HS384",
 /// "HS512") under `key` — whatever the header says.
 fn sign(header: &Value, claims: &Value, mac_alg: &str, key: &[u8]) -> String {
-    let input = format!("{}.{}", b64(header), b64(claims));
+    let input = format!("{}.{}", encode_header(header), b64(claims));
     let sig = match mac_alg {
         "HS256" => mac::<Hmac<Sha256>>(key, &input),
         "HS384" => mac::<Hmac<Sha384>>(key, &input),
@@ -102,7 +117,20 @@ fn forged_confused_and_tampered_tokens_are_all_refused_alike() {
     let now = claims["iat"].as_u64().unwrap();
 
     let none = with(&header, "alg", json!("none"));
+    // The genuine header with its keys in another order, MAC'd with the real key: only
+    // the exact bytes the server writes are accepted.
+    let reordered = {
+        let input = format!("{}.{}", b64(&header), b64(&claims));
+        let sig = mac::<Hmac<Sha256>>(key, &input);
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))
+    };
+    assert_ne!(
+        reordered.split('.').next(),
+        Some(h),
+        "the reordering changed the bytes"
+    );
     let cases = vec![
+        ("genuine header reordered, real key", reordered),
         // RFC 8725 §2.1 / §3.1: alg=none and algorithm confusion.
         ("alg none, no signature", format!("{}.{p}.", b64(&none))),
         ("alg none, old signature", format!("{}.{p}.{s}", b64(&none))),

@@ -82,9 +82,9 @@ fn export_then_import_into_a_fresh_database_round_trips_every_record() {
     let rotated = std::fs::read_to_string(&direct)
         .unwrap()
         .lines()
-        .map(|l| l.matches("\"successor\":\"").count())
+        .map(|l| l.matches("\"previous\":{\"hash\":\"").count())
         .sum::<usize>();
-    assert_eq!(rotated, 1, "the rotated token record is exported");
+    assert_eq!(rotated, 1, "the rotated family's last rotation is exported");
 
     // Restore into a fresh database, then export it again: every record came back.
     let fresh = tempfile::tempdir().unwrap();
