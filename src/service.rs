@@ -301,11 +301,12 @@ impl<S: Store> Service<S> {
         let now = self.now();
         let record = self.store.refresh_record(hash).await?.ok_or_else(refused)?;
         let successor = token.successor(&self.refresh_key);
+        let mut session = self.store.session(record.sid).await?.ok_or_else(refused)?;
         let mut lost_race = false;
-        // A second pass only happens after losing a rotation race; by then the session
-        // says who won.
+        // A second pass only happens after losing a rotation race, on the session as the
+        // database held it when the race was lost (a cached read could predate it); by
+        // then the session says who won, so there is no third.
         for _ in 0..2 {
-            let session = self.store.session(record.sid).await?.ok_or_else(refused)?;
             if !session.is_live(now) {
                 return Err(refused());
             }
@@ -324,15 +325,20 @@ impl<S: Store> Service<S> {
                     return Ok(self.grant(&session, token.encode(), now));
                 }
                 Standing::Current => {
-                    let outcome = self
+                    match self
                         .store
                         .rotate(session.sid, hash, successor.hash(), now, idle_expires_at)
-                        .await?;
-                    if outcome == RotateOutcome::Rotated {
-                        self.metrics.rotated();
-                        return Ok(self.grant(&session, successor.encode(), now));
+                        .await?
+                    {
+                        RotateOutcome::Rotated => {
+                            self.metrics.rotated();
+                            return Ok(self.grant(&session, successor.encode(), now));
+                        }
+                        RotateOutcome::NotCurrent(stored) => {
+                            session = stored.ok_or_else(refused)?;
+                            lost_race = true;
+                        }
                     }
-                    lost_race = true;
                 }
                 Standing::Previous { rotated_at } if self.policy.rotation => {
                     let grace = self.policy.reuse_grace_secs;

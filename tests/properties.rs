@@ -391,6 +391,23 @@ proptest! {
     }
 }
 
+/// Many rounds of the race the property test samples only now and then: every renewal of
+/// a current token racing others of it must answer with the one successor, including the
+/// losers that read the session from the cache just before the winner's change reached it.
+#[test]
+fn racing_renewals_of_one_token_always_share_one_successor() {
+    let mut world = World::new();
+    world.apply(&Op::Login(0)).unwrap();
+    for round in 0..1000 {
+        world
+            .apply(&Op::Concurrent { f: 0, n: 4 })
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        if round % 100 == 99 {
+            world.check().unwrap();
+        }
+    }
+}
+
 // ----- decoding and token parsing over arbitrary input (the in-CI fuzzing) -----
 //
 // The same properties as the cargo-fuzz targets in fuzz/, with proptest's generators:

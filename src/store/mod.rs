@@ -44,13 +44,14 @@ pub enum StoreError {
 }
 
 /// What [`Store::rotate`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RotateOutcome {
     /// The presented token was current; it is now retired and the successor is current.
     Rotated,
     /// The presented token was no longer current or its session no longer active
-    /// (another request rotated or revoked it first); nothing was written.
-    NotCurrent,
+    /// (another request rotated or revoked it first); nothing was written. Carries the
+    /// session as the database holds it, which a cached read may not show yet.
+    NotCurrent(Option<Session>),
 }
 
 /// A page of records and the key to continue after.

@@ -401,7 +401,7 @@ impl Store for SledStore {
                     session.idle_expires_at = idle_expires_at;
                     (Edit::Put(session), RotateOutcome::Rotated)
                 }
-                _ => (Edit::Leave, RotateOutcome::NotCurrent),
+                stored => (Edit::Leave, RotateOutcome::NotCurrent(stored)),
             })
         })?;
         if outcome == RotateOutcome::Rotated {
