@@ -11,7 +11,7 @@
 //! sled's own page cache still sits behind them.
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, Hash};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 use std::sync::Mutex;
 
 // A seeded fast hash (the one hashbrown uses): keys are cached per request, and some
@@ -21,21 +21,52 @@ use foldhash::fast::RandomState;
 const SHARDS: usize = 64;
 
 /// A sharded, bounded map from keys to "value or known absent".
+///
+/// Slots are found by a seeded 64-bit hash of the key, stored inline in the table, so a
+/// lookup touches the table and then the slot's own key (compared in full: two keys with
+/// one hash simply take turns in the slot).
 pub struct Cache<K, V> {
     shards: Box<[Mutex<Shard<K, V>>]>,
     per_shard: usize,
     hasher: RandomState,
 }
 
+struct Slot<K, V> {
+    key: K,
+    value: Option<V>,
+}
+
 struct Shard<K, V> {
-    map: HashMap<K, Option<V>, RandomState>,
-    order: VecDeque<K>,
+    map: HashMap<u64, Slot<K, V>, BuildHasherDefault<Prehashed>>,
+    order: VecDeque<u64>,
+}
+
+/// The hasher of the slot table: its keys already are hashes.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed here; fold anything else in, to stay correct.
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(word);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
     /// A cache of about `capacity` entries; 0 disables it (every get loads).
     pub fn new(capacity: usize) -> Self {
-        let per_shard = capacity.div_ceil(SHARDS);
+        // A little slack per shard, since keys never spread perfectly evenly.
+        let per_shard = capacity.div_ceil(SHARDS) + capacity.div_ceil(SHARDS * 8);
         Cache {
             shards: (0..SHARDS)
                 .map(|_| {
@@ -50,10 +81,6 @@ impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
         }
     }
 
-    fn shard(&self, key: &K) -> &Mutex<Shard<K, V>> {
-        &self.shards[self.hasher.hash_one(key) as usize % SHARDS]
-    }
-
     /// The cached value, or `load()`'s, which is then remembered.
     pub fn get_or_load<E>(
         &self,
@@ -63,20 +90,30 @@ impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
         if self.per_shard == 0 {
             return load();
         }
-        let mut shard = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(hit) = shard.map.get(key) {
-            return Ok(hit.clone());
+        let hash = self.hasher.hash_one(key);
+        let mut shard = self.shards[hash as usize % SHARDS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = shard.map.get(&hash)
+            && slot.key == *key
+        {
+            return Ok(slot.value.clone());
         }
         let value = load()?;
-        if shard.map.len() >= self.per_shard {
-            shard.evict_one();
-        }
-        shard.map.insert(key.clone(), value.clone());
-        shard.order.push_back(key.clone());
-        if shard.order.len() > 2 * self.per_shard {
-            // Invalidated keys leave stale entries in the queue; rebuild it now and then.
-            let live: VecDeque<K> = shard.map.keys().cloned().collect();
-            shard.order = live;
+        let slot = Slot {
+            key: key.clone(),
+            value: value.clone(),
+        };
+        if shard.map.insert(hash, slot).is_none() {
+            shard.order.push_back(hash);
+            if shard.map.len() > self.per_shard {
+                shard.evict_one();
+            }
+            if shard.order.len() > 2 * self.per_shard {
+                // Invalidated keys leave stale entries in the queue; rebuild it now and then.
+                let live: VecDeque<u64> = shard.map.keys().copied().collect();
+                shard.order = live;
+            }
         }
         Ok(value)
     }
@@ -86,15 +123,16 @@ impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
         if self.per_shard == 0 {
             return;
         }
-        self.shard(key)
+        let hash = self.hasher.hash_one(key);
+        let mut shard = self.shards[hash as usize % SHARDS]
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .map
-            .remove(key);
+            .unwrap_or_else(|e| e.into_inner());
+        // Whatever key holds the slot: removing a colliding one only costs a reload.
+        shard.map.remove(&hash);
     }
 }
 
-impl<K: Hash + Eq, V> Shard<K, V> {
+impl<K, V> Shard<K, V> {
     fn evict_one(&mut self) {
         while let Some(oldest) = self.order.pop_front() {
             if self.map.remove(&oldest).is_some() {
@@ -160,8 +198,9 @@ mod tests {
         }
         for shard in cache.shards.iter() {
             let shard = shard.lock().unwrap();
-            assert!(shard.map.len() <= 10);
-            assert!(shard.order.len() <= 20);
+            // 640 over 64 shards, plus the slack of one in eight.
+            assert!(shard.map.len() <= 12);
+            assert!(shard.order.len() <= 24);
         }
     }
 
