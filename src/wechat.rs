@@ -165,10 +165,13 @@ impl WxClient {
     }
 }
 
-/// Mock mode: the same code always gives the same openid.
+/// Mock mode: the code names the user. `alice` and `alice#<anything>` are the same user,
+/// so a client can send a fresh code at every login, as `wx.login()` gives, and still
+/// come back as the same user.
 fn mock_identity(code: &str) -> WxIdentity {
+    let name = code.split_once('#').map_or(code, |(name, _)| name);
     let mut tagged = b"liveuser-mock:".to_vec();
-    tagged.extend_from_slice(code.as_bytes());
+    tagged.extend_from_slice(name.as_bytes());
     WxIdentity {
         openid: format!("mock-{}", hex(&sha256(&tagged)[..12])),
         unionid: None,
@@ -260,6 +263,8 @@ mod tests {
         assert_eq!(a.openid, mock_identity("alice").openid);
         assert_ne!(a.openid, mock_identity("bob").openid);
         assert!(!a.openid.contains("alice"));
+        assert_eq!(a.openid, mock_identity("alice#2").openid);
+        assert_eq!(a.openid, mock_identity("alice#x#y").openid);
     }
 
     #[test]
