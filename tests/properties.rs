@@ -82,6 +82,7 @@ struct Family {
     created_at: u64,
     expires_at: u64,
     idle_expires_at: u64,
+    /// Revoked, or deleted by a sweep after it died: gone for good either way.
     revoked: bool,
 }
 
@@ -288,6 +289,13 @@ impl World {
             }
             Op::Sweep => {
                 self.rt.block_on(self.service.sweep()).unwrap();
+                // The sweep deletes every session dead at `now`: those families are gone
+                // for good, even if the clock then steps back to before their expiry.
+                for fam in &mut self.families {
+                    if !fam.live(now) {
+                        fam.revoked = true;
+                    }
+                }
             }
             Op::Advance(secs) => {
                 self.clock.0.fetch_add(secs, Ordering::SeqCst);
