@@ -219,6 +219,19 @@ impl SledStore {
         Ok(())
     }
 
+    /// Writes a session, after its user index entry (the session is what makes its
+    /// tokens count, so it goes last), and drops any cached copy.
+    fn put_session(&self, session: &Session) -> StoreResult<()> {
+        self.uid_sessions
+            .insert(uid_sid_key(&session.uid, session.sid), &[])
+            .map_err(io)?;
+        self.sessions
+            .insert(session.sid.0, encode(session))
+            .map_err(io)?;
+        self.session_cache.invalidate(&session.sid);
+        Ok(())
+    }
+
     /// Revokes `sid` if it is active; whether it was.
     fn revoke_one(&self, sid: Sid) -> StoreResult<bool> {
         let revoked = edit(&self.sessions, &sid.0, |stored: Option<Session>| {
@@ -368,13 +381,7 @@ impl Store for SledStore {
             self.revoke_one(sid)?;
         }
         self.put_token(session.sid, session.current, session.created_at)?;
-        self.uid_sessions
-            .insert(uid_sid_key(&session.uid, session.sid), &[])
-            .map_err(io)?;
-        self.sessions
-            .insert(session.sid.0, encode(session))
-            .map_err(io)?;
-        self.session_cache.invalidate(&session.sid);
+        self.put_session(session)?;
         self.commit.durable().await
     }
 
@@ -557,13 +564,7 @@ impl Store for SledStore {
             for (hash, record) in records {
                 self.put_token(session.sid, *hash, record.issued_at)?;
             }
-            self.uid_sessions
-                .insert(uid_sid_key(&session.uid, session.sid), &[])
-                .map_err(io)?;
-            self.sessions
-                .insert(session.sid.0, encode(session))
-                .map_err(io)?;
-            self.session_cache.invalidate(&session.sid);
+            self.put_session(session)?;
         }
         self.commit.durable().await
     }
