@@ -263,19 +263,33 @@ fn serve(config_path: &Path) {
     });
 }
 
-/// Logs `n` users in through the service, in-process, and returns their credentials.
-fn seed(config: &Config, n: usize) -> Vec<Seeded> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+/// A runtime for the in-process work before the server starts.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .unwrap();
-    runtime.block_on(async {
-        let store = Arc::new(liveuser::app::open_store(config).expect("open store"));
-        let service = Arc::new(
-            liveuser::app::build_service(config, store, Arc::new(SystemClock))
-                .await
-                .expect("service"),
-        );
+        .unwrap()
+}
+
+/// The store of `config` and a service on it, as `liveuser serve` builds them.
+async fn open_service(
+    config: &Config,
+) -> (
+    Arc<liveuser::store::SledStore>,
+    liveuser::service::Service<liveuser::store::SledStore>,
+) {
+    let store = Arc::new(liveuser::app::open_store(config).expect("open store"));
+    let service = liveuser::app::build_service(config, store.clone(), Arc::new(SystemClock))
+        .await
+        .expect("service");
+    (store, service)
+}
+
+/// Logs `n` users in through the service, in-process, and returns their credentials.
+fn seed(config: &Config, n: usize) -> Vec<Seeded> {
+    runtime().block_on(async {
+        let (_, service) = open_service(config).await;
+        let service = Arc::new(service);
         let mut out: Vec<Option<Seeded>> = vec![None; n];
         let chunk = 512;
         for start in (0..n).step_by(chunk) {
@@ -311,16 +325,9 @@ fn seed(config: &Config, n: usize) -> Vec<Seeded> {
 /// Credentials for an already seeded database: every uid, and a fresh login of the first
 /// `logins` users (whose tokens the query workload uses, one per connection).
 fn reuse(config: &Config, logins: usize) -> Vec<Seeded> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    runtime().block_on(async {
         use liveuser::store::Store;
-        let store = Arc::new(liveuser::app::open_store(config).expect("open store"));
-        let service = liveuser::app::build_service(config, store.clone(), Arc::new(SystemClock))
-            .await
-            .expect("service");
+        let (store, service) = open_service(config).await;
         let mut users = Vec::new();
         let mut after = None;
         loop {
