@@ -10,13 +10,14 @@ use tokio::sync::watch;
 use crate::admin::endpoint::{self, Endpoint};
 use crate::admin::{Admin, api as admin_api};
 use crate::clock::SharedClock;
-use crate::config::{Config, WxMode};
+use crate::config::{Config, StorageBackend, WxMode};
 use crate::http::observe::Observer;
 use crate::http::tls::{Tls, TlsError};
 use crate::http::{self, ConnSettings};
 use crate::metrics::Metrics;
 use crate::service::{Policy, Service};
-use crate::store::{SledStore, Store, StoreError};
+use crate::store::postgres::ConnectOptions;
+use crate::store::{AnyStore, PgStore, SledStore, Store, StoreError};
 use crate::token::{AccessTokens, RefreshKey, random_bytes};
 use crate::wechat::WxClient;
 
@@ -70,15 +71,56 @@ pub fn tune_allocator() {
     }
 }
 
-/// Opens the store named by `config`.
-pub fn open_store(config: &Config) -> Result<SledStore, StartError> {
+/// Where `config` keeps its data, for messages: the sled directory, or the PostgreSQL
+/// hosts and database (never the URL, which may hold a password).
+pub fn storage_location(config: &Config) -> String {
     let storage = &config.storage;
-    SledStore::open(&storage.path, storage.cache_capacity_bytes)
-        .map(|store| store.with_caches(storage.user_cache_entries, storage.session_cache_entries))
-        .map_err(|source| StartError::Store {
-            path: storage.path.display().to_string(),
-            source,
-        })
+    match storage.backend {
+        StorageBackend::Sled => storage.path.display().to_string(),
+        StorageBackend::Postgres => match ConnectOptions::parse(storage.postgres_url.expose()) {
+            Ok(options) => format!("postgres {}", options.describe()),
+            Err(_) => "postgres (storage.postgres_url is not valid)".into(),
+        },
+    }
+}
+
+/// Opens the store named by `config`: the sled database, or a pool of connections to
+/// PostgreSQL with its schema migrated to this binary's version.
+pub async fn open_store(config: &Config) -> Result<AnyStore, StartError> {
+    let storage = &config.storage;
+    let failed = |source| StartError::Store {
+        path: storage_location(config),
+        source,
+    };
+    match storage.backend {
+        StorageBackend::Sled => SledStore::open(&storage.path, storage.cache_capacity_bytes)
+            .map(|store| {
+                AnyStore::Sled(
+                    store.with_caches(storage.user_cache_entries, storage.session_cache_entries),
+                )
+            })
+            .map_err(failed),
+        StorageBackend::Postgres => {
+            let options = ConnectOptions::parse(storage.postgres_url.expose())
+                .map_err(|e| failed(StoreError::Io(format!("storage.postgres_url {e}"))))?;
+            let (store, migrated) = PgStore::open(
+                &options,
+                storage.postgres_pool_size,
+                storage.user_cache_entries,
+                storage.session_cache_entries,
+            )
+            .await
+            .map_err(failed)?;
+            tracing::info!(
+                database = %options.describe(),
+                tls = ?options.tls,
+                schema_version = migrated.to,
+                migrated_from = migrated.from,
+                "storage: PostgreSQL"
+            );
+            Ok(AnyStore::Postgres(store))
+        }
+    }
 }
 
 /// Builds the service over an open store: keys (configured or generated and stored),
@@ -107,10 +149,11 @@ pub async fn build_service<S: Store>(
 pub struct Running {
     /// The bound public address.
     pub addr: SocketAddr,
-    /// The bound admin address.
-    pub admin_addr: SocketAddr,
+    /// The bound admin address (none on PostgreSQL: the CLI works on the database
+    /// directly, so there is no admin API to serve).
+    pub admin_addr: Option<SocketAddr>,
     /// The service, for in-process inspection.
-    pub service: Arc<Service<SledStore>>,
+    pub service: Arc<Service<AnyStore>>,
     stop: watch::Sender<bool>,
     done: tokio::task::JoinHandle<()>,
 }
@@ -149,7 +192,7 @@ pub async fn start(config: &Config, clock: SharedClock) -> Result<Running, Start
     } else {
         Some(Tls::load(&config.server.tls_cert, &config.server.tls_key)?)
     };
-    let store = Arc::new(open_store(config)?);
+    let store = Arc::new(open_store(config).await?);
     let metrics = Arc::new(Metrics::new());
     metrics.set_enabled(config.server.metrics);
     {
@@ -159,7 +202,7 @@ pub async fn start(config: &Config, clock: SharedClock) -> Result<Running, Start
     let service = build_service(config, store.clone(), clock)
         .await
         .map_err(|source| StartError::Store {
-            path: config.storage.path.display().to_string(),
+            path: storage_location(config),
             source,
         })?
         .with_metrics(metrics.clone());
@@ -168,23 +211,31 @@ pub async fn start(config: &Config, clock: SharedClock) -> Result<Running, Start
     crate::keys::record_key_source(store.as_ref(), &config.token, service.now())
         .await
         .map_err(|source| StartError::Store {
-            path: config.storage.path.display().to_string(),
+            path: storage_location(config),
             source,
         })?;
     let service = Arc::new(service);
     let (listener, addr) = bind(config.server.listen).await?;
-    let (admin_listener, admin_addr) = bind(config.server.admin_listen).await?;
-    if !admin_addr.ip().is_loopback() {
-        tracing::warn!(%admin_addr, "the admin API is plain HTTP and is not on loopback; keep it on a trusted network");
-    }
-    let endpoint = Arc::new(Endpoint::generate(admin_addr));
-    let endpoint_file = endpoint::path_for(&config.storage.path);
-    endpoint
-        .write(&endpoint_file)
-        .map_err(|source| StartError::AdminToken {
-            path: endpoint_file.display().to_string(),
-            source,
-        })?;
+    // The admin API exists because sled lets one process open the database; on
+    // PostgreSQL the CLI connects to the database itself, so there is none to serve.
+    let admin = if store.is_shared() {
+        None
+    } else {
+        let (admin_listener, admin_addr) = bind(config.server.admin_listen).await?;
+        if !admin_addr.ip().is_loopback() {
+            tracing::warn!(%admin_addr, "the admin API is plain HTTP and is not on loopback; keep it on a trusted network");
+        }
+        let endpoint = Arc::new(Endpoint::generate(admin_addr));
+        let endpoint_file = endpoint::path_for(&config.storage.path);
+        endpoint
+            .write(&endpoint_file)
+            .map_err(|source| StartError::AdminToken {
+                path: endpoint_file.display().to_string(),
+                source,
+            })?;
+        Some((admin_listener, admin_addr, endpoint, endpoint_file))
+    };
+    let admin_addr = admin.as_ref().map(|a| a.1);
 
     if config.wx.mode == WxMode::Mock {
         tracing::warn!(
@@ -200,6 +251,14 @@ pub async fn start(config: &Config, clock: SharedClock) -> Result<Running, Start
         Duration::from_secs(config.storage.sweep_interval_secs),
         stopped.clone(),
     ));
+    // Another instance or the CLI may rotate the signing key: put it in force here too.
+    let key_reloader = store.key_changes().map(|changes| {
+        tokio::spawn(reload_keys_on_change(
+            service.clone(),
+            config.token.clone(),
+            changes,
+        ))
+    });
     // Count users and live sessions in the background: a count scans both trees (seconds
     // at a million users), and the server must not wait for it to become healthy. Until
     // it finishes the two gauges read 0.
@@ -219,14 +278,17 @@ pub async fn start(config: &Config, clock: SharedClock) -> Result<Running, Start
         )),
         ..ConnSettings::from_config(&config.server)
     };
-    let admin_routes = admin_api::routes(
-        Arc::new(Admin::new(service.clone(), config.token.clone())),
-        endpoint,
-    );
-    let admin_settings = ConnSettings {
-        observer: Arc::new(Observer::new("admin", None)),
-        ..ConnSettings::from_config(&config.server)
-    };
+    let admin = admin.map(|(listener, _, endpoint, file)| {
+        let routes = admin_api::routes(
+            Arc::new(Admin::new(service.clone(), config.token.clone())),
+            endpoint,
+        );
+        let settings = ConnSettings {
+            observer: Arc::new(Observer::new("admin", None)),
+            ..ConnSettings::from_config(&config.server)
+        };
+        (listener, routes, settings, file)
+    });
     let scheme = if public.tls.is_some() {
         "https"
     } else {
@@ -240,21 +302,39 @@ pub async fn start(config: &Config, clock: SharedClock) -> Result<Running, Start
         let admin_shutdown = async move {
             let _ = admin_stopped.wait_for(|s| *s).await;
         };
-        tokio::join!(
-            http::serve(listener, routes, public, shutdown),
-            http::serve(admin_listener, admin_routes, admin_settings, admin_shutdown),
-        );
+        let endpoint_file = match admin {
+            Some((admin_listener, admin_routes, admin_settings, file)) => {
+                tokio::join!(
+                    http::serve(listener, routes, public, shutdown),
+                    http::serve(admin_listener, admin_routes, admin_settings, admin_shutdown),
+                );
+                Some(file)
+            }
+            None => {
+                http::serve(listener, routes, public, shutdown).await;
+                None
+            }
+        };
         sweeper.abort();
         // The sweeper holds the store: wait until it is gone, so a restart in the same
         // process can open the database again.
         let _ = sweeper.await;
-        let _ = std::fs::remove_file(&endpoint_file);
+        if let Some(reloader) = key_reloader {
+            reloader.abort();
+            let _ = reloader.await;
+        }
+        if let Some(file) = endpoint_file {
+            let _ = std::fs::remove_file(&file);
+        }
         match store.flush() {
             Ok(()) => tracing::info!("storage flushed; stopped"),
             Err(e) => tracing::error!(error = %e, "final flush failed"),
         }
     });
-    tracing::info!(%addr, %admin_addr, scheme, "liveuser listening");
+    match admin_addr {
+        Some(admin_addr) => tracing::info!(%addr, %admin_addr, scheme, "liveuser listening"),
+        None => tracing::info!(%addr, scheme, "liveuser listening"),
+    }
     Ok(Running {
         addr,
         admin_addr,
@@ -278,6 +358,20 @@ async fn sweep_forever<S: Store>(
             Ok(0) => {}
             Ok(n) => tracing::info!(sessions = n, "swept dead sessions"),
             Err(e) => tracing::error!(error = %e, "session sweep failed"),
+        }
+    }
+}
+
+async fn reload_keys_on_change<S: Store>(
+    service: Arc<Service<S>>,
+    token: crate::config::TokenConfig,
+    mut changes: watch::Receiver<u64>,
+) {
+    while changes.changed().await.is_ok() {
+        if let Err(e) = service.reload_signing_keys(&token).await {
+            tracing::warn!(error = %e, "reloading the signing keys failed; retrying in 1 s");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            changes.mark_changed();
         }
     }
 }

@@ -66,6 +66,13 @@ pub enum Command {
     /// the hashes of their refresh tokens. The file is written with mode 0600: with
     /// sessions it can restore logins, so keep it like the database itself.
     Export(ExportArgs),
+    /// Bring the PostgreSQL schema up to this version of liveuser, without serving.
+    ///
+    /// Servers do the same at start (under an advisory lock, so instances starting at
+    /// once migrate once); this runs it on its own, e.g. before a rolling upgrade. A
+    /// schema newer than this binary is refused. With storage.backend = "sled" there is
+    /// nothing to migrate.
+    Migrate,
     /// Restore a file written by `export`.
     ///
     /// Every line is checked before anything is written; the first bad line is
@@ -302,6 +309,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             Ok(backend.close()?)
         }
         Command::Export(args) => export(&config, out, &args),
+        Command::Migrate => migrate(&config, out),
         Command::Import(args) => import(&config, out, &args),
     }
 }
@@ -316,7 +324,7 @@ struct Output {
 fn connect(config: &Config, out: Output, create: bool) -> Result<Backend, CliError> {
     let backend = Backend::connect(config, create)?;
     if out.verbose {
-        eprintln!("liveuser: {}", backend.describe(&config.storage.path));
+        eprintln!("liveuser: {}", backend.describe(config));
     }
     Ok(backend)
 }
@@ -644,6 +652,42 @@ fn import(config: &Config, out: Output, args: &ImportArgs) -> Result<(), CliErro
     } else {
         emit(&print::counts("imported", &counts))
     }
+}
+
+fn migrate(config: &Config, out: Output) -> Result<(), CliError> {
+    use crate::config::StorageBackend;
+    use crate::store::postgres::{self, ConnectOptions};
+    if config.storage.backend == StorageBackend::Sled {
+        return emit("nothing to migrate: storage.backend is \"sled\"\n");
+    }
+    let options = ConnectOptions::parse(config.storage.postgres_url.expose())
+        .map_err(|e| CliError::Other(format!("storage.postgres_url {e}")))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Other(format!("cannot start a runtime: {e}")))?;
+    let migrated = runtime
+        .block_on(postgres::migrate_only(&options))
+        .map_err(AdminError::from)?;
+    if out.json {
+        return emit(&print::json(&serde_json::json!({
+            "database": options.describe(),
+            "from": migrated.from,
+            "to": migrated.to,
+            "applied": migrated.applied,
+        })));
+    }
+    let mut text = String::new();
+    for applied in &migrated.applied {
+        text.push_str(&format!("applied {applied}\n"));
+    }
+    text.push_str(&format!(
+        "{}: schema version {} (was {})\n",
+        options.describe(),
+        migrated.to,
+        migrated.from
+    ));
+    emit(&text)
 }
 
 /// `serve`: runs the server (public API and admin API) until SIGTERM or SIGINT, then

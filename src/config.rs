@@ -77,10 +77,28 @@ impl Default for ServerConfig {
     }
 }
 
+/// Where the data lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    /// The embedded sled database at `storage.path`: one process, one machine.
+    Sled,
+    /// A PostgreSQL database at `storage.postgres_url`, shared by any number of
+    /// instances.
+    Postgres,
+}
+
 /// `[storage]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
+    /// `sled` (the default) or `postgres`.
+    pub backend: StorageBackend,
+    /// A libpq URL (`postgres://user@host/db?sslmode=verify-full`). It may hold a
+    /// password, so it is a secret: only its host and database are ever logged.
+    pub postgres_url: Secret<String>,
+    /// Connections each instance keeps to PostgreSQL at most.
+    pub postgres_pool_size: usize,
     /// Directory of the sled database.
     pub path: PathBuf,
     /// Size of sled's page cache. sled's own default (1 GiB) is far more than a login
@@ -98,6 +116,9 @@ pub struct StorageConfig {
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
+            backend: StorageBackend::Sled,
+            postgres_url: Secret::default(),
+            postgres_pool_size: 16,
             path: PathBuf::from("./data/liveuser.db"),
             cache_capacity_bytes: 128 * 1024 * 1024,
             sweep_interval_secs: 600,
@@ -449,6 +470,30 @@ impl Config {
             (1..=1_000_000).contains(&s.max_connections),
             "server.max_connections",
             "must be between 1 and 1000000",
+        )?;
+        let st = &self.storage;
+        let url = st.postgres_url.expose();
+        match st.backend {
+            StorageBackend::Sled => check(
+                url.is_empty(),
+                "storage.postgres_url",
+                "is set but storage.backend is \"sled\": set storage.backend = \"postgres\" to use it, or remove it",
+            )?,
+            StorageBackend::Postgres => {
+                check(
+                    !url.is_empty(),
+                    "storage.postgres_url",
+                    "must be set when storage.backend is \"postgres\" (e.g. postgres://liveuser@db.internal/liveuser)",
+                )?;
+                if let Err(reason) = crate::store::postgres::ConnectOptions::parse(url) {
+                    return Err(("storage.postgres_url", reason));
+                }
+            }
+        }
+        check(
+            (1..=1000).contains(&st.postgres_pool_size),
+            "storage.postgres_pool_size",
+            "must be between 1 and 1000",
         )?;
         check(
             !self.storage.path.as_os_str().is_empty(),
@@ -808,6 +853,53 @@ mod tests {
         let err = load("[storage]\ncache_capacity_bytes = 100\n", &[]).unwrap_err();
         assert_eq!(err.key.as_deref(), Some("storage.cache_capacity_bytes"));
         assert!(load("[storage]\ncache_capacity_bytes = 1048576\n", &[]).is_ok());
+    }
+
+    #[test]
+    fn postgres_settings_must_agree_with_the_backend_and_never_echo_the_url() {
+        let c = load("", &[]).unwrap().config;
+        assert_eq!(c.storage.backend, StorageBackend::Sled);
+        assert_eq!(c.storage.postgres_pool_size, 16);
+        let url = "postgres://lu:pa55word-xyz@db.internal/liveuser";
+        // A URL for a backend that does not use it is a mistake, not a default.
+        let err = load(&format!("[storage]\npostgres_url = \"{url}\"\n"), &[]).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("storage.postgres_url"));
+        assert!(!err.to_string().contains("pa55word"), "{err}");
+        let err = load("[storage]\nbackend = \"postgres\"\n", &[]).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("storage.postgres_url"));
+        let err = load("[storage]\nbackend = \"mysql\"\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("backend"), "{err}");
+        let c = load(
+            "[storage]\nbackend = \"postgres\"\n",
+            &[("LIVEUSER_STORAGE_POSTGRES_URL", url)],
+        )
+        .unwrap()
+        .config;
+        assert_eq!(c.storage.postgres_url.expose(), url);
+        assert!(
+            !format!("{c:?}").contains("pa55word"),
+            "Debug hides the URL"
+        );
+        let err = load(
+            "[storage]\nbackend = \"postgres\"\n",
+            &[(
+                "LIVEUSER_STORAGE_POSTGRES_URL",
+                "postgres://lu:pa55word-xyz@db/x?sslmode=verify-ca",
+            )],
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.source,
+            "environment variable LIVEUSER_STORAGE_POSTGRES_URL"
+        );
+        assert!(err.reason.contains("verify-full"), "{err}");
+        assert!(!err.to_string().contains("pa55word"), "{err}");
+        let err = load(
+            &format!("[storage]\nbackend = \"postgres\"\npostgres_url = \"{url}\"\npostgres_pool_size = 0\n"),
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("storage.postgres_pool_size"));
     }
 
     #[test]

@@ -16,7 +16,8 @@
 //! - [`keys`]: where signing keys come from, and their rotation.
 //! - [`limits`]: per-client-address rate limits on Login and RenewToken.
 //! - [`wechat`]: the `jscode2session` exchange, real or mocked.
-//! - [`store`]: the storage interface and its sled backend (codec, group commit).
+//! - [`store`]: the storage interface, its sled backend (codec, group commit) and its
+//!   PostgreSQL backend (several instances on one database).
 //! - [`model`]: validated identifiers and the records.
 //! - [`clock`], [`secret`], [`logging`], [`context`]: injected time, secret wrapper, log
 //!   setup, the per-request context of the access log.

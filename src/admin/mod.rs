@@ -11,6 +11,9 @@
 //!   with "locked"): the CLI posts the same request struct to the server's admin API
 //!   ([`api`], on `server.admin_listen`) and decodes the same answer struct.
 //!
+//! On PostgreSQL there is no lock to detect and nothing to go through: any number of
+//! servers and CLIs share the database, so the CLI always runs the operation itself.
+//!
 //! Both paths yield identical structs, so the printed output ([`print`](mod@print)) is identical.
 //! The admin API is authenticated by a random token that the server writes beside the
 //! database at start ([`endpoint`]). Export and import ([`backup`]) stream JSON lines.
@@ -22,12 +25,11 @@ pub mod endpoint;
 pub mod ops;
 pub mod print;
 
-use std::path::Path;
 use std::sync::Arc;
 
 use crate::clock::SystemClock;
-use crate::config::Config;
-use crate::store::{SledStore, StoreError};
+use crate::config::{Config, StorageBackend};
+use crate::store::{AnyStore, StoreError};
 
 pub use self::ops::{Admin, AdminError, ErrorKind, Operation};
 
@@ -36,7 +38,7 @@ pub enum Backend {
     /// In this process, on the database opened directly (the server is stopped).
     Direct {
         /// The operations over the opened database.
-        admin: Arc<Admin<SledStore>>,
+        admin: Arc<Admin<AnyStore>>,
         /// A runtime to run them on.
         runtime: tokio::runtime::Runtime,
     },
@@ -60,18 +62,18 @@ impl Backend {
     /// mistaken for an empty database.
     pub fn connect(config: &Config, create: bool) -> Result<Backend, AdminError> {
         let path = &config.storage.path;
-        if !create && !path.exists() {
+        if config.storage.backend == StorageBackend::Sled && !create && !path.exists() {
             return Err(AdminError::not_found(format!(
                 "no database at {} (check storage.path, or start the server once)",
                 path.display()
             )));
         }
-        match SledStore::open(path, config.storage.cache_capacity_bytes) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| AdminError::internal(format!("cannot start a runtime: {e}")))?;
+        match runtime.block_on(crate::app::open_store(config)) {
             Ok(store) => {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|e| AdminError::internal(format!("cannot start a runtime: {e}")))?;
                 let store = Arc::new(store);
                 let service = runtime
                     .block_on(crate::app::build_service(
@@ -85,19 +87,30 @@ impl Backend {
                     runtime,
                 })
             }
-            Err(StoreError::Locked) => {
+            Err(crate::app::StartError::Store {
+                source: StoreError::Locked,
+                ..
+            }) => {
                 let file = endpoint::path_for(path);
                 let endpoint = endpoint::Endpoint::read(&file)?;
                 Ok(Backend::Api(client::AdminClient::new(&endpoint)))
             }
-            Err(e) => Err(AdminError::from(e)),
+            Err(crate::app::StartError::Store { source, .. }) => Err(AdminError::from(source)),
+            Err(e) => Err(AdminError::unavailable(e.to_string())),
         }
     }
 
     /// Says which path this backend takes, for `-v`.
-    pub fn describe(&self, db: &Path) -> String {
+    pub fn describe(&self, config: &Config) -> String {
         match self {
-            Backend::Direct { .. } => format!("opened the database at {} directly", db.display()),
+            Backend::Direct { admin, .. } if admin.service().store().is_shared() => format!(
+                "connected to the database {} directly",
+                crate::app::storage_location(config)
+            ),
+            Backend::Direct { .. } => format!(
+                "opened the database at {} directly",
+                config.storage.path.display()
+            ),
             Backend::Api(c) => format!(
                 "the database is in use by the running server; using its admin API at {}",
                 c.base()

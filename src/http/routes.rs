@@ -27,7 +27,7 @@ pub fn api<S: Store>(
     body_limit: u64,
     limits: Arc<Limits>,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
-    healthz()
+    healthz(service.clone())
         .or(login(service.clone(), body_limit, limits.clone()))
         .unify()
         .or(renew_token(service.clone(), body_limit, limits))
@@ -45,10 +45,23 @@ pub fn api<S: Store>(
 }
 
 /// `GET /healthz`: `{"status":"ok"}` (storage is open before the listener starts).
-pub fn healthz() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+/// On PostgreSQL it also says whether the database can be reached:
+/// `{"status":"ok","database":"up"}`, or 503 `{"status":"unavailable","database":"down"}`
+/// (no round trip: the state is the listening connection's, checked every 300 ms).
+pub fn healthz<S: Store>(
+    service: Arc<Service<S>>,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("healthz")
         .and(method(Method::GET))
-        .map(|| json(br#"{"status":"ok"}"#.to_vec()))
+        .map(move || match service.store().database_up() {
+            None => json(br#"{"status":"ok"}"#.to_vec()),
+            Some(true) => json(br#"{"status":"ok","database":"up"}"#.to_vec()),
+            Some(false) => {
+                let mut response = json(br#"{"status":"unavailable","database":"down"}"#.to_vec());
+                *response.status_mut() = warp::http::StatusCode::SERVICE_UNAVAILABLE;
+                response
+            }
+        })
 }
 
 /// `POST /liveuser/Wx/Login` (rate-limited per client address)

@@ -39,6 +39,10 @@ struct Slot<K, V> {
 struct Shard<K, V> {
     map: HashMap<u64, Slot<K, V>, BuildHasherDefault<Prehashed>>,
     order: VecDeque<u64>,
+    /// Bumped by every invalidation of a key of this shard, so a load that ran without
+    /// the lock ([`Cache::stamp`], [`Cache::fill`]) is not remembered if a write may
+    /// have overtaken it.
+    generation: u64,
 }
 
 /// The hasher of the slot table: its keys already are hashes.
@@ -73,6 +77,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
                     Mutex::new(Shard {
                         map: HashMap::default(),
                         order: VecDeque::new(),
+                        generation: 0,
                     })
                 })
                 .collect(),
@@ -100,22 +105,65 @@ impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
             return Ok(slot.value.clone());
         }
         let value = load()?;
-        let slot = Slot {
-            key: key.clone(),
-            value: value.clone(),
-        };
-        if shard.map.insert(hash, slot).is_none() {
-            shard.order.push_back(hash);
-            if shard.map.len() > self.per_shard {
-                shard.evict_one();
-            }
-            if shard.order.len() > 2 * self.per_shard {
-                // Invalidated keys leave stale entries in the queue; rebuild it now and then.
-                let live: VecDeque<u64> = shard.map.keys().copied().collect();
-                shard.order = live;
-            }
-        }
+        shard.remember(hash, key.clone(), value.clone(), self.per_shard);
         Ok(value)
+    }
+
+    /// The cached value of `key` (`Some(None)`: known to be absent), or `None` on a miss.
+    /// For loads that cannot run under the shard's lock (an asynchronous database): take
+    /// a [`Cache::stamp`] before loading and [`Cache::fill`] after.
+    pub fn get(&self, key: &K) -> Option<Option<V>> {
+        if self.per_shard == 0 {
+            return None;
+        }
+        let hash = self.hasher.hash_one(key);
+        let shard = self.shards[hash as usize % SHARDS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match shard.map.get(&hash) {
+            Some(slot) if slot.key == *key => Some(slot.value.clone()),
+            _ => None,
+        }
+    }
+
+    /// The invalidation count of `key`'s shard, taken before a load started.
+    pub fn stamp(&self, key: &K) -> u64 {
+        if self.per_shard == 0 {
+            return 0;
+        }
+        let hash = self.hasher.hash_one(key);
+        self.shards[hash as usize % SHARDS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .generation
+    }
+
+    /// Remembers a loaded value, unless an invalidation of its shard happened since
+    /// `stamp` was taken (the load may then have read what the invalidating write
+    /// replaced). Invalidations come after their write is committed, so a load stamped
+    /// after one reads at least that write.
+    pub fn fill(&self, key: &K, value: Option<V>, stamp: u64) {
+        if self.per_shard == 0 {
+            return;
+        }
+        let hash = self.hasher.hash_one(key);
+        let mut shard = self.shards[hash as usize % SHARDS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if shard.generation == stamp {
+            shard.remember(hash, key.clone(), value, self.per_shard);
+        }
+    }
+
+    /// Forgets everything (e.g. when invalidations from other instances may have been
+    /// missed).
+    pub fn clear(&self) {
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            shard.map.clear();
+            shard.order.clear();
+            shard.generation += 1;
+        }
     }
 
     /// Forgets `key`; writers call this after their change is committed.
@@ -129,10 +177,25 @@ impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
             .unwrap_or_else(|e| e.into_inner());
         // Whatever key holds the slot: removing a colliding one only costs a reload.
         shard.map.remove(&hash);
+        shard.generation += 1;
     }
 }
 
 impl<K, V> Shard<K, V> {
+    fn remember(&mut self, hash: u64, key: K, value: Option<V>, per_shard: usize) {
+        if self.map.insert(hash, Slot { key, value }).is_none() {
+            self.order.push_back(hash);
+            if self.map.len() > per_shard {
+                self.evict_one();
+            }
+            if self.order.len() > 2 * per_shard {
+                // Invalidated keys leave stale entries in the queue; rebuild it now and then.
+                let live: VecDeque<u64> = self.map.keys().copied().collect();
+                self.order = live;
+            }
+        }
+    }
+
     fn evict_one(&mut self) {
         while let Some(oldest) = self.order.pop_front() {
             if self.map.remove(&oldest).is_some() {
@@ -212,6 +275,22 @@ mod tests {
             cache.get_or_load(&1, || Ok::<_, &str>(Some(5))).unwrap(),
             Some(5)
         );
+    }
+
+    #[test]
+    fn a_load_overtaken_by_an_invalidation_is_not_remembered() {
+        let cache: Cache<u32, u32> = Cache::new(100);
+        let stamp = cache.stamp(&1);
+        cache.invalidate(&1); // a write committed while the load was in flight
+        cache.fill(&1, Some(1), stamp);
+        assert_eq!(cache.get(&1), None, "the possibly stale value is not kept");
+        let stamp = cache.stamp(&1);
+        cache.fill(&1, Some(2), stamp);
+        assert_eq!(cache.get(&1), Some(Some(2)));
+        cache.clear();
+        assert_eq!(cache.get(&1), None);
+        cache.fill(&1, None, stamp);
+        assert_eq!(cache.get(&1), None, "a stamp from before clear() is stale");
     }
 
     #[test]

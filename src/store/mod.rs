@@ -14,9 +14,11 @@
 //! if a crash stops it half way (they belong to no session yet, or to a dead one, and are
 //! swept).
 
+mod any;
 mod cache;
 pub mod codec;
 mod flush;
+pub mod postgres;
 pub mod sled;
 
 use std::future::Future;
@@ -26,7 +28,9 @@ use crate::model::{
     Identity, RefreshRecord, RetiredKey, Session, Sid, TokenHash, Uid, UserPatch, UserRecord,
 };
 
+pub use self::any::AnyStore;
 pub use self::flush::FlushObserver;
+pub use self::postgres::PgStore;
 pub use self::sled::SledStore;
 
 /// A storage failure. The message never holds a token or a secret.
@@ -242,4 +246,12 @@ pub trait Store: Send + Sync + 'static {
         retire_at: u64,
         now: u64,
     ) -> impl Future<Output = StoreResult<Option<Vec<u8>>>> + Send;
+
+    // ----- health -----
+
+    /// Whether a database server behind the store can be reached (`None`: the store is
+    /// embedded, so it is there as long as the process is). Cheap: no round trip.
+    fn database_up(&self) -> Option<bool> {
+        None
+    }
 }

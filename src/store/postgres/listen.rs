@@ -1,0 +1,227 @@
+//! Cache invalidation across instances: LISTEN/NOTIFY on one dedicated connection.
+//!
+//! Every write that changes a cached record (a session, a user) or the keys calls
+//! `pg_notify` in its own statement, so the notification is sent exactly when the write
+//! commits, to every instance on the database (the writer's own included). Payloads:
+//!
+//! | payload       | meaning                                  |
+//! |---------------|------------------------------------------|
+//! | `s<sid hex>`  | session `sid` changed (revoked, renewed) |
+//! | `u<uid>`      | user `uid` changed                       |
+//! | `k`           | the signing keys changed (rotation)      |
+//! | `*`           | anything may have changed (import)       |
+//!
+//! The caches are only as good as this connection. While it is down — and from the
+//! moment it is lost until it is listening again — the caches are emptied and bypassed:
+//! every read goes to the database. Losing it is noticed by the connection failing or by
+//! a heartbeat query every [`HEARTBEAT`] that must answer within [`HEARTBEAT_TIMEOUT`],
+//! so a silently dead connection is given up in about a second. On reconnect the caches
+//! are emptied again (notifications may have been missed) and the keys reloaded.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures_util::future::poll_fn;
+use tokio::sync::{oneshot, watch};
+use tokio_postgres::AsyncMessage;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::model::Session;
+use crate::model::{Sid, Uid, UserRecord};
+use crate::store::cache::Cache;
+
+/// How often the listening connection is checked.
+const HEARTBEAT: Duration = Duration::from_millis(300);
+/// How long a heartbeat may take before the connection is given up.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(700);
+/// Pause between reconnection attempts.
+const RETRY: Duration = Duration::from_millis(250);
+
+/// What the listener and the store share: the caches and whether they can be trusted.
+pub(super) struct Shared {
+    pub(super) users: Cache<Uid, Arc<UserRecord>>,
+    pub(super) sessions: Cache<Sid, Session>,
+    listening: AtomicBool,
+    keys: watch::Sender<u64>,
+}
+
+impl Shared {
+    pub(super) fn new(user_entries: usize, session_entries: usize) -> Self {
+        Shared {
+            users: Cache::new(user_entries),
+            sessions: Cache::new(session_entries),
+            listening: AtomicBool::new(false),
+            keys: watch::Sender::new(0),
+        }
+    }
+
+    /// Whether invalidations are being received, so the caches may be used.
+    pub(super) fn listening(&self) -> bool {
+        self.listening.load(Ordering::SeqCst)
+    }
+
+    /// A receiver told of every change of the signing keys (and of every reconnection,
+    /// after which a change may have been missed).
+    pub(super) fn key_changes(&self) -> watch::Receiver<u64> {
+        self.keys.subscribe()
+    }
+
+    pub(super) fn clear(&self) {
+        self.users.clear();
+        self.sessions.clear();
+    }
+
+    fn up(&self) {
+        // Emptied before they are trusted again: invalidations sent while nobody listened
+        // are lost.
+        self.clear();
+        self.listening.store(true, Ordering::SeqCst);
+        self.keys.send_modify(|n| *n += 1);
+    }
+
+    fn down(&self) {
+        self.listening.store(false, Ordering::SeqCst);
+        self.clear();
+    }
+
+    fn notified(&self, payload: &str) {
+        let (kind, rest) = payload.split_at(payload.len().min(1));
+        match kind {
+            "s" => match Sid::parse(rest) {
+                Some(sid) => self.sessions.invalidate(&sid),
+                None => self.clear(),
+            },
+            "u" => match Uid::parse(rest) {
+                Ok(uid) => self.users.invalidate(&uid),
+                Err(_) => self.clear(),
+            },
+            "k" => self.keys.send_modify(|n| *n += 1),
+            _ => self.clear(),
+        }
+    }
+}
+
+/// Keeps one connection listening on `channel` for as long as the task runs, reconnecting
+/// when it is lost.
+pub(super) async fn run(
+    pg: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
+    channel: String,
+    shared: Arc<Shared>,
+) {
+    let mut was_up = true;
+    loop {
+        let reason = listen_once(&pg, tls.clone(), &channel, &shared, &mut was_up).await;
+        shared.down();
+        if was_up {
+            tracing::warn!(
+                error = %reason,
+                "lost the database's notification connection; caches are bypassed until it is back"
+            );
+            was_up = false;
+        }
+        tokio::time::sleep(RETRY).await;
+    }
+}
+
+/// One listening connection, until it fails; returns why.
+async fn listen_once(
+    pg: &tokio_postgres::Config,
+    tls: MakeRustlsConnect,
+    channel: &str,
+    shared: &Arc<Shared>,
+    was_up: &mut bool,
+) -> String {
+    let (client, mut connection) = match pg.connect(tls).await {
+        Ok(pair) => pair,
+        Err(e) => return super::describe_error(&e),
+    };
+    let (closed_tx, mut closed) = oneshot::channel::<String>();
+    let receiver = shared.clone();
+    let driver = tokio::spawn(async move {
+        let reason = loop {
+            match poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(n))) => receiver.notified(n.payload()),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => break super::describe_error(&e),
+                None => break "the connection closed".to_string(),
+            }
+        };
+        let _ = closed_tx.send(reason);
+    });
+    let _driver = AbortOnDrop(driver);
+    if let Err(e) = client
+        .batch_execute(&format!("LISTEN {}", quote_ident(channel)))
+        .await
+    {
+        return super::describe_error(&e);
+    }
+    shared.up();
+    if !*was_up {
+        tracing::info!("the database's notification connection is back; caches in use again");
+    }
+    *was_up = true;
+    loop {
+        tokio::select! {
+            reason = &mut closed => return reason.unwrap_or_else(|_| "the connection closed".into()),
+            () = tokio::time::sleep(HEARTBEAT) => {
+                match tokio::time::timeout(HEARTBEAT_TIMEOUT, client.simple_query("")).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return super::describe_error(&e),
+                    Err(_) => return "the database did not answer the heartbeat in time".into(),
+                }
+            }
+        }
+    }
+}
+
+/// `"name"`, with inner quotes doubled.
+pub(super) fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notifications_invalidate_what_they_name_and_garbage_clears_everything() {
+        let shared = Shared::new(10, 10);
+        let sid = Sid([7; 16]);
+        let uid = Uid::parse("u1").unwrap();
+        shared
+            .sessions
+            .fill(&sid, None, shared.sessions.stamp(&sid));
+        shared.users.fill(&uid, None, shared.users.stamp(&uid));
+        shared.notified(&format!("s{sid}"));
+        assert_eq!(shared.sessions.get(&sid), None);
+        assert_eq!(shared.users.get(&uid), Some(None));
+        shared.notified("uu1");
+        assert_eq!(shared.users.get(&uid), None);
+        shared.users.fill(&uid, None, shared.users.stamp(&uid));
+        shared.notified("s-not-hex");
+        assert_eq!(
+            shared.users.get(&uid),
+            None,
+            "an unreadable payload clears all"
+        );
+        let keys = shared.key_changes();
+        shared.notified("k");
+        assert!(keys.has_changed().unwrap());
+    }
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(quote_ident("liveuser:public"), "\"liveuser:public\"");
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+}

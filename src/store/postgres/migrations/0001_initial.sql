@@ -1,0 +1,76 @@
+-- liveuser schema version 1: users, WeChat identities, sessions, keys.
+--
+-- Times are Unix seconds (bigint) unless the column says _ms. Identifiers that liveuser
+-- pages through (uid, openid) use the "C" collation, so their order is byte order, the
+-- same order the sled backend lists them in.
+--
+-- Sensitive columns live in tables whose names start with secret_, so that no
+-- `SELECT * FROM users`, identities or sessions ever shows one:
+--   secret_wechat_session_keys.session_key   WeChat's session_key of an identity
+--   secret_keys.key                          signing and refresh-derivation keys
+--   secret_retired_keys.key                  signing keys kept until they retire
+-- sessions.current_hash / previous_hash and refresh_tokens.hash are SHA-256 hashes of
+-- refresh tokens: not tokens, but what the database needs to accept one (as sensitive
+-- as the database itself, like an export with --sessions).
+
+CREATE TABLE users (
+    uid       text COLLATE "C" PRIMARY KEY
+              CONSTRAINT users_uid_format CHECK (uid ~ '^[A-Za-z0-9_.-]{1,64}$'),
+    name      text NOT NULL DEFAULT '' CHECK (char_length(name) <= 64),
+    agent     text NOT NULL DEFAULT '' CHECK (char_length(agent) <= 64),
+    avatar    text NOT NULL DEFAULT '' CHECK (char_length(avatar) <= 1024),
+    update_at bigint NOT NULL CHECK (update_at >= 0)
+) WITH (fillfactor = 90);
+
+-- openid → uid. A user's record exists before (or with) its identity.
+CREATE TABLE identities (
+    openid  text COLLATE "C" PRIMARY KEY CHECK (openid <> '' AND char_length(openid) <= 128),
+    uid     text COLLATE "C" NOT NULL REFERENCES users (uid),
+    unionid text CHECK (char_length(unionid) <= 128)
+);
+CREATE INDEX identities_uid ON identities (uid);
+
+CREATE TABLE secret_wechat_session_keys (
+    openid      text COLLATE "C" PRIMARY KEY REFERENCES identities (openid) ON DELETE CASCADE,
+    session_key text NOT NULL
+);
+
+-- One row per login. A renewal rewrites the row in place: fillfactor leaves room on
+-- the page so the update is a HOT update (no index changes: no indexed column moves).
+CREATE TABLE sessions (
+    sid             bytea PRIMARY KEY CHECK (octet_length(sid) = 16),
+    uid             text COLLATE "C" NOT NULL REFERENCES users (uid),
+    created_at      bigint NOT NULL,
+    last_used_at    bigint NOT NULL,
+    expires_at      bigint NOT NULL,
+    idle_expires_at bigint NOT NULL CHECK (idle_expires_at <= expires_at),
+    revoked         boolean NOT NULL DEFAULT false,
+    generation      bigint NOT NULL DEFAULT 0 CHECK (generation BETWEEN 0 AND 4294967295),
+    current_hash    bytea NOT NULL CHECK (octet_length(current_hash) = 32),
+    previous_hash   bytea CHECK (octet_length(previous_hash) = 32),
+    rotated_at_ms   bigint,
+    CONSTRAINT sessions_previous_complete CHECK ((previous_hash IS NULL) = (rotated_at_ms IS NULL))
+) WITH (fillfactor = 70);
+-- A user's sessions in creation order: the session cap at login, `session list --uid`.
+CREATE INDEX sessions_uid_created ON sessions (uid, created_at, sid);
+
+-- Every refresh token ever issued to a live session, by hash (reuse of an old token is
+-- recognised by it). Deleted with its session by the sweep.
+CREATE TABLE refresh_tokens (
+    hash      bytea PRIMARY KEY CHECK (octet_length(hash) = 32),
+    sid       bytea NOT NULL CHECK (octet_length(sid) = 16),
+    issued_at bigint NOT NULL
+);
+CREATE INDEX refresh_tokens_sid ON refresh_tokens (sid);
+
+CREATE TABLE secret_keys (
+    name text COLLATE "C" PRIMARY KEY,
+    key  bytea NOT NULL
+);
+
+CREATE TABLE secret_retired_keys (
+    name      text COLLATE "C" NOT NULL,
+    key       bytea NOT NULL,
+    retire_at bigint NOT NULL,
+    PRIMARY KEY (name, key)
+);

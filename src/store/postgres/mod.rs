@@ -1,0 +1,1006 @@
+//! The PostgreSQL backend: the same [`Store`] on a database that N instances share.
+//!
+//! Tables are in `migrations/0001_initial.sql` (typed columns, constraints, and the
+//! `secret_` tables that hold what must not be selected by accident). Each step of the
+//! store is one SQL statement — data-modifying CTEs where a step touches several rows —
+//! committed on its own (autocommit), so it is atomic, and durable on return with the
+//! server's default `synchronous_commit = on`. Statements are prepared once per pooled
+//! connection (deadpool-postgres' statement cache), so a call costs one round trip.
+//!
+//! Rotation is a compare-and-swap in SQL: `UPDATE sessions … WHERE sid = $1 AND
+//! current_hash = $2 AND <live>`. Concurrent renewals of one token, on any instances,
+//! queue on the row lock; the first one rotates, and under READ COMMITTED the others
+//! re-check the WHERE against the committed row, find another current token and update
+//! nothing. The same statement then reads the row `FOR SHARE`, which returns the latest
+//! committed version (not the statement's older snapshot), so a loser decides on the
+//! session as the winner left it.
+//!
+//! The read caches (users, sessions) are those of the sled backend, kept exact across
+//! instances by LISTEN/NOTIFY ([`listen`]): they are bypassed whenever the listening
+//! connection is down. The database being unreachable is an [`StoreError::Io`] (HTTP
+//! 503), after at most [`CALL_TIMEOUT`]; the pool reconnects by itself when it is back.
+
+mod connect;
+mod listen;
+mod migrate;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use tokio::sync::watch;
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+
+use self::listen::Shared;
+use super::{Census, Family, Page, Restore, RotateOutcome, Store, StoreError, StoreResult};
+use crate::model::{
+    Identity, RefreshRecord, RetiredKey, Rotation, Session, SessionState, Sid, TokenHash, Uid,
+    UserPatch, UserRecord,
+};
+use crate::secret::Secret;
+
+pub use self::connect::{ConnectOptions, TlsMode};
+pub use self::migrate::{LATEST as SCHEMA_VERSION, Migrated};
+
+/// The advisory lock (with the schema's hash as second key) held while migrating.
+const MIGRATE_LOCK: i32 = 0x6c75_6d67; // "lumg"
+
+/// Longest a store call waits for the database before answering `unavailable`.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Sessions removed per statement by the sweep.
+const SWEEP_BATCH: i64 = 1000;
+
+/// The columns of a session row, in the order [`session_from`] reads them.
+macro_rules! session_cols {
+    () => {
+        "sid, uid, created_at, last_used_at, expires_at, idle_expires_at, revoked, \
+         current_hash, previous_hash, rotated_at_ms"
+    };
+}
+
+/// A PostgreSQL database holding liveuser's tables.
+pub struct PgStore {
+    pool: Pool,
+    shared: Arc<Shared>,
+    /// The NOTIFY channel: `liveuser:<schema>`, so schemas sharing a database (tests)
+    /// do not see each other's invalidations.
+    channel: String,
+    described: String,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("database", &self.described)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        self.listener.abort();
+        self.pool.close();
+    }
+}
+
+/// A tokio-postgres error as one line, without what a DETAIL may quote (key values).
+fn describe_error(e: &tokio_postgres::Error) -> String {
+    if let Some(d) = e.as_db_error() {
+        return format!("{}: {} ({})", d.severity(), d.message(), d.code().code());
+    }
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
+}
+
+/// A failed statement as a [`StoreError`]: a broken constraint or bad data is
+/// [`StoreError::Corrupt`] (a bug, or a hand-edited database), the rest is the
+/// database being unreachable or failing ([`StoreError::Io`], 503).
+fn db(e: tokio_postgres::Error) -> StoreError {
+    let text = describe_error(&e);
+    match e.code().map(|c| &c.code()[..2]) {
+        Some("22" | "23") => StoreError::Corrupt(text),
+        _ => StoreError::Io(format!("database: {text}")),
+    }
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(format!("the database holds {what}"))
+}
+
+fn secs(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn unsigned(v: i64, what: &str) -> StoreResult<u64> {
+    u64::try_from(v).map_err(|_| corrupt(what))
+}
+
+fn sid_of(bytes: &[u8]) -> StoreResult<Sid> {
+    Ok(Sid(bytes.try_into().map_err(|_| corrupt("a bad sid"))?))
+}
+
+fn hash_of(bytes: &[u8]) -> StoreResult<TokenHash> {
+    Ok(TokenHash(
+        bytes.try_into().map_err(|_| corrupt("a bad token hash"))?,
+    ))
+}
+
+fn uid_of(text: &str) -> StoreResult<Uid> {
+    Uid::parse(text).map_err(|_| corrupt("a bad uid"))
+}
+
+/// A session from the [`session_cols!`] starting at column `at`.
+fn session_from(row: &Row, at: usize) -> StoreResult<Session> {
+    let get_err = |_| corrupt("a session row of the wrong shape");
+    let previous_hash: Option<&[u8]> = row.try_get(at + 8).map_err(get_err)?;
+    let rotated_at_ms: Option<i64> = row.try_get(at + 9).map_err(get_err)?;
+    let previous = match (previous_hash, rotated_at_ms) {
+        (Some(hash), Some(ms)) => Some(Rotation {
+            token: hash_of(hash)?,
+            at: unsigned(ms, "a bad rotation time")? / 1000,
+        }),
+        _ => None,
+    };
+    let revoked: bool = row.try_get(at + 6).map_err(get_err)?;
+    let time = |i: usize| -> StoreResult<u64> {
+        unsigned(row.try_get(at + i).map_err(get_err)?, "a bad session time")
+    };
+    Ok(Session {
+        sid: sid_of(row.try_get(at).map_err(get_err)?)?,
+        uid: uid_of(row.try_get(at + 1).map_err(get_err)?)?,
+        created_at: time(2)?,
+        last_used_at: time(3)?,
+        expires_at: time(4)?,
+        idle_expires_at: time(5)?,
+        state: if revoked {
+            SessionState::Revoked
+        } else {
+            SessionState::Active
+        },
+        current: hash_of(row.try_get(at + 7).map_err(get_err)?)?,
+        previous,
+    })
+}
+
+fn user_from(row: &Row) -> StoreResult<UserRecord> {
+    let get_err = |_| corrupt("a user row of the wrong shape");
+    Ok(UserRecord {
+        uid: uid_of(row.try_get(0).map_err(get_err)?)?,
+        name: row.try_get(1).map_err(get_err)?,
+        agent: row.try_get(2).map_err(get_err)?,
+        avatar: row.try_get(3).map_err(get_err)?,
+        update_at: unsigned(row.try_get(4).map_err(get_err)?, "a bad update_at")?,
+    })
+}
+
+// ----- statements -----
+
+const USERS_GET: &str =
+    "SELECT uid, name, agent, avatar, update_at FROM users WHERE uid = ANY($1::text[])";
+
+const USER_UPDATE: &str = "\
+INSERT INTO users AS u (uid, name, agent, avatar, update_at)
+VALUES ($1, coalesce($2, ''), coalesce($3, ''), coalesce($4, ''), $5)
+ON CONFLICT (uid) DO UPDATE SET
+    name = coalesce($2, u.name), agent = coalesce($3, u.agent),
+    avatar = coalesce($4, u.avatar), update_at = $5
+RETURNING uid, name, agent, avatar, update_at, pg_notify($6, 'u' || uid)::text";
+
+const USER_PUT: &str = "\
+INSERT INTO users (uid, name, agent, avatar, update_at) VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (uid) DO UPDATE SET name = EXCLUDED.name, agent = EXCLUDED.agent,
+    avatar = EXCLUDED.avatar, update_at = EXCLUDED.update_at";
+
+const USERS_LIST: &str = "\
+SELECT uid, name, agent, avatar, update_at FROM users
+WHERE $1::text IS NULL OR uid > $1 ORDER BY uid LIMIT $2";
+
+/// The identity is written only if its unionid changes, its session_key only if that
+/// changes, and the user record only if absent: a returning user's login usually
+/// writes nothing here. A concurrent first login of the same openid can leave `found`
+/// empty (its row is newer than this statement's snapshot); the caller runs it again.
+const IDENTITY_UPSERT: &str = "\
+WITH ident AS (
+    INSERT INTO identities AS i (openid, uid, unionid) VALUES ($1, $2, $3)
+    ON CONFLICT (openid) DO UPDATE SET unionid = EXCLUDED.unionid
+        WHERE EXCLUDED.unionid IS NOT NULL AND i.unionid IS DISTINCT FROM EXCLUDED.unionid
+    RETURNING uid
+), found AS (
+    SELECT uid FROM ident
+    UNION ALL
+    SELECT uid FROM identities WHERE openid = $1 AND NOT EXISTS (SELECT 1 FROM ident)
+), created AS (
+    INSERT INTO users (uid, update_at) SELECT uid, $5 FROM found
+    ON CONFLICT (uid) DO NOTHING
+    RETURNING uid
+), session_key AS (
+    INSERT INTO secret_wechat_session_keys AS k (openid, session_key)
+    SELECT $1, $4 FROM found
+    ON CONFLICT (openid) DO UPDATE SET session_key = EXCLUDED.session_key
+        WHERE k.session_key IS DISTINCT FROM EXCLUDED.session_key
+)
+SELECT uid, (SELECT count(pg_notify($6, 'u' || uid)::text) FROM created) FROM found";
+
+const SESSION_GET: &str = concat!("SELECT ", session_cols!(), " FROM sessions WHERE sid = $1");
+
+const SESSIONS_OF: &str = concat!(
+    "SELECT ",
+    session_cols!(),
+    " FROM sessions WHERE uid = $1 ORDER BY created_at, sid"
+);
+
+const SESSIONS_LIST: &str = concat!(
+    "SELECT ",
+    session_cols!(),
+    " FROM sessions WHERE $1::bytea IS NULL OR sid > $1 ORDER BY sid LIMIT $2"
+);
+
+const REFRESH_GET: &str = "SELECT sid, issued_at FROM refresh_tokens WHERE hash = $1";
+
+const SESSION_CREATE: &str = "\
+WITH evicted AS (
+    UPDATE sessions SET revoked = true WHERE sid = ANY($8::bytea[]) AND NOT revoked
+    RETURNING pg_notify($9, 's' || encode(sid, 'hex'))::text
+), created AS (
+    INSERT INTO sessions (sid, uid, created_at, last_used_at, expires_at, idle_expires_at, current_hash)
+    VALUES ($1, $2, $3, $4, $5, $6, $7)
+), token AS (
+    INSERT INTO refresh_tokens (hash, sid, issued_at) VALUES ($7, $1, $3)
+    ON CONFLICT (hash) DO NOTHING
+)
+SELECT count(*) FROM evicted";
+
+const ROTATE: &str = concat!(
+    "WITH token AS (
+    INSERT INTO refresh_tokens (hash, sid, issued_at) VALUES ($3, $1, $4)
+    ON CONFLICT (hash) DO NOTHING
+), rotated AS (
+    UPDATE sessions SET previous_hash = current_hash, rotated_at_ms = $4 * 1000,
+        current_hash = $3, generation = generation + 1, last_used_at = $4, idle_expires_at = $5
+    WHERE sid = $1 AND current_hash = $2 AND NOT revoked AND $4 < expires_at AND $4 < idle_expires_at
+    RETURNING ",
+    session_cols!(),
+    ", pg_notify($6, 's' || encode(sid, 'hex'))::text
+), stored AS (
+    SELECT ",
+    session_cols!(),
+    " FROM sessions WHERE sid = $1 AND NOT EXISTS (SELECT 1 FROM rotated) FOR SHARE
+)
+SELECT true, ",
+    session_cols!(),
+    " FROM rotated
+UNION ALL
+SELECT false, ",
+    session_cols!(),
+    " FROM stored"
+);
+
+const TOUCH: &str = "\
+UPDATE sessions SET last_used_at = $2, idle_expires_at = $3
+WHERE sid = $1 AND NOT revoked AND $2 < expires_at AND $2 < idle_expires_at
+RETURNING pg_notify($4, 's' || encode(sid, 'hex'))::text";
+
+const REVOKE: &str = "\
+UPDATE sessions SET revoked = true WHERE sid = ANY($1::bytea[]) AND NOT revoked
+RETURNING pg_notify($2, 's' || encode(sid, 'hex'))::text";
+
+/// One batch of the sweep. `SKIP LOCKED`: instances sweeping at once take different
+/// rows, and a session being renewed right now is left for the next sweep.
+const SWEEP: &str = "\
+WITH dead AS (
+    DELETE FROM sessions WHERE sid IN (
+        SELECT sid FROM sessions
+        WHERE revoked OR $1 >= expires_at OR $1 >= idle_expires_at
+        LIMIT $2 FOR UPDATE SKIP LOCKED)
+    RETURNING sid
+), tokens AS (
+    DELETE FROM refresh_tokens WHERE sid IN (SELECT sid FROM dead)
+)
+SELECT sid FROM dead";
+
+const IDENTITIES_LIST: &str = "\
+SELECT i.openid, i.uid, i.unionid, k.session_key
+FROM identities i LEFT JOIN secret_wechat_session_keys k ON k.openid = i.openid
+WHERE $1::text IS NULL OR i.openid > $1 ORDER BY i.openid LIMIT $2";
+
+/// A session and its tokens in one statement, hence one snapshot.
+const FAMILY: &str = "\
+SELECT s.sid, s.uid, s.created_at, s.last_used_at, s.expires_at, s.idle_expires_at, s.revoked,
+       s.current_hash, s.previous_hash, s.rotated_at_ms, t.hash, t.issued_at
+FROM sessions s LEFT JOIN refresh_tokens t ON t.sid = s.sid WHERE s.sid = $1";
+
+const IS_EMPTY: &str =
+    "SELECT NOT EXISTS (SELECT 1 FROM users) AND NOT EXISTS (SELECT 1 FROM identities)";
+
+const CENSUS: &str = "\
+SELECT (SELECT count(*) FROM users),
+       (SELECT count(*) FROM sessions
+        WHERE NOT revoked AND $1 < expires_at AND $1 < idle_expires_at)";
+
+const KEY_INIT: &str = "\
+WITH ins AS (
+    INSERT INTO secret_keys (name, key) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING
+    RETURNING key
+)
+SELECT key FROM ins
+UNION ALL
+SELECT key FROM secret_keys WHERE name = $1 AND NOT EXISTS (SELECT 1 FROM ins)";
+
+const KEY_GET: &str = "SELECT key FROM secret_keys WHERE name = $1";
+
+const RETIRED_GET: &str =
+    "SELECT key, retire_at FROM secret_retired_keys WHERE name = $1 ORDER BY retire_at, key";
+
+impl PgStore {
+    /// Connects to the database of `options`, brings its schema up to date (under the
+    /// migration lock) and starts listening for invalidations. Caches hold about
+    /// `user_entries` users and `session_entries` sessions (0 turns one off).
+    pub async fn open(
+        options: &ConnectOptions,
+        pool_size: usize,
+        user_entries: usize,
+        session_entries: usize,
+    ) -> StoreResult<(PgStore, Migrated)> {
+        let described = options.describe();
+        let unreachable =
+            |e: String| StoreError::Io(format!("cannot reach the database {described}: {e}"));
+        let tls = options.tls().map_err(StoreError::Io)?;
+        let manager = Manager::from_config(
+            options.pg.clone(),
+            tls.clone(),
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(CALL_TIMEOUT))
+            .create_timeout(Some(CALL_TIMEOUT))
+            .recycle_timeout(Some(CALL_TIMEOUT))
+            .build()
+            .map_err(|e| StoreError::Io(format!("cannot set up the connection pool: {e}")))?;
+        let mut client = pool.get().await.map_err(|e| unreachable(e.to_string()))?;
+        let migrated = migrate::apply(&mut client).await?;
+        let schema: String = client
+            .query_one("SELECT current_schema()", &[])
+            .await
+            .map_err(db)?
+            .get(0);
+        drop(client);
+        let channel = format!("liveuser:{schema}");
+        let shared = Arc::new(Shared::new(user_entries, session_entries));
+        let listener = tokio::spawn(listen::run(
+            options.pg.clone(),
+            tls,
+            channel.clone(),
+            shared.clone(),
+        ));
+        // Start with the caches on where possible; without the listener they are simply
+        // bypassed until it connects.
+        for _ in 0..40 {
+            if shared.listening() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        Ok((
+            PgStore {
+                pool,
+                shared,
+                channel,
+                described,
+                listener,
+            },
+            migrated,
+        ))
+    }
+
+    /// The hosts and database (never the password), for logs.
+    pub fn describe(&self) -> &str {
+        &self.described
+    }
+
+    /// Told of every change of the signing keys made through any instance or the CLI
+    /// (and of every reconnection of the listener, after which one may have been missed).
+    pub fn key_changes(&self) -> watch::Receiver<u64> {
+        self.shared.key_changes()
+    }
+
+    /// Whether the database can be reached (the listening connection is up and
+    /// answering its heartbeat).
+    pub fn is_up(&self) -> bool {
+        self.shared.listening()
+    }
+
+    async fn client(&self) -> StoreResult<Object> {
+        self.pool.get().await.map_err(|e| {
+            StoreError::Io(format!("cannot reach the database {}: {e}", self.described))
+        })
+    }
+
+    /// Runs `work` on a pooled connection, giving up after [`CALL_TIMEOUT`] (the write
+    /// is then unacknowledged: it may or may not have committed).
+    async fn run<T, F, Fut>(&self, work: F) -> StoreResult<T>
+    where
+        F: FnOnce(Object) -> Fut,
+        Fut: Future<Output = StoreResult<T>>,
+    {
+        let attempt = async {
+            let client = self.client().await?;
+            work(client).await
+        };
+        tokio::time::timeout(CALL_TIMEOUT, attempt)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Io(format!(
+                    "the database {} did not answer within {} s",
+                    self.described,
+                    CALL_TIMEOUT.as_secs()
+                )))
+            })
+    }
+
+    /// One prepared statement, all its rows.
+    async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> StoreResult<Vec<Row>> {
+        self.run(|client| async move {
+            let statement = client.prepare_cached(sql).await.map_err(db)?;
+            client.query(&statement, params).await.map_err(db)
+        })
+        .await
+    }
+
+    async fn load_session(&self, sid: Sid) -> StoreResult<Option<Session>> {
+        let rows = self.query(SESSION_GET, &[&&sid.0[..]]).await?;
+        rows.first().map(|r| session_from(r, 0)).transpose()
+    }
+}
+
+impl Store for PgStore {
+    async fn users(&self, uids: &[Uid]) -> StoreResult<Vec<Arc<UserRecord>>> {
+        let caching = self.shared.listening();
+        let cache = &self.shared.users;
+        let mut found: Vec<Option<Arc<UserRecord>>> = vec![None; uids.len()];
+        let mut missing = Vec::new();
+        for (i, uid) in uids.iter().enumerate() {
+            match caching.then(|| cache.get(uid)).flatten() {
+                Some(hit) => found[i] = hit,
+                None => missing.push((i, cache.stamp(uid))),
+            }
+        }
+        if !missing.is_empty() {
+            let names: Vec<&str> = missing.iter().map(|&(i, _)| uids[i].as_str()).collect();
+            let rows = self.query(USERS_GET, &[&names]).await?;
+            let mut loaded = std::collections::HashMap::with_capacity(rows.len());
+            for row in &rows {
+                let user = user_from(row)?;
+                loaded.insert(user.uid.clone(), Arc::new(user));
+            }
+            let caching = caching && self.shared.listening();
+            for (i, stamp) in missing {
+                let user = loaded.get(&uids[i]).cloned();
+                if caching {
+                    cache.fill(&uids[i], user.clone(), stamp);
+                }
+                found[i] = user;
+            }
+        }
+        Ok(found.into_iter().flatten().collect())
+    }
+
+    async fn update_user(&self, uid: &Uid, patch: &UserPatch, now: u64) -> StoreResult<UserRecord> {
+        let rows = self
+            .query(
+                USER_UPDATE,
+                &[
+                    &uid.as_str(),
+                    &patch.name.as_deref(),
+                    &patch.agent.as_deref(),
+                    &patch.avatar.as_deref(),
+                    &secs(now),
+                    &self.channel,
+                ],
+            )
+            .await?;
+        self.shared.users.invalidate(uid);
+        rows.first()
+            .map(user_from)
+            .ok_or_else(|| corrupt("no row after an upsert"))?
+    }
+
+    async fn put_user(&self, user: &UserRecord) -> StoreResult<()> {
+        self.run(|client| async move {
+            let statement = client.prepare_cached(USER_PUT).await.map_err(db)?;
+            client
+                .execute(
+                    &statement,
+                    &[
+                        &user.uid.as_str(),
+                        &user.name,
+                        &user.agent,
+                        &user.avatar,
+                        &secs(user.update_at),
+                    ],
+                )
+                .await
+                .map_err(db)?;
+            client
+                .execute(
+                    "SELECT pg_notify($1, 'u' || $2)",
+                    &[&self.channel, &user.uid.as_str()],
+                )
+                .await
+                .map_err(db)
+        })
+        .await?;
+        self.shared.users.invalidate(&user.uid);
+        Ok(())
+    }
+
+    async fn list_users(&self, after: Option<&Uid>, limit: usize) -> StoreResult<Page<UserRecord>> {
+        let rows = self
+            .query(
+                USERS_LIST,
+                &[
+                    &after.map(Uid::as_str),
+                    &(limit.min(i64::MAX as usize) as i64),
+                ],
+            )
+            .await?;
+        rows.iter().map(user_from).collect()
+    }
+
+    async fn upsert_identity(
+        &self,
+        openid: &str,
+        candidate: Identity,
+        now: u64,
+    ) -> StoreResult<Uid> {
+        // A second run finds the row a concurrent first login committed (see
+        // IDENTITY_UPSERT); a third is never needed, but is allowed for.
+        for _ in 0..3 {
+            let rows = self
+                .query(
+                    IDENTITY_UPSERT,
+                    &[
+                        &openid,
+                        &candidate.uid.as_str(),
+                        &candidate.unionid.as_deref(),
+                        &candidate.session_key.expose().as_str(),
+                        &secs(now),
+                        &self.channel,
+                    ],
+                )
+                .await?;
+            if let Some(row) = rows.first() {
+                let uid = uid_of(row.get(0))?;
+                self.shared.users.invalidate(&uid);
+                return Ok(uid);
+            }
+        }
+        Err(StoreError::Io(
+            "the identity kept changing while it was written".into(),
+        ))
+    }
+
+    async fn session(&self, sid: Sid) -> StoreResult<Option<Session>> {
+        let cache = &self.shared.sessions;
+        if !self.shared.listening() {
+            return self.load_session(sid).await;
+        }
+        if let Some(hit) = cache.get(&sid) {
+            return Ok(hit);
+        }
+        let stamp = cache.stamp(&sid);
+        let loaded = self.load_session(sid).await?;
+        if self.shared.listening() {
+            cache.fill(&sid, loaded.clone(), stamp);
+        }
+        Ok(loaded)
+    }
+
+    async fn sessions_of(&self, uid: &Uid) -> StoreResult<Vec<Session>> {
+        let rows = self.query(SESSIONS_OF, &[&uid.as_str()]).await?;
+        rows.iter().map(|r| session_from(r, 0)).collect()
+    }
+
+    async fn list_sessions(&self, after: Option<Sid>, limit: usize) -> StoreResult<Page<Session>> {
+        let after = after.map(|s| s.0.to_vec());
+        let rows = self
+            .query(
+                SESSIONS_LIST,
+                &[&after, &(limit.min(i64::MAX as usize) as i64)],
+            )
+            .await?;
+        rows.iter().map(|r| session_from(r, 0)).collect()
+    }
+
+    async fn refresh_record(&self, hash: TokenHash) -> StoreResult<Option<RefreshRecord>> {
+        let rows = self.query(REFRESH_GET, &[&&hash.0[..]]).await?;
+        rows.first()
+            .map(|row| {
+                Ok(RefreshRecord {
+                    sid: sid_of(row.get(0))?,
+                    issued_at: unsigned(row.get(1), "a bad issue time")?,
+                })
+            })
+            .transpose()
+    }
+
+    async fn create_session(&self, session: &Session, evict: &[Sid]) -> StoreResult<()> {
+        let evict: Vec<&[u8]> = evict.iter().map(|s| &s.0[..]).collect();
+        self.query(
+            SESSION_CREATE,
+            &[
+                &&session.sid.0[..],
+                &session.uid.as_str(),
+                &secs(session.created_at),
+                &secs(session.last_used_at),
+                &secs(session.expires_at),
+                &secs(session.idle_expires_at),
+                &&session.current.0[..],
+                &evict,
+                &self.channel,
+            ],
+        )
+        .await?;
+        for sid in evict {
+            self.shared.sessions.invalidate(&sid_of(sid)?);
+        }
+        self.shared.sessions.invalidate(&session.sid);
+        Ok(())
+    }
+
+    async fn rotate(
+        &self,
+        sid: Sid,
+        parent: TokenHash,
+        successor: TokenHash,
+        now: u64,
+        idle_expires_at: u64,
+    ) -> StoreResult<RotateOutcome> {
+        let rows = self
+            .query(
+                ROTATE,
+                &[
+                    &&sid.0[..],
+                    &&parent.0[..],
+                    &&successor.0[..],
+                    &secs(now),
+                    &secs(idle_expires_at),
+                    &self.channel,
+                ],
+            )
+            .await?;
+        let Some(row) = rows.first() else {
+            return Ok(RotateOutcome::NotCurrent(None));
+        };
+        let rotated: bool = row.get(0);
+        let session = session_from(row, 1)?;
+        if rotated {
+            self.shared.sessions.invalidate(&sid);
+            Ok(RotateOutcome::Rotated)
+        } else {
+            Ok(RotateOutcome::NotCurrent(Some(session)))
+        }
+    }
+
+    async fn touch_session(&self, sid: Sid, now: u64, idle_expires_at: u64) -> StoreResult<bool> {
+        let rows = self
+            .query(
+                TOUCH,
+                &[
+                    &&sid.0[..],
+                    &secs(now),
+                    &secs(idle_expires_at),
+                    &self.channel,
+                ],
+            )
+            .await?;
+        self.shared.sessions.invalidate(&sid);
+        Ok(!rows.is_empty())
+    }
+
+    async fn revoke_sessions(&self, sids: &[Sid]) -> StoreResult<usize> {
+        let list: Vec<&[u8]> = sids.iter().map(|s| &s.0[..]).collect();
+        let rows = self.query(REVOKE, &[&list, &self.channel]).await?;
+        for sid in sids {
+            self.shared.sessions.invalidate(sid);
+        }
+        Ok(rows.len())
+    }
+
+    async fn sweep(&self, now: u64) -> StoreResult<usize> {
+        let mut removed = 0;
+        loop {
+            let rows = self.query(SWEEP, &[&secs(now), &SWEEP_BATCH]).await?;
+            // Dead sessions are dead in every cache already; this only frees the memory.
+            for row in &rows {
+                self.shared.sessions.invalidate(&sid_of(row.get(0))?);
+            }
+            removed += rows.len();
+            if (rows.len() as i64) < SWEEP_BATCH {
+                return Ok(removed);
+            }
+        }
+    }
+
+    async fn sync(&self) -> StoreResult<()> {
+        // A transaction becomes visible to others only after its commit record is
+        // flushed (synchronous_commit = on): whatever this instance has read is durable.
+        Ok(())
+    }
+
+    async fn list_identities(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Page<(String, Identity)>> {
+        let rows = self
+            .query(
+                IDENTITIES_LIST,
+                &[&after, &(limit.min(i64::MAX as usize) as i64)],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.get::<_, String>(0),
+                    Identity {
+                        uid: uid_of(row.get(1))?,
+                        unionid: row.get(2),
+                        session_key: Secret::new(
+                            row.get::<_, Option<String>>(3).unwrap_or_default(),
+                        ),
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    async fn family(&self, sid: Sid) -> StoreResult<Option<Family>> {
+        let rows = self.query(FAMILY, &[&&sid.0[..]]).await?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let session = session_from(first, 0)?;
+        let mut records = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let hash: Option<&[u8]> = row.get(10);
+            let issued_at: Option<i64> = row.get(11);
+            if let (Some(hash), Some(issued_at)) = (hash, issued_at) {
+                records.push((
+                    hash_of(hash)?,
+                    RefreshRecord {
+                        sid,
+                        issued_at: unsigned(issued_at, "a bad issue time")?,
+                    },
+                ));
+            }
+        }
+        Ok(Some((session, records)))
+    }
+
+    async fn restore(&self, batch: &Restore) -> StoreResult<()> {
+        self.run(|mut client| async move {
+            let tx = client.transaction().await.map_err(db)?;
+            let put_user = tx.prepare_cached(USER_PUT).await.map_err(db)?;
+            for user in &batch.users {
+                tx.execute(
+                    &put_user,
+                    &[
+                        &user.uid.as_str(),
+                        &user.name,
+                        &user.agent,
+                        &user.avatar,
+                        &secs(user.update_at),
+                    ],
+                )
+                .await
+                .map_err(db)?;
+            }
+            let put_identity = tx
+                .prepare_cached(
+                    "INSERT INTO identities (openid, uid, unionid) VALUES ($1, $2, $3)
+                     ON CONFLICT (openid) DO UPDATE SET uid = EXCLUDED.uid, unionid = EXCLUDED.unionid",
+                )
+                .await
+                .map_err(db)?;
+            for (openid, identity) in &batch.identities {
+                tx.execute(
+                    &put_identity,
+                    &[openid, &identity.uid.as_str(), &identity.unionid],
+                )
+                .await
+                .map_err(db)?;
+            }
+            let put_session = tx
+                .prepare_cached(
+                    "INSERT INTO sessions (sid, uid, created_at, last_used_at, expires_at,
+                         idle_expires_at, revoked, current_hash, previous_hash, rotated_at_ms)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                     ON CONFLICT (sid) DO UPDATE SET uid = EXCLUDED.uid,
+                         created_at = EXCLUDED.created_at, last_used_at = EXCLUDED.last_used_at,
+                         expires_at = EXCLUDED.expires_at, idle_expires_at = EXCLUDED.idle_expires_at,
+                         revoked = EXCLUDED.revoked, current_hash = EXCLUDED.current_hash,
+                         previous_hash = EXCLUDED.previous_hash, rotated_at_ms = EXCLUDED.rotated_at_ms",
+                )
+                .await
+                .map_err(db)?;
+            let put_token = tx
+                .prepare_cached(
+                    "INSERT INTO refresh_tokens (hash, sid, issued_at) VALUES ($1, $2, $3)
+                     ON CONFLICT (hash) DO UPDATE SET sid = EXCLUDED.sid, issued_at = EXCLUDED.issued_at",
+                )
+                .await
+                .map_err(db)?;
+            for (session, records) in &batch.sessions {
+                let previous_hash = session.previous.map(|p| p.token.0.to_vec());
+                let rotated_at_ms = session.previous.map(|p| secs(p.at).saturating_mul(1000));
+                tx.execute(
+                    &put_session,
+                    &[
+                        &&session.sid.0[..],
+                        &session.uid.as_str(),
+                        &secs(session.created_at),
+                        &secs(session.last_used_at),
+                        &secs(session.expires_at),
+                        &secs(session.idle_expires_at),
+                        &(session.state == SessionState::Revoked),
+                        &&session.current.0[..],
+                        &previous_hash,
+                        &rotated_at_ms,
+                    ],
+                )
+                .await
+                .map_err(db)?;
+                for (hash, record) in records {
+                    tx.execute(
+                        &put_token,
+                        &[&&hash.0[..], &&session.sid.0[..], &secs(record.issued_at)],
+                    )
+                    .await
+                    .map_err(db)?;
+                }
+            }
+            // Whatever any instance cached may have been replaced.
+            tx.execute("SELECT pg_notify($1, '*')", &[&self.channel])
+                .await
+                .map_err(db)?;
+            tx.commit().await.map_err(db)
+        })
+        .await?;
+        self.shared.clear();
+        Ok(())
+    }
+
+    async fn is_empty(&self) -> StoreResult<bool> {
+        let rows = self.query(IS_EMPTY, &[]).await?;
+        Ok(rows.first().is_some_and(|r| r.get(0)))
+    }
+
+    async fn census(&self, now: u64) -> StoreResult<Census> {
+        let rows = self.query(CENSUS, &[&secs(now)]).await?;
+        let row = rows.first().ok_or_else(|| corrupt("no census"))?;
+        Ok(Census {
+            users: unsigned(row.get(0), "a negative count")?,
+            sessions_live: unsigned(row.get(1), "a negative count")?,
+        })
+    }
+
+    async fn key_or_init(
+        &self,
+        name: &str,
+        generate: impl FnOnce() -> Vec<u8> + Send,
+    ) -> StoreResult<Vec<u8>> {
+        if let Some(row) = self.query(KEY_GET, &[&name]).await?.first() {
+            return Ok(row.get(0));
+        }
+        let fresh = generate();
+        // Empty only if another instance stored the key after this statement's snapshot
+        // was taken; the next run reads it.
+        for _ in 0..3 {
+            if let Some(row) = self.query(KEY_INIT, &[&name, &fresh]).await?.first() {
+                return Ok(row.get(0));
+            }
+        }
+        Err(StoreError::Io(format!(
+            "the key {name} kept changing while it was read"
+        )))
+    }
+
+    async fn retired_keys(&self, name: &str) -> StoreResult<Vec<RetiredKey>> {
+        let rows = self.query(RETIRED_GET, &[&name]).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(RetiredKey {
+                    key: Secret::new(row.get(0)),
+                    retire_at: unsigned(row.get(1), "a bad retire time")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn rotate_key(
+        &self,
+        name: &str,
+        fresh: Vec<u8>,
+        retire_at: u64,
+        now: u64,
+    ) -> StoreResult<Option<Vec<u8>>> {
+        self.run(|mut client| async move {
+            let tx = client.transaction().await.map_err(db)?;
+            let replaced: Option<Vec<u8>> = tx
+                .query_opt(
+                    "SELECT key FROM secret_keys WHERE name = $1 FOR UPDATE",
+                    &[&name],
+                )
+                .await
+                .map_err(db)?
+                .map(|row| row.get(0));
+            tx.execute(
+                "DELETE FROM secret_retired_keys WHERE name = $1 AND retire_at <= $2",
+                &[&name, &secs(now)],
+            )
+            .await
+            .map_err(db)?;
+            if let Some(old) = &replaced {
+                tx.execute(
+                    "INSERT INTO secret_retired_keys (name, key, retire_at) VALUES ($1, $2, $3)
+                     ON CONFLICT (name, key) DO NOTHING",
+                    &[&name, old, &secs(retire_at)],
+                )
+                .await
+                .map_err(db)?;
+            }
+            tx.execute(
+                "INSERT INTO secret_keys (name, key) VALUES ($1, $2)
+                 ON CONFLICT (name) DO UPDATE SET key = EXCLUDED.key",
+                &[&name, &fresh],
+            )
+            .await
+            .map_err(db)?;
+            tx.execute("SELECT pg_notify($1, 'k')", &[&self.channel])
+                .await
+                .map_err(db)?;
+            tx.commit().await.map_err(db)?;
+            Ok(replaced)
+        })
+        .await
+    }
+
+    fn database_up(&self) -> Option<bool> {
+        Some(self.is_up())
+    }
+}
+
+/// Applies the migrations of `options`' database without serving (`liveuser migrate`).
+pub async fn migrate_only(options: &ConnectOptions) -> StoreResult<Migrated> {
+    let tls = options.tls().map_err(StoreError::Io)?;
+    let (mut client, connection) = tokio::time::timeout(CALL_TIMEOUT, options.pg.connect(tls))
+        .await
+        .map_err(|_| {
+            StoreError::Io(format!(
+                "cannot reach the database {}: no answer",
+                options.describe()
+            ))
+        })?
+        .map_err(|e| {
+            StoreError::Io(format!(
+                "cannot reach the database {}: {}",
+                options.describe(),
+                describe_error(&e)
+            ))
+        })?;
+    let driver = tokio::spawn(connection);
+    let migrated = migrate::apply(&mut client).await;
+    drop(client);
+    let _ = driver.await;
+    migrated
+}
