@@ -38,7 +38,9 @@ fn every_read_command_prints_the_same_with_the_server_running_and_stopped() {
     let running: Vec<_> = commands.iter().map(|c| cli(&config, c)).collect();
     let verbose = cli(&config, &["-v", "user", "list"]);
     assert!(
-        verbose.stderr.contains("admin API"),
+        verbose
+            .stderr
+            .contains(crate::common::cli_path_to_running_server()),
         "-v names the path: {}",
         verbose.stderr
     );
@@ -169,7 +171,7 @@ fn the_admin_api_refuses_a_missing_or_wrong_token_and_is_not_on_the_public_liste
     let endpoint: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
     let token = endpoint["token"].as_str().unwrap();
     assert_eq!(token.len(), 64);
-    let admin = format!("http://{}", app.admin_addr);
+    let admin = format!("http://{}", app.admin_addr.unwrap());
     let body = json!({"after": null, "limit": 10});
     for bearer in [None, Some("wrong"), Some(&token[1..]), Some("")] {
         let r = post(&admin, "/admin/v1/user-list", body.clone(), bearer);
@@ -263,7 +265,7 @@ fn an_admin_token_header_that_is_not_visible_ascii_is_a_401_not_a_server_error()
         request.extend_from_slice(authorization);
         request.extend_from_slice(b"\r\n\r\n");
         request.extend_from_slice(body);
-        let mut stream = std::net::TcpStream::connect(app.admin_addr).unwrap();
+        let mut stream = std::net::TcpStream::connect(app.admin_addr.unwrap()).unwrap();
         stream
             .set_read_timeout(Some(std::time::Duration::from_secs(10)))
             .unwrap();
@@ -331,7 +333,11 @@ fn every_session_revoke_form_prints_the_same_with_the_server_running_and_stopped
             .map(|c| cli(&config, c).ok().to_string())
             .collect();
         let via = cli(&config, &["-v", "session", "list"]).stderr;
-        let expected = if stop_first { "directly" } else { "admin API" };
+        let expected = if stop_first {
+            "directly"
+        } else {
+            crate::common::cli_path_to_running_server()
+        };
         assert!(via.contains(expected), "{via}");
         if !stop_first {
             // Revocation through the running server takes effect at once.
@@ -352,3 +358,11 @@ fn every_session_revoke_form_prints_the_same_with_the_server_running_and_stopped
     assert_eq!(running[5], "revoked 1 session; 5 had already ended\n");
     assert_eq!(outputs(true), running);
 }
+
+// The same tests with PostgreSQL as the backend.
+crate::on_postgres!(
+    every_read_command_prints_the_same_with_the_server_running_and_stopped,
+    write_commands_work_and_fail_alike_with_the_server_running_and_stopped,
+    listings_never_show_refresh_tokens_or_their_hashes,
+    every_session_revoke_form_prints_the_same_with_the_server_running_and_stopped,
+);

@@ -459,3 +459,12 @@ fn an_oversized_token_is_refused_without_a_server_error() {
     let r = app.query(&huge, &[]);
     r.assert_error(401, "unauthenticated");
 }
+
+// The same tests with PostgreSQL as the backend.
+crate::on_postgres!(
+    forged_confused_and_tampered_tokens_are_all_refused_alike,
+    tokens_of_revoked_evicted_and_reused_sessions_are_refused_at_once,
+    an_expired_token_is_refused_without_leeway,
+    the_authorization_header_must_be_exactly_one_bearer_and_one_space,
+    an_oversized_token_is_refused_without_a_server_error,
+);

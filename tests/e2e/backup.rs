@@ -258,7 +258,7 @@ fn an_import_over_the_limit_is_refused_by_the_running_server_before_it_is_read()
     .unwrap();
     let token = endpoint["token"].as_str().unwrap();
     let declared = liveuser::admin::api::IMPORT_BODY_LIMIT + 1;
-    let mut stream = std::net::TcpStream::connect(app.admin_addr).unwrap();
+    let mut stream = std::net::TcpStream::connect(app.admin_addr.unwrap()).unwrap();
     stream
         .set_read_timeout(Some(std::time::Duration::from_secs(5)))
         .unwrap();
@@ -273,3 +273,9 @@ fn an_import_over_the_limit_is_refused_by_the_running_server_before_it_is_read()
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(answer.contains("stop the server"), "{answer}");
 }
+
+// The same tests with PostgreSQL as the backend.
+crate::on_postgres!(
+    export_then_import_into_a_fresh_database_round_trips_every_record,
+    import_checks_every_line_first_and_writes_nothing_from_a_bad_file,
+);

@@ -1,8 +1,15 @@
 //! The test harness: a real liveuser server on a loopback port 0, a real sled database
 //! in a temp dir, a fake WeChat that is a real HTTP server on loopback, and a blocking
 //! HTTP client (ureq) to talk to them as a mini-program would.
+//!
+//! The storage backend is a parameter: a test run through [`on_postgres`] (modules list
+//! theirs with [`on_postgres!`](crate::on_postgres)) gets the real PostgreSQL at
+//! `LIVEUSER_TEST_POSTGRES_URL` instead of sled, every configuration it builds
+//! ([`test_config`], [`binary_config`]) pointing at a schema of its own (one per temp
+//! dir), created for it and dropped after it, so tests run in parallel.
 #![allow(dead_code)] // each test module uses a different part of the harness
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -25,7 +32,7 @@ pub const WX_APPID: &str = "wx-test-appid";
 pub struct TestApp {
     pub base: String,
     pub addr: SocketAddr,
-    pub admin_addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
     pub clock: Arc<OffsetClock>,
     pub wx: Option<FakeWeChat>,
     pub dir: TempDir,
@@ -85,8 +92,187 @@ pub fn test_config(dir: &TempDir) -> Config {
     config.server.admin_listen = "127.0.0.1:0".parse().unwrap();
     config.storage.path = dir.path().join("db");
     config.storage.cache_capacity_bytes = 16 * 1024 * 1024;
+    if let Some(url) = postgres_url_for(dir.path()) {
+        config.storage.backend = liveuser::config::StorageBackend::Postgres;
+        config.storage.postgres_url = Secret::new(url);
+        config.storage.postgres_pool_size = POOL_SIZE;
+    }
     config.wx.mode = WxMode::Mock;
     config
+}
+
+// ----- the storage backend -----
+
+/// The variable naming the PostgreSQL server the PostgreSQL tests use.
+pub const POSTGRES_URL_VAR: &str = "LIVEUSER_TEST_POSTGRES_URL";
+
+/// Pool size of test instances: many run at once against one server.
+const POOL_SIZE: usize = 4;
+
+/// Where a test's data lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// sled in the test's temp dir (the default).
+    Sled,
+    /// A schema of its own on the PostgreSQL server at `LIVEUSER_TEST_POSTGRES_URL`.
+    Postgres,
+}
+
+/// The PostgreSQL state of the running test: the server, and a schema per temp dir.
+struct PgTest {
+    server: String,
+    schemas: HashMap<std::path::PathBuf, String>,
+}
+
+thread_local! {
+    // Each test runs on its own thread, so this is the test's own.
+    static POSTGRES: RefCell<Option<PgTest>> = const { RefCell::new(None) };
+}
+
+/// How the CLI says it reached a running server's database: through its admin API on
+/// sled, directly on PostgreSQL (which any number of processes share).
+pub fn cli_path_to_running_server() -> &'static str {
+    match backend() {
+        Backend::Sled => "admin API",
+        Backend::Postgres => "directly",
+    }
+}
+
+/// The backend the running test uses.
+pub fn backend() -> Backend {
+    if POSTGRES.with_borrow(Option::is_some) {
+        Backend::Postgres
+    } else {
+        Backend::Sled
+    }
+}
+
+/// The PostgreSQL server of the PostgreSQL tests, if `LIVEUSER_TEST_POSTGRES_URL` is set;
+/// says once (on the terminal, past the test harness's capture) that they did not run.
+pub fn postgres_server() -> Option<String> {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    match std::env::var(POSTGRES_URL_VAR) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            SAID.call_once(|| {
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "note: the PostgreSQL tests did not run: set {POSTGRES_URL_VAR} \
+                     (e.g. postgres://root@127.0.0.1:5432/test) to run them"
+                );
+            });
+            None
+        }
+    }
+}
+
+/// Runs `test` with PostgreSQL as the backend: every configuration it builds gets a
+/// fresh schema, dropped when the test ends (passed or not). Without
+/// `LIVEUSER_TEST_POSTGRES_URL` the test does not run (and that is said once).
+pub fn on_postgres(test: impl FnOnce()) {
+    let Some(server) = postgres_server() else {
+        return;
+    };
+    struct DropSchemas;
+    impl Drop for DropSchemas {
+        fn drop(&mut self) {
+            if let Some(pg) = POSTGRES.take() {
+                for schema in pg.schemas.values() {
+                    let dropped = psql(
+                        &pg.server,
+                        &format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"),
+                    );
+                    if let Err(e) = dropped {
+                        eprintln!("could not drop schema {schema}: {e}");
+                    }
+                }
+            }
+        }
+    }
+    POSTGRES.set(Some(PgTest {
+        server,
+        schemas: HashMap::new(),
+    }));
+    let _drop = DropSchemas;
+    test();
+}
+
+/// The URL of the schema that belongs to `dir` in the running PostgreSQL test (created
+/// at the first call), or `None` when the test runs on sled.
+pub fn postgres_url_for(dir: &std::path::Path) -> Option<String> {
+    POSTGRES.with_borrow_mut(|pg| {
+        let pg = pg.as_mut()?;
+        let schema = match pg.schemas.get(dir) {
+            Some(schema) => schema.clone(),
+            None => {
+                let schema = format!("lu_test_{}", liveuser::model::hex(&rand_bytes()));
+                psql(&pg.server, &format!("CREATE SCHEMA \"{schema}\""))
+                    .unwrap_or_else(|e| panic!("PostgreSQL at {POSTGRES_URL_VAR}: {e}"));
+                pg.schemas.insert(dir.to_path_buf(), schema.clone());
+                schema
+            }
+        };
+        Some(schema_url(&pg.server, &schema))
+    })
+}
+
+/// `server` with its search_path set to `schema`.
+pub fn schema_url(server: &str, schema: &str) -> String {
+    let sep = if server.contains('?') { '&' } else { '?' };
+    format!("{server}{sep}options=-csearch_path%3D{schema}")
+}
+
+fn rand_bytes() -> [u8; 8] {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
+    h.finish().to_le_bytes()
+}
+
+/// Runs `sql` on the PostgreSQL server `url` (one connection, then closed).
+pub fn psql(url: &str, sql: &str) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (client, connection) = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_postgres::connect(url, tokio_postgres::NoTls),
+        )
+        .await
+        .map_err(|_| "no answer within 10 s".to_string())?
+        .map_err(|e| format!("cannot connect: {e}"))?;
+        let driver = tokio::spawn(connection);
+        let result = client
+            .batch_execute(sql)
+            .await
+            .map_err(|e| format!("{sql}: {e}"));
+        drop(client);
+        let _ = driver.await;
+        result
+    })
+}
+
+/// Runs the listed tests of the module again on PostgreSQL, as `<module>::postgres::<test>`.
+#[macro_export]
+macro_rules! on_postgres {
+    ($($test:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[test]
+                fn $test() {
+                    $crate::common::on_postgres(super::$test)
+                }
+            )*
+        }
+    };
 }
 
 impl TestApp {
@@ -167,7 +353,7 @@ impl TestApp {
     }
 
     /// The running service.
-    pub fn service(&self) -> &liveuser::service::Service<liveuser::store::SledStore> {
+    pub fn service(&self) -> &liveuser::service::Service<liveuser::store::AnyStore> {
         &self.running.as_ref().unwrap().service
     }
 
@@ -569,10 +755,17 @@ fn listening_addr(line: &str) -> Option<SocketAddr> {
     addr.parse().ok()
 }
 
-/// A minimal config for the binary: port 0, database in `dir`, mock WeChat.
+/// A minimal config for the binary: port 0, database in `dir` (or, in a PostgreSQL
+/// test, the schema of `dir`), mock WeChat.
 pub fn binary_config(dir: &std::path::Path) -> String {
+    let postgres = match postgres_url_for(dir) {
+        Some(url) => format!(
+            "backend = \"postgres\"\npostgres_url = \"{url}\"\npostgres_pool_size = {POOL_SIZE}\n"
+        ),
+        None => String::new(),
+    };
     format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\ncache_capacity_bytes = 16777216\n[wx]\nmode = \"mock\"\n",
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\ncache_capacity_bytes = 16777216\n{postgres}[wx]\nmode = \"mock\"\n",
         dir.join("db").display()
     )
 }
@@ -607,6 +800,7 @@ impl CliRun {
 /// Runs `liveuser --config <config> <args>` to completion.
 pub fn cli(config: &std::path::Path, args: &[&str]) -> CliRun {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_liveuser"))
+        .env_remove(POSTGRES_URL_VAR)
         .arg("--config")
         .arg(config)
         .args(args)

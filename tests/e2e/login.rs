@@ -257,3 +257,22 @@ fn login_validates_the_code() {
     assert!(r.str("msg").contains("code"));
     app.login("a\u{0}b").assert_error(400, "invalid_argument");
 }
+
+// The same tests with PostgreSQL as the backend.
+crate::on_postgres!(
+    login_creates_a_user_whose_uid_is_not_the_openid,
+    a_second_login_of_the_same_openid_gets_the_same_uid,
+    expiry_equals_the_access_tokens_exp_and_claims_are_complete,
+    mock_mode_maps_the_same_code_to_the_same_user,
+    each_wechat_answer_maps_to_its_code_and_status,
+    a_busy_answer_once_is_retried_and_logs_in,
+    a_wrong_app_secret_is_unavailable_and_not_echoed,
+    wechat_mode_without_credentials_is_unavailable,
+    the_same_code_twice_makes_one_wechat_call_and_two_sessions_of_one_user,
+    a_code_is_forgotten_after_five_minutes,
+    a_failed_exchange_is_not_remembered,
+    eight_concurrent_logins_with_one_code_make_one_call_and_one_user,
+    the_per_user_session_cap_evicts_the_oldest_session,
+    the_unionid_and_session_key_are_stored_and_the_session_key_is_never_answered,
+    login_validates_the_code,
+);

@@ -14,6 +14,7 @@ mod key_rotation;
 mod login;
 mod ops;
 mod rotation;
+mod several;
 mod tokens;
 mod upstream;
 mod users;

@@ -284,3 +284,19 @@ fn the_background_sweep_removes_dead_sessions() {
         "a live session is kept"
     );
 }
+
+// The same tests with PostgreSQL as the backend.
+crate::on_postgres!(
+    each_renewal_returns_a_new_refresh_token_and_a_fresh_access_token,
+    a_retry_within_the_grace_period_returns_the_same_successor,
+    twenty_concurrent_renewals_of_one_token_yield_one_successor,
+    reuse_after_the_grace_period_revokes_the_whole_family,
+    reusing_an_older_token_revokes_the_family_even_within_the_grace_period,
+    unknown_and_malformed_refresh_tokens_get_the_same_answer,
+    absolute_expiry_is_never_extended_by_rotation,
+    an_idle_session_expires_and_use_keeps_it_alive,
+    with_rotation_off_renewal_returns_the_same_token_and_refreshes_idle_expiry,
+    swept_sessions_are_gone_from_storage,
+    reuse_is_logged_as_a_warning_with_uid_family_and_client_but_not_the_token,
+    the_background_sweep_removes_dead_sessions,
+);

@@ -189,3 +189,12 @@ fn tokens_signed_under_another_configured_secret_are_refused_after_a_restart() {
     app.restart();
     refused(app.query(&token, &[]));
 }
+
+// The same tests with PostgreSQL as the backend.
+crate::on_postgres!(
+    a_valid_token_is_accepted_and_forged_ones_are_not,
+    a_missing_or_malformed_authorization_header_is_unauthenticated,
+    an_expired_token_is_refused,
+    a_token_of_a_revoked_session_is_refused_at_once,
+    tokens_signed_under_another_configured_secret_are_refused_after_a_restart,
+);

@@ -227,3 +227,18 @@ fn profile_writes_survive_a_restart() {
     assert_eq!(q.status, 200, "{}", q.text);
     assert_eq!(q.body["users"][0]["name"], "Fay");
 }
+
+// The same tests with PostgreSQL as the backend.
+crate::on_postgres!(
+    add_user_with_an_empty_uid_writes_the_callers_own_record,
+    add_user_with_the_callers_own_uid_works,
+    a_present_empty_field_clears_it,
+    update_at_is_set_by_the_server_and_a_client_value_is_ignored,
+    writing_another_users_record_is_permission_denied,
+    each_field_limit_is_invalid_argument_naming_the_field,
+    add_user_requires_the_user_object,
+    query_user_keeps_order_drops_unknown_and_deduplicates,
+    query_user_over_the_limit_is_rejected,
+    query_user_validates_each_uid,
+    profile_writes_survive_a_restart,
+);
