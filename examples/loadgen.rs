@@ -7,7 +7,16 @@
 //! cargo run --release --example loadgen                       # 100k users, every workload
 //! cargo run --release --example loadgen -- --users 1000000 --workloads healthz,query
 //! cargo run --release --example loadgen -- --help
+//! # the same on PostgreSQL (a fresh schema, dropped at the end), beside pgbench
+//! cargo run --release --example loadgen -- --backend postgres --workloads healthz,pgbench,query,renew
 //! ```
+//!
+//! With `--backend postgres` the server keeps its data in a schema of its own on the
+//! server at `--postgres-url`, and the `pgbench` workload measures PostgreSQL itself in
+//! the same rounds: `pgbench` with the same connections and threads running a one-UPDATE
+//! script (a random row of a 100k-row table per transaction, each committed), the ceiling
+//! of one durable single-row write on this machine for a durable RenewToken to be
+//! compared with.
 //!
 //! The server runs in a child process (this executable re-run with a hidden `__serve`
 //! argument, which calls the same `liveuser::app::start` as `liveuser serve`), so its
@@ -56,7 +65,8 @@ struct Args {
     /// Client threads.
     #[arg(long, default_value_t = 2)]
     threads: usize,
-    /// Comma-separated workloads: healthz, query, adduser, renew, login.
+    /// Comma-separated workloads: healthz, query, adduser, renew, login, and with
+    /// --backend postgres also pgbench (PostgreSQL alone, one UPDATE per transaction).
     #[arg(long, default_value = "healthz,query,adduser,renew,login")]
     workloads: String,
     /// Where to put the database (default: a temporary directory, removed at the end).
@@ -73,6 +83,20 @@ struct Args {
     /// (for memory and start-up figures of a large database without seeding it again).
     #[arg(long)]
     reuse: bool,
+    /// Storage of the server: `sled` (a directory) or `postgres` (a fresh schema on
+    /// --postgres-url, dropped at the end).
+    #[arg(long, default_value = "sled")]
+    backend: String,
+    /// The PostgreSQL server for --backend postgres.
+    #[arg(
+        long,
+        env = "LIVEUSER_TEST_POSTGRES_URL",
+        default_value = "postgres://root@127.0.0.1:5432/test"
+    )]
+    postgres_url: String,
+    /// Connections the server keeps to PostgreSQL (storage.postgres_pool_size).
+    #[arg(long, default_value_t = 16)]
+    pool: usize,
     /// Internal: run the server with this config file.
     #[arg(long, hide = true)]
     serve: Option<PathBuf>,
@@ -95,6 +119,7 @@ enum Workload {
     AddUser,
     Renew,
     Login,
+    Pgbench,
 }
 
 impl Workload {
@@ -105,6 +130,7 @@ impl Workload {
             "adduser" => Workload::AddUser,
             "renew" => Workload::Renew,
             "login" => Workload::Login,
+            "pgbench" => Workload::Pgbench,
             _ => return None,
         })
     }
@@ -116,6 +142,7 @@ impl Workload {
             Workload::AddUser => "adduser",
             Workload::Renew => "renew",
             Workload::Login => "login",
+            Workload::Pgbench => "pgbench",
         }
     }
 
@@ -126,6 +153,7 @@ impl Workload {
             Workload::AddUser => "AddUser, own record, durable",
             Workload::Renew => "RenewToken with rotation, durable",
             Workload::Login => "Login, mock mode, durable",
+            Workload::Pgbench => "pgbench: one UPDATE per transaction (PostgreSQL alone)",
         }
     }
 
@@ -137,6 +165,7 @@ impl Workload {
             Workload::AddUser => Some(0.30),
             Workload::Renew => Some(0.25),
             Workload::Login => Some(0.20),
+            Workload::Pgbench => None,
         }
     }
 }
@@ -168,6 +197,30 @@ fn main() {
     if let Some(bytes) = args.cache_bytes {
         config.storage.cache_capacity_bytes = bytes;
     }
+    let schema = match args.backend.as_str() {
+        "sled" => None,
+        "postgres" => {
+            let schema = format!("lu_bench_{}", std::process::id());
+            psql(&args.postgres_url, &format!("CREATE SCHEMA {schema}"));
+            let sep = if args.postgres_url.contains('?') {
+                '&'
+            } else {
+                '?'
+            };
+            config.storage.backend = liveuser::config::StorageBackend::Postgres;
+            config.storage.postgres_url = liveuser::secret::Secret::new(format!(
+                "{}{sep}options=-csearch_path%3D{schema}",
+                args.postgres_url
+            ));
+            config.storage.postgres_pool_size = args.pool;
+            Some(schema)
+        }
+        other => panic!("unknown backend {other:?}: sled or postgres"),
+    };
+    assert!(
+        schema.is_some() || !workloads.contains(&Workload::Pgbench),
+        "the pgbench workload needs --backend postgres"
+    );
     config.wx.mode = WxMode::Mock;
     config.limits.login_per_min = 0;
     config.limits.renew_per_min = 0;
@@ -207,6 +260,18 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    if let Some(schema) = &schema
+        && workloads.contains(&Workload::Pgbench)
+    {
+        psql(
+            &args.postgres_url,
+            &format!(
+                "CREATE TABLE {schema}.pgbench_one (id integer PRIMARY KEY, n bigint NOT NULL);
+                 INSERT INTO {schema}.pgbench_one SELECT g, 0 FROM generate_series(1, 100000) g;
+                 VACUUM ANALYZE {schema}.pgbench_one;"
+            ),
+        );
+    }
     let users = Arc::new(users);
     let mut results = Vec::new();
     for round in 0..args.rounds {
@@ -218,8 +283,10 @@ fn main() {
                 args.warmup,
                 args.duration
             );
-            let result =
-                runtime.block_on(run_workload(addr, workload, &args, users.clone(), round));
+            let result = match (workload, &schema) {
+                (Workload::Pgbench, Some(schema)) => pgbench(&args, schema, round),
+                _ => runtime.block_on(run_workload(addr, workload, &args, users.clone(), round)),
+            };
             eprintln!(
                 "  {:.0} req/s, p99 {:.2} ms, {} errors",
                 result.rps, result.p99_ms, result.errors
@@ -232,7 +299,21 @@ fn main() {
         .args(["-TERM", &server.id().to_string()])
         .status();
     let _ = server.wait();
-    let db_mb = dir_size(&config.storage.path) as f64 / 1e6;
+    let db_mb = match &schema {
+        None => dir_size(&config.storage.path) as f64 / 1e6,
+        Some(schema) => {
+            let size = psql_value(
+                &args.postgres_url,
+                &format!(
+                    "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c \
+                     JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE n.nspname = '{schema}' AND c.relname <> 'pgbench_one' AND c.relkind = 'r'"
+                ),
+            );
+            psql(&args.postgres_url, &format!("DROP SCHEMA {schema} CASCADE"));
+            size.parse::<f64>().unwrap_or(0.0) / 1e6
+        }
+    };
 
     report(&args, &results, seed_secs, startup, rss_mb, peak_mb, db_mb);
 }
@@ -275,10 +356,10 @@ fn runtime() -> tokio::runtime::Runtime {
 async fn open_service(
     config: &Config,
 ) -> (
-    Arc<liveuser::store::SledStore>,
-    liveuser::service::Service<liveuser::store::SledStore>,
+    Arc<liveuser::store::AnyStore>,
+    liveuser::service::Service<liveuser::store::AnyStore>,
 ) {
-    let store = Arc::new(liveuser::app::open_store(config).expect("open store"));
+    let store = Arc::new(liveuser::app::open_store(config).await.expect("open store"));
     let service = liveuser::app::build_service(config, store.clone(), Arc::new(SystemClock))
         .await
         .expect("service");
@@ -387,6 +468,91 @@ fn start_server(config_path: &Path) -> (Child, SocketAddr, Duration) {
             }
         }
         std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Runs `sql` with psql on `url` (the benchmark's schema set-up and removal).
+fn psql(url: &str, sql: &str) {
+    let status = Command::new("psql")
+        .args(["-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", sql])
+        .status()
+        .expect("psql runs");
+    assert!(status.success(), "psql failed: {sql}");
+}
+
+/// The single value `sql` returns.
+fn psql_value(url: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args(["-At", "-d", url, "-c", sql])
+        .output()
+        .expect("psql runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// One round of pgbench with the same connections, threads, warm-up and duration as
+/// the HTTP workloads: a random row of a 100k-row table updated per transaction.
+fn pgbench(args: &Args, schema: &str, round: usize) -> Outcome {
+    let script = std::env::temp_dir().join(format!("loadgen-pgbench-{}.sql", std::process::id()));
+    std::fs::write(
+        &script,
+        format!(
+            "\\set id random(1, 100000)\nUPDATE {schema}.pgbench_one SET n = n + 1 WHERE id = :id;\n"
+        ),
+    )
+    .expect("pgbench script");
+    let run = |secs: f64| {
+        let out = Command::new("pgbench")
+            .args([
+                "-n",
+                "-r",
+                "-c",
+                &args.connections.to_string(),
+                "-j",
+                &args.threads.to_string(),
+                "-T",
+                &format!("{}", secs.ceil().max(1.0) as u64),
+                "-f",
+                script.to_str().unwrap(),
+                &args.postgres_url,
+            ])
+            .output()
+            .expect("pgbench runs");
+        assert!(
+            out.status.success(),
+            "pgbench: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    if args.warmup > 0.0 {
+        run(args.warmup);
+    }
+    let text = run(args.duration);
+    let number = |key: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(key))
+            .and_then(|l| {
+                l.split(['=', ' '])
+                    .filter_map(|w| w.parse::<f64>().ok())
+                    .next()
+            })
+            .unwrap_or(0.0)
+    };
+    let tps = number("tps");
+    let requests = number("number of transactions actually processed");
+    let failed = number("number of failed transactions");
+    let latency = number("latency average");
+    let _ = std::fs::remove_file(&script);
+    Outcome {
+        workload: Workload::Pgbench,
+        round,
+        requests: requests as u64,
+        errors: failed as u64,
+        rps: tps,
+        // pgbench reports the mean, not percentiles: shown as p50.
+        p50_ms: latency,
+        p99_ms: 0.0,
+        p999_ms: 0.0,
     }
 }
 
@@ -557,6 +723,7 @@ async fn drive(
                 let body = format!(r#"{{"refresh_token":"{}"}}"#, refresh[k]);
                 post_raw(&mut request, "/liveuser/Wx/RenewToken", None, &body);
             }
+            Workload::Pgbench => unreachable!("pgbench runs outside the HTTP client"),
             Workload::Login => {
                 let i = mine[cursor % mine.len()];
                 cursor += 1;
@@ -801,6 +968,28 @@ fn report(
             })).collect::<Vec<_>>(),
         }));
     }
+    // RenewToken against PostgreSQL's own ceiling for one durable single-row write.
+    let per_round = |w: Workload| {
+        (0..args.rounds)
+            .map(|round| {
+                results
+                    .iter()
+                    .find(|r| r.workload == w && r.round == round)
+                    .map(|r| r.rps)
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut to_pgbench: Vec<f64> = per_round(Workload::Renew)
+        .into_iter()
+        .zip(per_round(Workload::Pgbench))
+        .filter_map(|(renew, pg)| Some(renew? / pg?))
+        .collect();
+    to_pgbench.sort_by(f64::total_cmp);
+    let renew_to_pgbench =
+        (!to_pgbench.is_empty()).then(|| (to_pgbench[to_pgbench.len() / 2], to_pgbench[0]));
+    if let Some((median, min)) = renew_to_pgbench {
+        println!("renew / pgbench (same round): {median:.2} (min {min:.2}); target ≥ 0.50");
+    }
     println!(
         "server: healthy {:.0} ms after start; RSS {rss_mb:.0} MB (peak {peak_mb:.0} MB); database {db_mb:.0} MB on disk; seeding {seed_secs:.1} s",
         startup.as_secs_f64() * 1000.0
@@ -822,6 +1011,9 @@ fn report(
             "database_mb": db_mb,
         },
         "seed_secs": seed_secs,
+        "backend": args.backend,
+        "renew_to_pgbench": renew_to_pgbench.map(|r| r.0),
+        "renew_to_pgbench_min": renew_to_pgbench.map(|r| r.1),
     });
     println!("{}", serde_json::to_string(&document).unwrap());
     if let Some(path) = &args.json {
