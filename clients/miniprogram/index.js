@@ -292,16 +292,14 @@ function createClient(options) {
   function send(path, body, accessToken) {
     const header = { 'Content-Type': 'application/json' };
     if (accessToken) header.Authorization = 'Bearer ' + accessToken;
-    return request({ url: baseUrl + path, method: 'POST', header: header, data: body }).then(
-      function (res) {
-        return res;
-      },
-      function (err) {
-        // No HTTP answer. Only a LiveuserError the adapter made itself passes as it is;
-        // anything else is described without its own fields.
-        throw err instanceof LiveuserError ? err : networkError(err);
-      }
-    );
+    const opts = { url: baseUrl + path, method: 'POST', header: header, data: body };
+    return new Promise(function (resolve) {
+      resolve(request(opts)); // an adapter that throws is taken as one that rejects
+    }).catch(function (err) {
+      // No HTTP answer. Only a LiveuserError the adapter made itself passes as it is;
+      // anything else is described by its message alone, tokens blanked.
+      throw err instanceof LiveuserError ? err : networkError(err);
+    });
   }
 
   // Login and RenewToken: a network failure is retried once with the same body. That is
