@@ -2,34 +2,16 @@
 // What reaches the caller when things go wrong: rate limits, lost answers, refusals,
 // and never a token in what an error or the console shows.
 
-const { test, before, after } = require('node:test');
+const { test } = require('node:test');
 const assert = require('node:assert/strict');
 const util = require('node:util');
 const { createClient, LiveuserError } = require('..');
 const h = require('./harness');
 
-let server;
-before(async () => {
-  server = await h.startServer();
-});
-after(async () => {
-  await server.stop();
-});
+const server = h.serverForFile();
 
 function newClient(parts = {}) {
-  const user = parts.user || h.mockUser();
-  const storage = parts.storage || h.memoryStorage();
-  const request = h.recordingRequest(parts.intercept);
-  const options = { baseUrl: parts.base || server.base, request, login: user.login, storage };
-  if (parts.renewBeforeSecs !== undefined) options.renewBeforeSecs = parts.renewBeforeSecs;
-  return { client: createClient(options), user, storage, request };
-}
-
-async function failure(promise) {
-  return promise.then(
-    () => assert.fail('expected a rejection'),
-    (e) => e
-  );
+  return h.newClient(Object.assign({ base: server.base }, parts));
 }
 
 test('a 429 from Login reaches the caller with retryAfter and is not retried', async (t) => {
@@ -39,7 +21,7 @@ test('a 429 from Login reaches the caller with retryAfter and is not retried', a
   await newClient({ base: limited.base }).client.login();
   const { client, request } = newClient({ base: limited.base });
 
-  const err = await failure(client.queryUser(['nobody']));
+  const err = await h.rejection(client.queryUser(['nobody']));
 
   assert.ok(err instanceof LiveuserError);
   assert.equal(err.code, 'resource_exhausted');
@@ -60,7 +42,7 @@ test('a 429 from RenewToken reaches the caller and keeps the session', async (t)
   assert.equal(request.count('/Wx/RenewToken'), 1);
   const before = storage.get('liveuser');
 
-  const err = await failure(client.queryUser(['nobody']));
+  const err = await h.rejection(client.queryUser(['nobody']));
 
   assert.equal(err.code, 'resource_exhausted');
   assert.equal(request.count('/Wx/RenewToken'), 2, 'not retried');
@@ -79,7 +61,7 @@ test('a call that gets no answer fails with code "network" and is not retried', 
   await client.login();
   const before = storage.get('liveuser');
 
-  const err = await failure(client.queryUser(['nobody']));
+  const err = await h.rejection(client.queryUser(['nobody']));
 
   assert.ok(err instanceof LiveuserError);
   assert.equal(err.code, 'network');
@@ -101,7 +83,7 @@ test('a renewal lost twice on the network keeps the tokens; the next call renews
   h.makeStale(first.storage);
   const { client, request, storage } = newClient({ user: first.user, storage: first.storage, intercept });
 
-  const err = await failure(client.queryUser(['nobody']));
+  const err = await h.rejection(client.queryUser(['nobody']));
   assert.equal(err.code, 'network');
   assert.equal(request.count('/Wx/RenewToken'), 2, 'one retry');
   assert.ok(h.stored(storage).refresh_token === x, 'the stored pair is kept');
@@ -124,7 +106,7 @@ test('an answer without liveuser\'s error body (a proxy\'s page) gets a code fro
   };
   const { client } = newClient({ intercept });
 
-  const err = await failure(client.queryUser(['nobody']));
+  const err = await h.rejection(client.queryUser(['nobody']));
 
   assert.equal(err.code, 'unavailable');
   assert.equal(err.status, 502);
@@ -145,8 +127,6 @@ test('no token appears in an error, its text, or a console line', async () => {
   try {
     // An adapter whose own errors repeat the whole request, tokens included.
     const leaky = (opts) => Promise.reject(new Error(`failed to send ${JSON.stringify(opts)}`));
-    const bearerRefused = (opts, send, path) =>
-      send(path.endsWith('/QueryUser') ? Object.assign({}, opts, { header: { 'Content-Type': 'application/json', Authorization: 'Bearer x.y.z' } }) : opts);
 
     const a = newClient();
     requests.push(a.request);
@@ -155,7 +135,7 @@ test('no token appears in an error, its text, or a console line', async () => {
     await catchInto(a.client.addUser({ uid: 'someone-else', name: 'x' })); // permission_denied
     await catchInto(a.client.call('/liveuser/User/NoSuchMethod', {})); // bad_route
 
-    const b = newClient({ storage: a.storage, user: a.user, intercept: bearerRefused });
+    const b = newClient({ storage: a.storage, user: a.user, intercept: h.refuseQueryUserToken });
     requests.push(b.request);
     await catchInto(b.client.queryUser(['nobody'])); // refused after a renewal
 

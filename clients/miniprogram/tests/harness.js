@@ -8,7 +8,8 @@ const { spawn, execFile } = require('node:child_process');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
-const { fetchRequest } = require('..');
+const { before, after } = require('node:test');
+const { createClient, fetchRequest } = require('..');
 
 const REPO = path.resolve(__dirname, '..', '..', '..');
 const BIN = process.env.LIVEUSER_BIN || path.join(REPO, 'target', 'debug', 'liveuser');
@@ -129,6 +130,34 @@ async function startServer(settings = {}) {
   };
 }
 
+/**
+ * One server for a test file: started before its tests, stopped after them. The object
+ * returned gets the server's fields (`base`, `cli`) once it has started.
+ */
+function serverForFile(settings) {
+  const server = {};
+  before(async () => {
+    Object.assign(server, await startServer(settings));
+  });
+  after(async () => {
+    if (server.stop) await server.stop();
+  });
+  return server;
+}
+
+/**
+ * A client of the server at `parts.base`, with in-memory storage (or `parts.storage`),
+ * a mock user's codes (or `parts.user`'s) and a recording request (`parts.intercept`).
+ */
+function newClient(parts) {
+  const user = parts.user || mockUser();
+  const storage = parts.storage || memoryStorage();
+  const request = recordingRequest(parts.intercept);
+  const options = { baseUrl: parts.base, request, login: user.login, storage };
+  if (parts.renewBeforeSecs !== undefined) options.renewBeforeSecs = parts.renewBeforeSecs;
+  return { client: createClient(options), user, storage, request };
+}
+
 /** Storage in memory, with every write recorded (`writes`: `[key, value]`, value undefined for a remove). */
 function memoryStorage() {
   const map = new Map();
@@ -195,6 +224,22 @@ function recordingRequest(intercept) {
   return fn;
 }
 
+/** An `intercept` under which every QueryUser carries an access token the server refuses. */
+function refuseQueryUserToken(opts, send, path) {
+  if (!path.endsWith('/QueryUser')) return send(opts);
+  return send(Object.assign({}, opts, { header: Object.assign({}, opts.header, { Authorization: 'Bearer x.y.z' }) }));
+}
+
+/** The error `promise` rejects with; fails if it resolves. */
+function rejection(promise) {
+  return promise.then(
+    () => {
+      throw new Error('expected a rejection');
+    },
+    (e) => e
+  );
+}
+
 /** The stored login state of `storage` under `key`, parsed. */
 function stored(storage, key = 'liveuser') {
   const value = storage.get(key);
@@ -213,4 +258,15 @@ function makeStale(storage, secsAgo = 1, key = 'liveuser') {
 
 }
 
-module.exports = { startServer, memoryStorage, mockUser, recordingRequest, stored, makeStale };
+module.exports = {
+  startServer,
+  serverForFile,
+  newClient,
+  memoryStorage,
+  mockUser,
+  recordingRequest,
+  refuseQueryUserToken,
+  rejection,
+  stored,
+  makeStale,
+};

@@ -3,7 +3,7 @@
 // runs, and defaults that go through `wx` (here a stand-in for the base library whose
 // wx.request talks to a real server).
 
-const { test, before, after } = require('node:test');
+const { test } = require('node:test');
 const assert = require('node:assert/strict');
 const { spawnSync } = require('node:child_process');
 const fs = require('node:fs');
@@ -13,14 +13,7 @@ const h = require('./harness');
 
 const INDEX = path.join(__dirname, '..', 'index.js');
 
-let server;
-before(async () => {
-  server = await h.startServer();
-});
-after(async () => {
-  delete globalThis.wx;
-  await server.stop();
-});
+const server = h.serverForFile();
 
 test('the module loads where there is no wx, and says which option is missing when one is needed', () => {
   const loaded = spawnSync(process.execPath, ['-e', `require(${JSON.stringify(INDEX)}); console.log(typeof wx)`], {
@@ -98,8 +91,9 @@ function fakeWx() {
   };
 }
 
-test('the defaults go through wx: wx.request, wx.login and the sync storage', async () => {
+test('the defaults go through wx: wx.request, wx.login and the sync storage', async (t) => {
   globalThis.wx = fakeWx();
+  t.after(() => delete globalThis.wx);
   const client = createClient({ baseUrl: server.base });
 
   await client.addUser({ name: 'Via wx' });
@@ -119,22 +113,19 @@ test('the defaults go through wx: wx.request, wx.login and the sync storage', as
   // A 4xx answer becomes a LiveuserError; a wx.request fail is a network error.
   await assert.rejects(client.addUser({ uid: 'someone-else' }), { code: 'permission_denied', status: 403 });
   const offline = createClient({ baseUrl: 'http://127.0.0.1:1' });
-  const err = await offline.login().then(assert.fail, (e) => e);
+  const err = await h.rejection(offline.login());
   assert.ok(err instanceof LiveuserError);
   assert.equal(err.code, 'network');
   assert.match(err.message, /request:fail/);
-  delete globalThis.wx;
 });
 
 test('the default request lower-cases header names, so Retry-After is found', async (t) => {
   const limited = await h.startServer({ limits: { login_per_min: 1 } });
   t.after(() => limited.stop());
   globalThis.wx = fakeWx();
+  t.after(() => delete globalThis.wx);
   await createClient({ baseUrl: limited.base }).login();
-  const err = await createClient({ baseUrl: limited.base, storage: h.memoryStorage() })
-    .login()
-    .then(assert.fail, (e) => e);
-  delete globalThis.wx;
+  const err = await h.rejection(createClient({ baseUrl: limited.base, storage: h.memoryStorage() }).login());
   assert.equal(err.code, 'resource_exhausted');
   assert.ok(err.retryAfter > 0);
 });

@@ -2,26 +2,15 @@
 // Renewal, re-login and their single flight, against a real server with rotation on
 // (the default) and its 10 s reuse grace window.
 
-const { test, before, after } = require('node:test');
+const { test } = require('node:test');
 const assert = require('node:assert/strict');
 const { createClient, LiveuserError } = require('..');
 const h = require('./harness');
 
-let server;
-before(async () => {
-  server = await h.startServer();
-});
-after(async () => {
-  await server.stop();
-});
+const server = h.serverForFile();
 
 function newClient(parts = {}) {
-  const user = parts.user || h.mockUser();
-  const storage = parts.storage || h.memoryStorage();
-  const request = h.recordingRequest(parts.intercept);
-  const options = { baseUrl: server.base, request, login: user.login, storage };
-  if (parts.renewBeforeSecs !== undefined) options.renewBeforeSecs = parts.renewBeforeSecs;
-  return { client: createClient(options), user, storage, request };
+  return h.newClient(Object.assign({ base: server.base }, parts));
 }
 
 /** A logged-in user's storage, written by a first client (the app's previous run). */
@@ -122,10 +111,11 @@ test('a refusal that arrives after another call renewed is retried with the new 
   const release = deferred();
   let queries = 0;
   const intercept = async (opts, send, path) => {
+    // Counted when sent: the first call's refusal is slow to arrive, it comes after the
+    // second call has renewed and succeeded.
+    const slow = path.endsWith('/QueryUser') && ++queries === 1;
     const res = await send(opts);
-    // The first call's refusal is slow to arrive: it comes after the second call has
-    // renewed and succeeded.
-    if (path.endsWith('/QueryUser') && ++queries === 1) await release.promise;
+    if (slow) await release.promise;
     return res;
   };
   const { client, request } = newClient({ user, storage, intercept });
@@ -217,16 +207,10 @@ test('a login answer lost on the network is retried with the same code', async (
 });
 
 test('a call refused again after a renewal reaches the caller as a LiveuserError', async () => {
-  // Every QueryUser carries an access token the server refuses.
-  const intercept = (opts, send, path) =>
-    send(path.endsWith('/QueryUser') ? Object.assign({}, opts, { header: Object.assign({}, opts.header, { Authorization: 'Bearer x.y.z' }) }) : opts);
-  const { client, request } = newClient({ intercept });
+  const { client, request } = newClient({ intercept: h.refuseQueryUserToken });
   await client.login();
 
-  const err = await client.queryUser(['nobody']).then(
-    () => assert.fail('resolved'),
-    (e) => e
-  );
+  const err = await h.rejection(client.queryUser(['nobody']));
 
   assert.ok(err instanceof LiveuserError);
   assert.equal(err.code, 'unauthenticated');
@@ -239,9 +223,7 @@ test('a call refused again after a renewal reaches the caller as a LiveuserError
 });
 
 test('a call refused again after a re-login reaches the caller as a LiveuserError', async () => {
-  const intercept = (opts, send, path) =>
-    send(path.endsWith('/QueryUser') ? Object.assign({}, opts, { header: Object.assign({}, opts.header, { Authorization: 'Bearer x.y.z' }) }) : opts);
-  const { client, request } = newClient({ intercept });
+  const { client, request } = newClient({ intercept: h.refuseQueryUserToken });
   const { uid } = await client.login();
   await server.cli('session', 'revoke', '--uid', uid);
 

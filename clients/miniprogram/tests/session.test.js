@@ -1,25 +1,15 @@
 'use strict';
 // Logging in, keeping the tokens, and the two user methods, against a real server.
 
-const { test, before, after } = require('node:test');
+const { test } = require('node:test');
 const assert = require('node:assert/strict');
 const { createClient } = require('..');
 const h = require('./harness');
 
-let server;
-before(async () => {
-  server = await h.startServer();
-});
-after(async () => {
-  await server.stop();
-});
+const server = h.serverForFile();
 
 function newClient(parts = {}) {
-  const user = parts.user || h.mockUser();
-  const storage = parts.storage || h.memoryStorage();
-  const request = h.recordingRequest(parts.intercept);
-  const client = createClient({ baseUrl: server.base, request, login: user.login, storage });
-  return { client, user, storage, request };
+  return h.newClient(Object.assign({ base: server.base }, parts));
 }
 
 test('an authenticated call without tokens logs in first', async () => {
