@@ -4,7 +4,7 @@
 
 const { test } = require('node:test');
 const assert = require('node:assert/strict');
-const { createClient, LiveuserError } = require('..');
+const { LiveuserError } = require('..');
 const h = require('./harness');
 
 const server = h.serverForFile();

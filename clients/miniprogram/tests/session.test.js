@@ -3,7 +3,6 @@
 
 const { test } = require('node:test');
 const assert = require('node:assert/strict');
-const { createClient } = require('..');
 const h = require('./harness');
 
 const server = h.serverForFile();
