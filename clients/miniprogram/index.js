@@ -23,8 +23,9 @@ const NETWORK_RETRY_MS = 200;
 
 /**
  * An error answered by the server (`code` and `msg` from its error body, `status`), or
- * `code: "network"` with `status: 0` when no HTTP answer came. The message is the
- * server's `msg`: it never holds a token, a request body or a header.
+ * `code: "network"` with `status: 0` when no HTTP answer came. The message is `msg`:
+ * the server's sentence, or for `network` what failed. Never a request body or header,
+ * and anything token-shaped is blanked.
  */
 class LiveuserError extends Error {
   constructor(code, msg, status, retryAfter) {
