@@ -22,6 +22,14 @@ const QUERY_USER = '/liveuser/User/QueryUser';
 const NETWORK_RETRY_MS = 200;
 
 /**
+ * Timeout of the default `wx.request` (its own default is 60 s). A renewal whose answer
+ * is lost is retried with the same refresh token, which the server accepts only within
+ * its grace window (`token.reuse_grace_secs`, 10 s by default) after the rotation; 8 s
+ * plus the retry's pause keeps that retry inside the default window.
+ */
+const WX_REQUEST_TIMEOUT_MS = 8000;
+
+/**
  * An error answered by the server (`code` and `msg` from its error body, `status`), or
  * `code: "network"` with `status: 0` when no HTTP answer came. The message is `msg`:
  * the server's sentence, or for `network` what failed. Never a request body or header,
@@ -66,6 +74,7 @@ function wxRequest(opts) {
       method: opts.method,
       header: opts.header,
       data: opts.data,
+      timeout: WX_REQUEST_TIMEOUT_MS,
       success: function (res) {
         resolve({ status: res.statusCode, headers: lowerCaseKeys(res.header), data: res.data });
       },

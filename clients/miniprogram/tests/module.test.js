@@ -54,7 +54,7 @@ test('index.js stays within ES2017 syntax, which the mini-program base library r
 /** A stand-in for the mini-program base library's wx, over a real network. */
 function fakeWx() {
   const store = new Map();
-  const calls = { request: 0, login: 0 };
+  const calls = { request: 0, login: 0, timeouts: [] };
   let codes = 0;
   const name = h.mockUser('wx').name;
   return {
@@ -62,6 +62,7 @@ function fakeWx() {
     calls,
     request(o) {
       calls.request += 1;
+      calls.timeouts.push(o.timeout);
       fetch(o.url, { method: o.method, headers: o.header, body: JSON.stringify(o.data) }).then(
         async (res) => {
           // Header names as a server may spell them; wx passes them on unchanged.
@@ -102,6 +103,9 @@ test('the defaults go through wx: wx.request, wx.login and the sync storage', as
   assert.equal(me.name, 'Via wx');
   assert.equal(wx.calls.login, 1);
   assert.equal(wx.calls.request, 3);
+  // Short enough that a renewal retried after a lost answer lands in the server's
+  // default 10 s grace window.
+  assert.ok(wx.calls.timeouts.every((ms) => ms > 0 && ms <= 9000), String(wx.calls.timeouts));
   assert.equal(JSON.parse(wx.store.get('liveuser')).uid, client.uid);
 
   // Restored by the next launch, from wx storage.
