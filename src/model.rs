@@ -232,7 +232,10 @@ impl Session {
             return Standing::Current;
         }
         match self.previous {
-            Some(Rotation { token, at }) if token == hash => Standing::Previous { rotated_at: at },
+            Some(Rotation {
+                token,
+                rotated_at_ms,
+            }) if token == hash => Standing::Previous { rotated_at_ms },
             _ => Standing::Retired,
         }
     }
@@ -253,8 +256,9 @@ impl Session {
 pub struct Rotation {
     /// Hash of the token that was current before the last rotation.
     pub token: TokenHash,
-    /// When it was rotated.
-    pub at: u64,
+    /// When it was rotated, in Unix milliseconds: the retry grace that follows is
+    /// measured from here to the millisecond.
+    pub rotated_at_ms: u64,
 }
 
 /// Where a presented refresh token stands in its session.
@@ -265,8 +269,8 @@ pub enum Standing {
     /// The token the last rotation retired, at `rotated_at`; its successor is the
     /// session's current token, which therefore has not been used yet.
     Previous {
-        /// When it was rotated.
-        rotated_at: u64,
+        /// When it was rotated, Unix milliseconds.
+        rotated_at_ms: u64,
     },
     /// An older token of the family (or one never current): presenting it is reuse.
     Retired,

@@ -298,7 +298,8 @@ impl<S: Store> Service<S> {
         let refused = || ServiceError::Unauthenticated(REFRESH_REFUSED.into());
         let token = RefreshToken::parse(presented).ok_or_else(refused)?;
         let hash = token.hash();
-        let now = self.now();
+        let now_ms = self.clock.now_ms();
+        let now = now_ms / 1000;
         let record = self.store.refresh_record(hash).await?.ok_or_else(refused)?;
         let successor = token.successor(&self.refresh_key);
         let mut session = self.store.session(record.sid).await?.ok_or_else(refused)?;
@@ -327,7 +328,7 @@ impl<S: Store> Service<S> {
                 Standing::Current => {
                     match self
                         .store
-                        .rotate(session.sid, hash, successor.hash(), now, idle_expires_at)
+                        .rotate(session.sid, hash, successor.hash(), now_ms, idle_expires_at)
                         .await?
                     {
                         RotateOutcome::Rotated => {
@@ -340,9 +341,9 @@ impl<S: Store> Service<S> {
                         }
                     }
                 }
-                Standing::Previous { rotated_at } if self.policy.rotation => {
-                    let grace = self.policy.reuse_grace_secs;
-                    let in_grace = grace > 0 && now <= rotated_at.saturating_add(grace);
+                Standing::Previous { rotated_at_ms } if self.policy.rotation => {
+                    let in_grace =
+                        within_grace(rotated_at_ms, now_ms, self.policy.reuse_grace_secs);
                     if (in_grace || lost_race) && session.current == successor.hash() {
                         // The rotation was written by another request, perhaps not yet
                         // flushed: answer only once it is durable.
@@ -481,6 +482,13 @@ impl<S: Store> Service<S> {
     }
 }
 
+/// Whether a token rotated at `rotated_at_ms` may still be retried at `now_ms`: within
+/// `grace_secs` of the rotation, to the millisecond, inclusive. A grace of 0 allows no
+/// retry at all. (A clock stepped back to before the rotation counts as no time passed.)
+fn within_grace(rotated_at_ms: u64, now_ms: u64, grace_secs: u64) -> bool {
+    grace_secs > 0 && now_ms <= rotated_at_ms.saturating_add(grace_secs.saturating_mul(1000))
+}
+
 /// `uids` with repeats removed, first occurrence kept, order kept. A short list (the
 /// usual QueryUser) is checked pairwise, cheaper than hashing every uid.
 fn first_occurrences(uids: &[Uid]) -> Vec<Uid> {
@@ -580,6 +588,51 @@ impl LoginCodes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_grace_is_measured_in_milliseconds_from_the_rotation() {
+        // Rotated 50 ms into a second, with a 2 s grace.
+        let rotated = 1_700_000_000_050;
+        assert!(within_grace(rotated, rotated, 2));
+        assert!(
+            within_grace(rotated, rotated + 1_500, 2),
+            "1.5 s later: a retry"
+        );
+        assert!(
+            within_grace(rotated, rotated + 2_000, 2),
+            "the bound is inclusive"
+        );
+        assert!(
+            !within_grace(rotated, rotated + 2_001, 2),
+            "1 ms past the grace"
+        );
+        assert!(
+            !within_grace(rotated, rotated + 2_300, 2),
+            "2.3 s later: reuse"
+        );
+        // Rotated 950 ms into a second: the same window, whatever the fraction.
+        let late = 1_700_000_000_950;
+        assert!(within_grace(late, late + 1_500, 2));
+        assert!(!within_grace(late, late + 2_300, 2));
+    }
+
+    #[test]
+    fn a_grace_of_zero_allows_no_retry_even_at_the_same_millisecond() {
+        let rotated = 1_700_000_000_000;
+        assert!(!within_grace(rotated, rotated, 0));
+        assert!(!within_grace(rotated, rotated + 1, 0));
+    }
+
+    #[test]
+    fn a_clock_stepped_back_counts_as_no_time_passed() {
+        let rotated = 1_700_000_010_000;
+        assert!(within_grace(rotated, rotated - 5_000, 2));
+        assert!(!within_grace(u64::MAX - 10, 0, 0));
+        assert!(
+            within_grace(u64::MAX - 10, u64::MAX, 2),
+            "no overflow near the end of time"
+        );
+    }
 
     #[test]
     fn repeats_are_dropped_keeping_first_occurrences_in_order() {

@@ -313,7 +313,7 @@ fn session_line(session: &Session, records: &[(TokenHash, RefreshRecord)]) -> Li
         current: hex(&session.current.0),
         previous: session.previous.map(|p| PreviousLine {
             hash: hex(&p.token.0),
-            rotated_at: p.at,
+            rotated_at: p.rotated_at_ms / 1000,
         }),
         tokens: records
             .iter()
@@ -523,7 +523,7 @@ impl Checker {
                 let previous = match previous {
                     Some(p) => Some(Rotation {
                         token: parse_hash(&p.hash, "previous.hash").map_err(|e| bad(n, e))?,
-                        at: p.rotated_at,
+                        rotated_at_ms: p.rotated_at.saturating_mul(1000),
                     }),
                     None => None,
                 };

@@ -72,7 +72,7 @@ mod tests {
             current: TokenHash([7; 32]),
             previous: Some(Rotation {
                 token: TokenHash([9; 32]),
-                at: 6,
+                rotated_at_ms: 6_001,
             }),
         });
         round_trip(RefreshRecord {

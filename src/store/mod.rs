@@ -165,14 +165,15 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = StoreResult<()>> + Send;
 
     /// Compare-and-swap rotation: if `parent` is still the current token of session `sid`
-    /// and the session is live at `now`, make `successor` current, remember `parent` as
-    /// the last rotation, and set the last use and idle expiry — one atomic change.
+    /// and the session is live at `now_ms`, make `successor` current, remember `parent`
+    /// as the last rotation at `now_ms`, and set the last use (in seconds) and idle
+    /// expiry — one atomic change.
     fn rotate(
         &self,
         sid: Sid,
         parent: TokenHash,
         successor: TokenHash,
-        now: u64,
+        now_ms: u64,
         idle_expires_at: u64,
     ) -> impl Future<Output = StoreResult<RotateOutcome>> + Send;
 

@@ -390,9 +390,10 @@ impl Store for SledStore {
         sid: Sid,
         parent: TokenHash,
         successor: TokenHash,
-        now: u64,
+        now_ms: u64,
         idle_expires_at: u64,
     ) -> StoreResult<RotateOutcome> {
+        let now = now_ms / 1000;
         // The successor is derived from the parent, so every contender writes the same
         // record here; only the session's compare-and-swap decides who rotated.
         self.put_token(sid, successor, now)?;
@@ -401,7 +402,7 @@ impl Store for SledStore {
                 Some(mut session) if session.is_live(now) && session.current == parent => {
                     session.previous = Some(Rotation {
                         token: parent,
-                        at: now,
+                        rotated_at_ms: now_ms,
                     });
                     session.current = successor;
                     session.last_used_at = now;

@@ -45,6 +45,53 @@ fn a_retry_within_the_grace_period_returns_the_same_successor() {
     assert_eq!(next.status, 200, "{}", next.text);
 }
 
+/// The grace is measured in milliseconds from the rotation: with a 2 s grace, 1.5 s
+/// later is a retry and 2.3 s later is reuse, wherever in its second the rotation fell.
+/// (Measured in whole seconds, a rotation 50 ms into a second gave a retry 2.3 s later
+/// the successor instead of revoking the family.)
+#[test]
+fn the_grace_period_runs_to_the_millisecond_wherever_in_a_second_the_rotation_falls() {
+    for into_second in [50, 500, 950] {
+        let app = TestApp::spawn_with(|c| c.token.reuse_grace_secs = 2);
+        let t0 = app.login_ok("mia").str("refresh_token");
+        app.clock.align(into_second);
+        let first = app.renew(&t0);
+        assert_eq!(first.status, 200, "{}", first.text);
+        let t1 = first.str("refresh_token");
+
+        app.clock.advance_ms(1_500);
+        let retry = app.renew(&t0);
+        assert_eq!(
+            retry.status, 200,
+            "1.5 s after a rotation at +{into_second} ms: {}",
+            retry.text
+        );
+        assert_eq!(
+            retry.str("refresh_token"),
+            t1,
+            "a retry gets the same successor"
+        );
+
+        app.clock.advance_ms(800);
+        app.renew(&t0).assert_error(401, "unauthenticated");
+        // That was reuse, not a late retry: the whole family is revoked.
+        app.renew(&t1).assert_error(401, "unauthenticated");
+        app.query(&first.str("access_token"), &[])
+            .assert_error(401, "unauthenticated");
+    }
+}
+
+/// With no grace at all, even an immediate second presentation of a rotated token is
+/// reuse.
+#[test]
+fn with_a_grace_of_zero_a_retried_token_is_reuse_at_once() {
+    let app = TestApp::spawn_with(|c| c.token.reuse_grace_secs = 0);
+    let t0 = app.login_ok("noa").str("refresh_token");
+    let t1 = app.renew(&t0).str("refresh_token");
+    app.renew(&t0).assert_error(401, "unauthenticated");
+    app.renew(&t1).assert_error(401, "unauthenticated");
+}
+
 #[test]
 fn twenty_concurrent_renewals_of_one_token_yield_one_successor() {
     let app = TestApp::spawn();
