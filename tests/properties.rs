@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use liveuser::clock::Clock;
 use liveuser::config::TokenConfig;
-use liveuser::model::{SessionState, Sid, Standing, Uid};
+use liveuser::model::{SessionState, Sid, TokenHash, Uid};
 use liveuser::service::{Grant, Policy, Service, ServiceError};
 use liveuser::store::{SledStore, Store};
 use liveuser::token::{AccessTokens, RefreshKey, RefreshToken};
@@ -352,35 +352,46 @@ impl World {
                     );
                 }
             }
-            let mut current = 0;
-            for (i, token) in fam.tokens.iter().enumerate() {
-                let hash = RefreshToken::parse(token).unwrap().hash();
-                let Some(record) = self.rt.block_on(store.refresh_record(hash)).unwrap() else {
-                    prop_assert!(session.is_none(), "a token of a stored session vanished");
-                    continue;
-                };
-                prop_assert_eq!(record.sid, fam.sid);
-                let Some(session) = &session else { continue };
+            let parsed: Vec<RefreshToken> = fam
+                .tokens
+                .iter()
+                .map(|t| RefreshToken::parse(t).unwrap())
+                .collect();
+            let hashes: Vec<TokenHash> = parsed.iter().map(RefreshToken::hash).collect();
+            for (i, token) in parsed.iter().enumerate() {
+                prop_assert_eq!(token.sid(), fam.sid, "every token names its session");
+                prop_assert!(
+                    !hashes[..i].contains(&hashes[i]),
+                    "a token was handed out twice"
+                );
+            }
+            if let Some(session) = &session {
+                // One current token, the last one the client got, and one generation per
+                // rotation: a token never has two live successors.
                 let last = fam.tokens.len() - 1;
-                match session.standing(hash) {
-                    Standing::Current => {
-                        current += 1;
-                        prop_assert_eq!(i, last, "an old token is current again");
-                    }
-                    Standing::Previous { .. } => {
-                        prop_assert_eq!(i + 1, last, "only the last token's parent is previous");
-                        prop_assert!(
-                            session.current
-                                == RefreshToken::parse(&fam.tokens[last]).unwrap().hash(),
-                            "a token's successor is not the one the client got"
+                prop_assert_eq!(
+                    session.current,
+                    hashes[last],
+                    "the current token is not the last one handed out"
+                );
+                prop_assert_eq!(
+                    session.generation as usize,
+                    last,
+                    "generations and rotations differ"
+                );
+                match session.previous {
+                    Some(p) => {
+                        prop_assert!(last >= 1, "a previous token before any rotation");
+                        prop_assert_eq!(
+                            p.token,
+                            hashes[last - 1],
+                            "previous is not the last retired token"
                         );
+                        prop_assert_eq!(p.rotated_at_ms, fam.rotated_at_ms[last - 1]);
                     }
-                    Standing::Retired => {
-                        prop_assert!(i + 1 < last, "a recent token is retired");
-                    }
+                    None => prop_assert_eq!(last, 0, "a rotation left no previous token"),
                 }
             }
-            prop_assert!(current <= 1, "{} current tokens in one family", current);
             if fam.revoked {
                 for token in &fam.tokens {
                     prop_assert!(self.renew(token).is_err(), "a revoked family renewed");

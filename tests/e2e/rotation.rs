@@ -331,3 +331,72 @@ fn the_background_sweep_removes_dead_sessions() {
         "a live session is kept"
     );
 }
+
+/// Flips one bit of the byte at `at` of a refresh token's 52 bytes.
+fn corrupt(token: &str, at: usize) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut bytes = b64.decode(token.trim_start_matches("lvrt_")).unwrap();
+    bytes[at] ^= 0x01;
+    format!("lvrt_{}", b64.encode(bytes))
+}
+
+#[test]
+fn a_corrupted_or_invented_token_that_resembles_a_live_one_revokes_nothing() {
+    let app = TestApp::spawn();
+    let t0 = app.login_ok("olga").str("refresh_token");
+    let t1 = app.renew(&t0).str("refresh_token");
+    let t2 = app.renew(&t1).str("refresh_token");
+    // The seed (another session), the generation (an older or a newer one) or the tag
+    // changed: none is authentic, so none is taken for reuse of the session.
+    for at in [0, 31, 32, 35, 36, 51] {
+        for token in [&t0, &t1, &t2] {
+            app.renew(&corrupt(token, at))
+                .assert_error(401, "unauthenticated");
+        }
+    }
+    let r = app.renew(&t2);
+    assert_eq!(r.status, 200, "the session survived: {}", r.text);
+}
+
+#[test]
+fn a_token_two_or_more_rotations_old_revokes_its_family_even_within_the_grace() {
+    let app = TestApp::spawn();
+    let t0 = app.login_ok("pia").str("refresh_token");
+    let t1 = app.renew(&t0).str("refresh_token");
+    let t2 = app.renew(&t1).str("refresh_token");
+    let r3 = app.renew(&t2);
+    let t3 = r3.str("refresh_token");
+    app.renew(&t0).assert_error(401, "unauthenticated");
+    app.renew(&t3).assert_error(401, "unauthenticated");
+    app.query(&r3.str("access_token"), &[])
+        .assert_error(401, "unauthenticated");
+}
+
+#[test]
+fn rotation_switched_off_refuses_tokens_rotated_before_without_revoking() {
+    let mut app = TestApp::spawn();
+    let t0 = app.login_ok("quin").str("refresh_token");
+    let t1 = app.renew(&t0).str("refresh_token");
+    app.config.token.rotation = false;
+    app.restart();
+    // The retired token is refused, within the grace or not, and judged no further.
+    app.renew(&t0).assert_error(401, "unauthenticated");
+    app.advance(60);
+    app.renew(&t0).assert_error(401, "unauthenticated");
+    for _ in 0..2 {
+        let r = app.renew(&t1);
+        assert_eq!(r.status, 200, "the current token still renews: {}", r.text);
+        assert_eq!(
+            r.str("refresh_token"),
+            t1,
+            "without rotation, the same token"
+        );
+    }
+    // Rotation back on: the token rotates from where it stands.
+    app.config.token.rotation = true;
+    app.restart();
+    let t2 = app.renew(&t1).str("refresh_token");
+    assert_ne!(t2, t1);
+    assert_eq!(app.renew(&t2).status, 200);
+}
