@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! cargo run --release --example loadgen                       # 100k users, every workload
+//! cargo run --release --example loadgen -- --users 1000 --workloads healthz,renew --growth 1000000
 //! cargo run --release --example loadgen -- --users 1000000 --workloads healthz,query
 //! cargo run --release --example loadgen -- --help
 //! # the same on PostgreSQL (a fresh schema, dropped at the end), beside pgbench
@@ -65,9 +66,10 @@ struct Args {
     /// Client threads.
     #[arg(long, default_value_t = 2)]
     threads: usize,
-    /// Comma-separated workloads: healthz, query, adduser, renew, login, and with
-    /// --backend postgres also pgbench (PostgreSQL alone, one UPDATE per transaction).
-    #[arg(long, default_value = "healthz,query,adduser,renew,login")]
+    /// Comma-separated workloads: healthz, query, adduser, renew, login (returning users),
+    /// login-new (first logins), and with --backend postgres also pgbench (PostgreSQL
+    /// alone, one UPDATE per transaction).
+    #[arg(long, default_value = "healthz,query,adduser,renew,login,login-new")]
     workloads: String,
     /// Where to put the database (default: a temporary directory, removed at the end).
     #[arg(long)]
@@ -83,6 +85,11 @@ struct Args {
     /// (for memory and start-up figures of a large database without seeding it again).
     #[arg(long)]
     reuse: bool,
+    /// Renewal growth: after the rounds, renew the seeded sessions this many times in all
+    /// (as fast as the connections go), then run the rounds of healthz and renew again,
+    /// and report the database size and RenewToken's ratio before and after.
+    #[arg(long)]
+    growth: Option<u64>,
     /// Storage of the server: `sled` (a directory) or `postgres` (a fresh schema on
     /// --postgres-url, dropped at the end).
     #[arg(long, default_value = "sled")]
@@ -119,6 +126,7 @@ enum Workload {
     AddUser,
     Renew,
     Login,
+    LoginNew,
     Pgbench,
 }
 
@@ -130,6 +138,7 @@ impl Workload {
             "adduser" => Workload::AddUser,
             "renew" => Workload::Renew,
             "login" => Workload::Login,
+            "login-new" => Workload::LoginNew,
             "pgbench" => Workload::Pgbench,
             _ => return None,
         })
@@ -142,6 +151,7 @@ impl Workload {
             Workload::AddUser => "adduser",
             Workload::Renew => "renew",
             Workload::Login => "login",
+            Workload::LoginNew => "login-new",
             Workload::Pgbench => "pgbench",
         }
     }
@@ -152,7 +162,8 @@ impl Workload {
             Workload::Query => "QueryUser, 10 random uids, valid token",
             Workload::AddUser => "AddUser, own record, durable",
             Workload::Renew => "RenewToken with rotation, durable",
-            Workload::Login => "Login, mock mode, durable",
+            Workload::Login => "Login of a returning user, mock mode, durable",
+            Workload::LoginNew => "Login of a new user, mock mode, durable",
             Workload::Pgbench => "pgbench: one UPDATE per transaction (PostgreSQL alone)",
         }
     }
@@ -162,9 +173,10 @@ impl Workload {
         match self {
             Workload::Healthz => None,
             Workload::Query => Some(0.60),
-            Workload::AddUser => Some(0.30),
-            Workload::Renew => Some(0.25),
+            Workload::AddUser => Some(0.40),
+            Workload::Renew => Some(0.30),
             Workload::Login => Some(0.20),
+            Workload::LoginNew => Some(0.15),
             Workload::Pgbench => None,
         }
     }
@@ -294,6 +306,45 @@ fn main() {
             results.push(result);
         }
     }
+    let growth = args.growth.map(|total| {
+        let size_before = dir_size(&config.storage.path);
+        eprintln!(
+            "growth: {total} renewals of the seeded sessions; database {:.1} MB before …",
+            size_before as f64 / 1e6
+        );
+        let (secs, errors) = renew_many(&runtime, addr, args.connections, users.clone(), total);
+        let size_after = dir_size(&config.storage.path);
+        eprintln!(
+            "  {:.0} renewals/s, {errors} errors; database {:.1} MB after",
+            total as f64 / secs,
+            size_after as f64 / 1e6
+        );
+        let mut after = Vec::new();
+        for round in 0..args.rounds {
+            for workload in [Workload::Healthz, Workload::Renew] {
+                eprintln!(
+                    "after growth, round {}: running {} …",
+                    round + 1,
+                    workload.name()
+                );
+                after.push(runtime.block_on(run_workload(
+                    addr,
+                    workload,
+                    &args,
+                    users.clone(),
+                    round,
+                )));
+            }
+        }
+        Growth {
+            total,
+            secs,
+            errors,
+            size_before,
+            size_after,
+            after,
+        }
+    });
     let (rss_mb, peak_mb) = memory_of(server.id());
     let _ = Command::new("kill")
         .args(["-TERM", &server.id().to_string()])
@@ -315,7 +366,37 @@ fn main() {
         }
     };
 
-    report(&args, &results, seed_secs, startup, rss_mb, peak_mb, db_mb);
+    report(
+        &args,
+        &results,
+        growth.as_ref(),
+        Server {
+            seed_secs,
+            startup,
+            rss_mb,
+            peak_mb,
+            db_mb,
+        },
+    );
+}
+
+/// What the growth run measured.
+struct Growth {
+    total: u64,
+    secs: f64,
+    errors: u64,
+    size_before: u64,
+    size_after: u64,
+    after: Vec<Outcome>,
+}
+
+/// Figures of the server process and its database.
+struct Server {
+    seed_secs: f64,
+    startup: Duration,
+    rss_mb: f64,
+    peak_mb: f64,
+    db_mb: f64,
 }
 
 /// The `__serve` mode: exactly what `liveuser serve` does with this configuration.
@@ -553,6 +634,7 @@ fn pgbench(args: &Args, schema: &str, round: usize) -> Outcome {
         p50_ms: latency,
         p99_ms: 0.0,
         p999_ms: 0.0,
+        flushes: None,
     }
 }
 
@@ -566,6 +648,9 @@ struct Outcome {
     p50_ms: f64,
     p99_ms: f64,
     p999_ms: f64,
+    /// Flushes in the measured window, and the writers they served (0 where the server
+    /// does not report batch sizes).
+    flushes: Option<(f64, f64)>,
 }
 
 async fn run_workload(
@@ -580,32 +665,29 @@ async fn run_workload(
     let start = Instant::now();
     let measure_from = start + warm;
     let end = measure_from + measure;
-    let tasks: Vec<_> = (0..args.connections)
-        .map(|c| {
-            let users = users.clone();
-            let conns = args.connections;
-            tokio::spawn(async move {
-                drive(
-                    addr,
-                    workload,
-                    c,
-                    conns,
-                    users,
-                    round,
-                    Window { measure_from, end },
-                )
-                .await
-            })
-        })
-        .collect();
-    let mut latencies: Vec<u32> = Vec::new();
-    let (mut requests, mut errors) = (0, 0);
-    for task in tasks {
-        let stats = task.await.unwrap();
-        requests += stats.latencies_us.len() as u64;
-        errors += stats.errors;
-        latencies.extend(stats.latencies_us);
-    }
+    // Flushes are counted from the server's own metrics at the edges of the measured
+    // window (scraped by a separate task, so no connection's timing includes it).
+    let flushes = tokio::spawn(async move {
+        tokio::time::sleep_until(measure_from.into()).await;
+        let before = flush_counts(addr).await;
+        tokio::time::sleep_until(end.into()).await;
+        let after = flush_counts(addr).await;
+        Some((after?.0 - before?.0, after?.1 - before?.1))
+    });
+    let stats = run_connections(
+        addr,
+        workload,
+        args.connections,
+        users,
+        round,
+        Window {
+            measure_from,
+            end,
+            budget: None,
+        },
+    )
+    .await;
+    let mut latencies = stats.latencies_us;
     latencies.sort_unstable();
     let pct = |p: f64| {
         if latencies.is_empty() {
@@ -614,16 +696,96 @@ async fn run_workload(
         let i = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
         latencies[i] as f64 / 1000.0
     };
+    let requests = latencies.len() as u64;
     Outcome {
         workload,
         round,
         requests,
-        errors,
+        errors: stats.errors,
         rps: requests as f64 / measure.as_secs_f64(),
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),
         p999_ms: pct(0.999),
+        flushes: flushes.await.unwrap_or(None),
     }
+}
+
+/// Runs `conns` connections of `workload` until `window` ends (or its budget is spent)
+/// and gathers what they measured.
+async fn run_connections(
+    addr: SocketAddr,
+    workload: Workload,
+    conns: usize,
+    users: Arc<Vec<Seeded>>,
+    round: usize,
+    window: Window,
+) -> ConnStats {
+    let tasks: Vec<_> = (0..conns)
+        .map(|c| {
+            let users = users.clone();
+            let window = window.clone();
+            tokio::spawn(async move { drive(addr, workload, c, conns, users, round, window).await })
+        })
+        .collect();
+    let mut all = ConnStats {
+        latencies_us: Vec::new(),
+        errors: 0,
+    };
+    for task in tasks {
+        let stats = task.await.unwrap();
+        all.errors += stats.errors;
+        all.latencies_us.extend(stats.latencies_us);
+    }
+    all
+}
+
+/// The server's flush count and the sum of writers over those flushes, from `/metrics`
+/// (the writer sum only where the server reports batch sizes; otherwise 0).
+async fn flush_counts(addr: SocketAddr) -> Option<(f64, f64)> {
+    let mut client = Client::connect(addr).await;
+    let (status, body) = client
+        .call(b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n")
+        .await
+        .ok()?;
+    if status != 200 {
+        return None;
+    }
+    let text = String::from_utf8(body).ok()?;
+    let value = |name: &str| {
+        text.lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+    };
+    Some((
+        value("liveuser_storage_flush_duration_seconds_count")?,
+        value("liveuser_storage_flush_batch_writers_sum").unwrap_or(0.0),
+    ))
+}
+
+/// The growth run's middle part: `total` renewals of the seeded sessions, as fast as the
+/// connections go; returns the seconds it took and the errors.
+fn renew_many(
+    runtime: &tokio::runtime::Runtime,
+    addr: SocketAddr,
+    conns: usize,
+    users: Arc<Vec<Seeded>>,
+    total: u64,
+) -> (f64, u64) {
+    let started = Instant::now();
+    let budget = Arc::new(std::sync::atomic::AtomicI64::new(total as i64));
+    let stats = runtime.block_on(run_connections(
+        addr,
+        Workload::Renew,
+        conns,
+        users,
+        usize::MAX,
+        Window {
+            measure_from: started,
+            end: started + Duration::from_secs(24 * 3600),
+            budget: Some(budget),
+        },
+    ));
+    (started.elapsed().as_secs_f64(), stats.errors)
 }
 
 struct ConnStats {
@@ -631,11 +793,13 @@ struct ConnStats {
     errors: u64,
 }
 
-/// When a run's latencies start counting, and when it stops.
-#[derive(Clone, Copy)]
+/// When a run's latencies start counting, and when it stops: at `end`, or once
+/// `budget` requests have been sent.
+#[derive(Clone)]
 struct Window {
     measure_from: Instant,
     end: Instant,
+    budget: Option<Arc<std::sync::atomic::AtomicI64>>,
 }
 
 /// One keep-alive connection issuing requests back to back until the window ends.
@@ -648,13 +812,19 @@ async fn drive(
     round: usize,
     window: Window,
 ) -> ConnStats {
-    let Window { measure_from, end } = window;
+    let Window {
+        measure_from,
+        end,
+        budget,
+    } = window;
     let mut client = Client::connect(addr).await;
     let mut stats = ConnStats {
         latencies_us: Vec::with_capacity(1 << 16),
         errors: 0,
     };
     let mut rng = <rand::rngs::SmallRng as rand::SeedableRng>::seed_from_u64(conn as u64 + 1);
+    // Distinguishes this run's first-login codes from an earlier run's on the same --dir.
+    let run = std::process::id();
     // Renew and login walk this connection's own share of the users, so no two
     // connections ever present the same refresh token or code.
     let mine: Vec<usize> = (conn..users.len()).step_by(conns).collect();
@@ -706,6 +876,11 @@ async fn drive(
         if now >= end {
             break;
         }
+        if let Some(budget) = &budget
+            && budget.fetch_sub(1, std::sync::atomic::Ordering::Relaxed) <= 0
+        {
+            break;
+        }
         request.clear();
         let mut slot = None;
         match workload {
@@ -730,6 +905,12 @@ async fn drive(
                 // A fresh code for a returning user each time, as wx.login() gives (mock
                 // mode ignores what follows '#').
                 let body = format!(r#"{{"code":"user-{i}#{round}.{cursor}"}}"#);
+                post_raw(&mut request, "/liveuser/Wx/Login", None, &body);
+            }
+            Workload::LoginNew => {
+                cursor += 1;
+                // A user never seen before: first login, new uid, identity and record.
+                let body = format!(r#"{{"code":"new-{run}-{round}-{conn}-{cursor}"}}"#);
                 post_raw(&mut request, "/liveuser/Wx/Login", None, &body);
             }
         }
@@ -868,22 +1049,7 @@ fn dir_size(path: &Path) -> u64 {
         .sum()
 }
 
-fn report(
-    args: &Args,
-    results: &[Outcome],
-    seed_secs: f64,
-    startup: Duration,
-    rss_mb: f64,
-    peak_mb: f64,
-    db_mb: f64,
-) {
-    // healthz of each round: every ratio is taken against its own round's baseline.
-    let baseline = |round: usize| {
-        results
-            .iter()
-            .find(|r| r.workload == Workload::Healthz && r.round == round)
-            .map(|r| r.rps)
-    };
+fn report(args: &Args, results: &[Outcome], growth: Option<&Growth>, server: Server) {
     let commit = Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
         .output()
@@ -899,75 +1065,7 @@ fn report(
          {} rounds of {:.0} s per workload; medians of the rounds",
         args.users, args.connections, args.rounds, args.duration
     );
-    println!(
-        "{:<9} {:>10} {:>8} {:>8} {:>8} {:>7} {:>12} {:>7}  what",
-        "workload", "req/s", "p50 ms", "p99 ms", "p999 ms", "errors", "ratio (min)", "target"
-    );
-    let mut rows = Vec::new();
-    let mut seen = Vec::new();
-    for first in results {
-        if seen.contains(&first.workload) {
-            continue;
-        }
-        seen.push(first.workload);
-        let rounds: Vec<&Outcome> = results
-            .iter()
-            .filter(|r| r.workload == first.workload)
-            .collect();
-        let median = |f: &dyn Fn(&Outcome) -> f64| {
-            let mut v: Vec<f64> = rounds.iter().map(|r| f(r)).collect();
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
-        };
-        let ratios: Vec<f64> = rounds
-            .iter()
-            .filter_map(|r| baseline(r.round).map(|b| r.rps / b))
-            .collect();
-        let ratio = (!ratios.is_empty()).then(|| {
-            let mut v = ratios.clone();
-            v.sort_by(f64::total_cmp);
-            (v[v.len() / 2], v[0])
-        });
-        let (rps, p50, p99, p999) = (
-            median(&|r| r.rps),
-            median(&|r| r.p50_ms),
-            median(&|r| r.p99_ms),
-            median(&|r| r.p999_ms),
-        );
-        let errors: u64 = rounds.iter().map(|r| r.errors).sum();
-        let target = first.workload.target_ratio();
-        println!(
-            "{:<9} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>7} {:>12} {:>7}  {}",
-            first.workload.name(),
-            rps,
-            p50,
-            p99,
-            p999,
-            errors,
-            ratio.map_or("-".into(), |(m, lo)| format!("{m:.2} ({lo:.2})")),
-            target.map_or("-".into(), |x| format!("≥{x:.2}")),
-            first.workload.description(),
-        );
-        rows.push(json!({
-            "workload": first.workload.name(),
-            "description": first.workload.description(),
-            "errors": errors,
-            "rps": rps,
-            "p50_ms": p50,
-            "p99_ms": p99,
-            "p999_ms": p999,
-            "ratio_to_healthz": ratio.map(|r| r.0),
-            "ratio_min": ratio.map(|r| r.1),
-            "target_ratio": target,
-            "meets_ratio": match (ratio, target) { (Some((x, _)), Some(t)) => Some(x >= t), _ => None },
-            "meets_p99": p99 <= 5.0,
-            "rounds": rounds.iter().map(|r| json!({
-                "rps": r.rps, "requests": r.requests, "errors": r.errors,
-                "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "p999_ms": r.p999_ms,
-                "ratio_to_healthz": baseline(r.round).map(|b| r.rps / b),
-            })).collect::<Vec<_>>(),
-        }));
-    }
+    let rows = table(results);
     // RenewToken against PostgreSQL's own ceiling for one durable single-row write.
     let per_round = |w: Workload| {
         (0..args.rounds)
@@ -990,10 +1088,39 @@ fn report(
     if let Some((median, min)) = renew_to_pgbench {
         println!("renew / pgbench (same round): {median:.2} (min {min:.2}); target ≥ 0.50");
     }
+    let Server {
+        seed_secs,
+        startup,
+        rss_mb,
+        peak_mb,
+        db_mb,
+    } = server;
     println!(
         "server: healthy {:.0} ms after start; RSS {rss_mb:.0} MB (peak {peak_mb:.0} MB); database {db_mb:.0} MB on disk; seeding {seed_secs:.1} s",
         startup.as_secs_f64() * 1000.0
     );
+    let growth = growth.map(|g| {
+        println!();
+        println!(
+            "growth: {} renewals in {:.1} s ({:.0}/s, {} errors); database {:.1} MB before, {:.1} MB after ({:+.1} %); after them:",
+            g.total,
+            g.secs,
+            g.total as f64 / g.secs,
+            g.errors,
+            g.size_before as f64 / 1e6,
+            g.size_after as f64 / 1e6,
+            (g.size_after as f64 / g.size_before as f64 - 1.0) * 100.0
+        );
+        let after = table(&g.after);
+        json!({
+            "renewals": g.total,
+            "secs": g.secs,
+            "errors": g.errors,
+            "database_bytes_before": g.size_before,
+            "database_bytes_after": g.size_after,
+            "results_after": after,
+        })
+    });
     let document = json!({
         "commit": commit,
         "cpus": cpus,
@@ -1004,6 +1131,7 @@ fn report(
         "client_threads": args.threads,
         "rounds": args.rounds,
         "results": rows,
+        "growth": growth,
         "server": {
             "start_to_healthy_ms": startup.as_secs_f64() * 1000.0,
             "rss_mb": rss_mb,
@@ -1019,4 +1147,121 @@ fn report(
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&document).unwrap()).expect("write JSON");
     }
+}
+
+/// Prints the table of `results` (medians of the rounds, each ratio against healthz of
+/// its own round) and returns its rows as JSON.
+fn table(results: &[Outcome]) -> Vec<Value> {
+    let baseline = |round: usize| {
+        results
+            .iter()
+            .find(|r| r.workload == Workload::Healthz && r.round == round)
+            .map(|r| r.rps)
+    };
+    println!(
+        "{:<9} {:>10} {:>8} {:>8} {:>8} {:>7} {:>12} {:>7} {:>9} {:>8}  what",
+        "workload",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "p999 ms",
+        "errors",
+        "ratio (min)",
+        "target",
+        "flushes/s",
+        "writers"
+    );
+    let mut rows = Vec::new();
+    let mut seen = Vec::new();
+    for first in results {
+        if seen.contains(&first.workload) {
+            continue;
+        }
+        seen.push(first.workload);
+        let rounds: Vec<&Outcome> = results
+            .iter()
+            .filter(|r| r.workload == first.workload)
+            .collect();
+        let median_of = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            (!v.is_empty()).then(|| v[v.len() / 2])
+        };
+        let median = |f: &dyn Fn(&Outcome) -> f64| {
+            median_of(rounds.iter().map(|r| f(r)).collect()).unwrap_or(0.0)
+        };
+        let ratios: Vec<f64> = rounds
+            .iter()
+            .filter_map(|r| baseline(r.round).map(|b| r.rps / b))
+            .collect();
+        let ratio = median_of(ratios.clone())
+            .map(|m| (m, ratios.iter().copied().fold(f64::INFINITY, f64::min)));
+        let (rps, p50, p99, p999) = (
+            median(&|r| r.rps),
+            median(&|r| r.p50_ms),
+            median(&|r| r.p99_ms),
+            median(&|r| r.p999_ms),
+        );
+        // Writers per flush: from the server's batch-size metric where it has one, else
+        // every answered request of a durable workload counted as one writer.
+        let durable = !matches!(first.workload, Workload::Healthz | Workload::Query);
+        let flushes_per_s = median_of(
+            rounds
+                .iter()
+                .filter_map(|r| r.flushes.map(|(f, _)| f / (r.requests as f64 / r.rps)))
+                .collect(),
+        );
+        let writers = median_of(
+            rounds
+                .iter()
+                .filter_map(|r| {
+                    let (flushes, writers) = r.flushes?;
+                    let writers = if writers > 0.0 {
+                        writers
+                    } else {
+                        r.requests as f64
+                    };
+                    (durable && flushes > 0.0).then(|| writers / flushes)
+                })
+                .collect(),
+        );
+        let errors: u64 = rounds.iter().map(|r| r.errors).sum();
+        let target = first.workload.target_ratio();
+        println!(
+            "{:<9} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>7} {:>12} {:>7} {:>9} {:>8}  {}",
+            first.workload.name(),
+            rps,
+            p50,
+            p99,
+            p999,
+            errors,
+            ratio.map_or("-".into(), |(m, lo)| format!("{m:.2} ({lo:.2})")),
+            target.map_or("-".into(), |x| format!("≥{x:.2}")),
+            flushes_per_s.map_or("-".into(), |f| format!("{f:.0}")),
+            writers.map_or("-".into(), |w| format!("{w:.1}")),
+            first.workload.description(),
+        );
+        rows.push(json!({
+            "workload": first.workload.name(),
+            "description": first.workload.description(),
+            "errors": errors,
+            "rps": rps,
+            "p50_ms": p50,
+            "p99_ms": p99,
+            "p999_ms": p999,
+            "ratio_to_healthz": ratio.map(|r| r.0),
+            "ratio_min": ratio.map(|r| r.1),
+            "target_ratio": target,
+            "meets_ratio": match (ratio, target) { (Some((x, _)), Some(t)) => Some(x >= t), _ => None },
+            "meets_p99": p99 <= 5.0,
+            "flushes_per_s": flushes_per_s,
+            "writers_per_flush": writers,
+            "rounds": rounds.iter().map(|r| json!({
+                "rps": r.rps, "requests": r.requests, "errors": r.errors,
+                "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "p999_ms": r.p999_ms,
+                "ratio_to_healthz": baseline(r.round).map(|b| r.rps / b),
+                "flushes": r.flushes.map(|f| f.0),
+            })).collect::<Vec<_>>(),
+        }));
+    }
+    rows
 }

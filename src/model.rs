@@ -147,17 +147,14 @@ fn is_http_url(s: &str) -> bool {
     matches!(rest, Some(host) if !host.is_empty() && !host.starts_with('/'))
 }
 
-/// A session id: 16 random bytes, shown as 32 hex digits. One per login; every refresh
-/// token rotated from that login belongs to the same session (its "family").
+/// A session id: 16 bytes, shown as 32 hex digits. One per login; every refresh token
+/// rotated from that login belongs to the same session (its "family"), and the id is
+/// derived from the tokens' shared seed ([`crate::token::RefreshToken::sid`]), so a
+/// session is found from any of its tokens.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Sid(pub [u8; 16]);
 
 impl Sid {
-    /// A fresh random session id.
-    pub fn generate() -> Sid {
-        Sid(crate::token::random_bytes::<16>())
-    }
-
     /// Parses the 32-hex-digit form.
     pub fn parse(s: &str) -> Option<Sid> {
         let bytes = unhex(s)?;
@@ -183,7 +180,7 @@ pub struct TokenHash(pub [u8; 32]);
 
 impl fmt::Debug for TokenHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Even the hash stays out of logs: it is the database key of a live token.
+        // Even the hash stays out of logs: it is what the database needs to accept a token.
         f.write_str("TokenHash(***)")
     }
 }
@@ -197,23 +194,30 @@ pub enum SessionState {
     Revoked,
 }
 
-/// One login: the family of refresh tokens rotated from it, and its expiries.
+/// One login: its refresh-token family's state and its expiries, in one record.
+///
+/// The family is known by its current token and the one the last rotation retired (for
+/// the retry grace); an older token is recognised as one of the family by its session
+/// id and its authentic tag with a generation below [`Session::generation`]. So a
+/// renewal changes exactly this record and nothing accumulates as tokens rotate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
     /// Session id (the `sid` claim of its access tokens).
     pub sid: Sid,
     /// Owner.
     pub uid: Uid,
-    /// Login time.
+    /// Login time, Unix seconds.
     pub created_at: u64,
-    /// Last login or renewal.
+    /// Last login or renewal, Unix seconds.
     pub last_used_at: u64,
-    /// Absolute expiry; never extended.
+    /// Absolute expiry, Unix seconds; never extended.
     pub expires_at: u64,
     /// Idle expiry: `last_used_at + refresh_idle_secs`, capped at `expires_at`.
     pub idle_expires_at: u64,
     /// Active or revoked.
     pub state: SessionState,
+    /// Rotations so far: the generation of the current token.
+    pub generation: u32,
     /// Hash of the family's current refresh token.
     pub current: TokenHash,
     /// The last rotation: the token it retired and when (none before the first one).
@@ -221,20 +225,9 @@ pub struct Session {
 }
 
 impl Session {
-    /// Whether the session can be used at `now`.
+    /// Whether the session can be used at `now` (Unix seconds).
     pub fn is_live(&self, now: u64) -> bool {
         self.state == SessionState::Active && now < self.expires_at && now < self.idle_expires_at
-    }
-
-    /// Where the token with `hash` stands in this session.
-    pub fn standing(&self, hash: TokenHash) -> Standing {
-        if hash == self.current {
-            return Standing::Current;
-        }
-        match self.previous {
-            Some(Rotation { token, at }) if token == hash => Standing::Previous { rotated_at: at },
-            _ => Standing::Retired,
-        }
     }
 
     /// The state as an operator reads it: `active`, `revoked`, `expired` or `idle`.
@@ -253,34 +246,9 @@ impl Session {
 pub struct Rotation {
     /// Hash of the token that was current before the last rotation.
     pub token: TokenHash,
-    /// When it was rotated.
-    pub at: u64,
-}
-
-/// Where a presented refresh token stands in its session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Standing {
-    /// The session's current token.
-    Current,
-    /// The token the last rotation retired, at `rotated_at`; its successor is the
-    /// session's current token, which therefore has not been used yet.
-    Previous {
-        /// When it was rotated.
-        rotated_at: u64,
-    },
-    /// An older token of the family (or one never current): presenting it is reuse.
-    Retired,
-}
-
-/// One refresh token, stored under its [`TokenHash`]. Immutable once written: where a
-/// token stands is the session's business ([`Session::standing`]), so every change of a
-/// family is a change of one record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RefreshRecord {
-    /// The session (family) it belongs to.
-    pub sid: Sid,
-    /// When it was issued.
-    pub issued_at: u64,
+    /// When it was rotated, in Unix milliseconds: the retry grace that follows is
+    /// measured from here to the millisecond.
+    pub rotated_at_ms: u64,
 }
 
 /// What WeChat told us about a user, kept under the openid.
@@ -445,7 +413,7 @@ mod tests {
 
     #[test]
     fn hex_round_trips() {
-        let sid = Sid::generate();
+        let sid = Sid([0xa7; 16]);
         assert_eq!(Sid::parse(&sid.to_string()), Some(sid));
         assert_eq!(Sid::parse("zz"), None);
         assert_eq!(unhex("0aFF"), Some(vec![10, 255]));

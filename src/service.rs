@@ -18,9 +18,7 @@ use crate::clock::SharedClock;
 use crate::config::TokenConfig;
 use crate::keys::{KeyError, KeyRotation};
 use crate::metrics::Metrics;
-use crate::model::{
-    Identity, Session, SessionState, Sid, Standing, Uid, UserPatch, UserRecord, check_text,
-};
+use crate::model::{Identity, Session, SessionState, Sid, Uid, UserPatch, UserRecord, check_text};
 use crate::store::{RotateOutcome, Store, StoreError};
 use crate::token::{AccessTokens, RefreshKey, RefreshToken, sha256};
 use crate::wechat::{WxClient, WxError};
@@ -234,8 +232,8 @@ impl<S: Store> Service<S> {
 
     /// Opens a session for `uid`, evicting its oldest live sessions beyond the cap.
     ///
-    /// The cap is checked before the session is written, so two logins of one user at
-    /// the same instant may leave it one over; the next login brings it back.
+    /// Two logins of one user at the same instant may leave it one over the cap; the next
+    /// login brings it back.
     pub async fn open_session(&self, uid: &Uid, now: u64) -> Result<Grant> {
         self.open_session_lasting(uid, now, self.policy.refresh_ttl_secs, true)
             .await
@@ -252,24 +250,10 @@ impl<S: Store> Service<S> {
         lifetime_secs: u64,
         evict: bool,
     ) -> Result<Grant> {
-        let evict: Vec<Sid> = if evict {
-            let live: Vec<Session> = self
-                .store
-                .sessions_of(uid)
-                .await?
-                .into_iter()
-                .filter(|s| s.is_live(now))
-                .collect();
-            let excess = (live.len() + 1).saturating_sub(self.policy.max_sessions_per_user);
-            live.iter().take(excess).map(|s| s.sid).collect()
-        } else {
-            Vec::new()
-        };
-
-        let token = RefreshToken::generate();
+        let token = RefreshToken::issue(&self.refresh_key);
         let expires_at = now.saturating_add(lifetime_secs);
         let session = Session {
-            sid: Sid::generate(),
+            sid: token.sid(),
             uid: uid.clone(),
             created_at: now,
             last_used_at: now,
@@ -278,86 +262,79 @@ impl<S: Store> Service<S> {
                 .saturating_add(self.policy.refresh_idle_secs)
                 .min(expires_at),
             state: SessionState::Active,
+            generation: 0,
             current: token.hash(),
             previous: None,
         };
-        self.store.create_session(&session, &evict).await?;
-        self.metrics.sessions_changed(1 - evict.len() as i64);
+        let cap = evict.then_some(self.policy.max_sessions_per_user);
+        let evicted = self.store.create_session(&session, cap).await?;
+        self.metrics.sessions_changed(1 - evicted as i64);
         Ok(self.grant(&session, token.encode(), now))
     }
 
     /// `Wx.RenewToken`: a new access token, and with rotation a new refresh token.
     ///
-    /// With rotation, the presented token must be its family's current one; it is then
-    /// retired and its successor returned. Presenting the just-retired token again within
-    /// the grace period, while its successor is unused, is a retry and returns the same
-    /// successor — as does losing a race against a concurrent renewal of the same token.
-    /// Anything else is reuse: the family is revoked and the answer is the same
-    /// `unauthenticated` as for an unknown token.
+    /// With rotation, the presented token must be its session's current one; it is then
+    /// retired and its successor returned, in one store call. Otherwise, on the session
+    /// as stored:
+    /// - the token the last rotation retired, presented within the grace period while
+    ///   its successor is unused, is a retry (or a request that lost a race to renew it)
+    ///   and gets the same successor;
+    /// - that token after the grace period, or an authentic token of the session older
+    ///   than that, is reuse: the session is revoked;
+    /// - anything else (a corrupted or invented token, a format-1 token older than the
+    ///   last rotation, a token of a dead or unknown session) is refused and revokes
+    ///   nothing.
+    ///
+    /// Every refusal is the same `unauthenticated`.
     pub async fn renew(&self, presented: &str, client: Option<IpAddr>) -> Result<Grant> {
         let refused = || ServiceError::Unauthenticated(REFRESH_REFUSED.into());
         let token = RefreshToken::parse(presented).ok_or_else(refused)?;
-        let hash = token.hash();
-        let now = self.now();
-        let record = self.store.refresh_record(hash).await?.ok_or_else(refused)?;
-        let successor = token.successor(&self.refresh_key);
-        let mut session = self.store.session(record.sid).await?.ok_or_else(refused)?;
-        let mut lost_race = false;
-        // A second pass only happens after losing a rotation race, on the session as the
-        // database held it when the race was lost (a cached read could predate it); by
-        // then the session says who won, so there is no third.
-        for _ in 0..2 {
-            if !session.is_live(now) {
-                return Err(refused());
+        let (sid, hash) = (token.sid(), token.hash());
+        let now_ms = self.clock.now_ms();
+        let now = now_ms / 1000;
+        let idle = self.policy.refresh_idle_secs;
+        if !self.policy.rotation {
+            // Only the current token renews; tokens left over from a time with rotation
+            // are refused without judging them.
+            let session = self
+                .store
+                .touch(sid, hash, now_ms, idle)
+                .await?
+                .ok_or_else(refused)?;
+            return Ok(self.grant(&session, token.encode(), now));
+        }
+        let successor = token.successor(&self.refresh_key).ok_or_else(refused)?;
+        let successor_hash = successor.hash();
+        let session = match self
+            .store
+            .rotate(sid, hash, successor_hash, now_ms, idle)
+            .await?
+        {
+            RotateOutcome::Rotated(session) => {
+                self.metrics.rotated();
+                return Ok(self.grant(&session, successor.encode(), now));
             }
-            let idle_expires_at = now
-                .saturating_add(self.policy.refresh_idle_secs)
-                .min(session.expires_at);
-            match session.standing(hash) {
-                Standing::Current if !self.policy.rotation => {
-                    if !self
-                        .store
-                        .touch_session(session.sid, now, idle_expires_at)
-                        .await?
-                    {
-                        return Err(refused());
-                    }
-                    return Ok(self.grant(&session, token.encode(), now));
-                }
-                Standing::Current => {
-                    match self
-                        .store
-                        .rotate(session.sid, hash, successor.hash(), now, idle_expires_at)
-                        .await?
-                    {
-                        RotateOutcome::Rotated => {
-                            self.metrics.rotated();
-                            return Ok(self.grant(&session, successor.encode(), now));
-                        }
-                        RotateOutcome::NotCurrent(stored) => {
-                            session = stored.ok_or_else(refused)?;
-                            lost_race = true;
-                        }
-                    }
-                }
-                Standing::Previous { rotated_at } if self.policy.rotation => {
-                    let grace = self.policy.reuse_grace_secs;
-                    let in_grace = grace > 0 && now <= rotated_at.saturating_add(grace);
-                    if (in_grace || lost_race) && session.current == successor.hash() {
-                        // The rotation was written by another request, perhaps not yet
-                        // flushed: answer only once it is durable.
-                        self.store.sync().await?;
-                        return Ok(self.grant(&session, successor.encode(), now));
-                    }
-                    return Err(self.reuse(&session, client).await);
-                }
-                Standing::Previous { .. } | Standing::Retired if self.policy.rotation => {
-                    return Err(self.reuse(&session, client).await);
-                }
-                // Without rotation only the current token renews; tokens left over from
-                // a time with rotation are refused without judging them.
-                Standing::Previous { .. } | Standing::Retired => return Err(refused()),
+            RotateOutcome::NotCurrent(stored) => stored.ok_or_else(refused)?,
+        };
+        if !session.is_live(now) {
+            return Err(refused());
+        }
+        if let Some(previous) = session.previous
+            && previous.token == hash
+        {
+            let in_grace =
+                within_grace(previous.rotated_at_ms, now_ms, self.policy.reuse_grace_secs);
+            if in_grace && session.current == successor_hash {
+                // The rotation was written by another request, perhaps not yet
+                // flushed: answer only once it is durable.
+                self.store.sync().await?;
+                return Ok(self.grant(&session, successor.encode(), now));
             }
+            return Err(self.reuse(&session, client).await);
+        }
+        if token.is_authentic(&self.refresh_key) && token.generation() < session.generation {
+            return Err(self.reuse(&session, client).await);
         }
         Err(refused())
     }
@@ -481,6 +458,13 @@ impl<S: Store> Service<S> {
     }
 }
 
+/// Whether a token rotated at `rotated_at_ms` may still be retried at `now_ms`: within
+/// `grace_secs` of the rotation, to the millisecond, inclusive. A grace of 0 allows no
+/// retry at all. (A clock stepped back to before the rotation counts as no time passed.)
+fn within_grace(rotated_at_ms: u64, now_ms: u64, grace_secs: u64) -> bool {
+    grace_secs > 0 && now_ms <= rotated_at_ms.saturating_add(grace_secs.saturating_mul(1000))
+}
+
 /// `uids` with repeats removed, first occurrence kept, order kept. A short list (the
 /// usual QueryUser) is checked pairwise, cheaper than hashing every uid.
 fn first_occurrences(uids: &[Uid]) -> Vec<Uid> {
@@ -580,6 +564,51 @@ impl LoginCodes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_grace_is_measured_in_milliseconds_from_the_rotation() {
+        // Rotated 50 ms into a second, with a 2 s grace.
+        let rotated = 1_700_000_000_050;
+        assert!(within_grace(rotated, rotated, 2));
+        assert!(
+            within_grace(rotated, rotated + 1_500, 2),
+            "1.5 s later: a retry"
+        );
+        assert!(
+            within_grace(rotated, rotated + 2_000, 2),
+            "the bound is inclusive"
+        );
+        assert!(
+            !within_grace(rotated, rotated + 2_001, 2),
+            "1 ms past the grace"
+        );
+        assert!(
+            !within_grace(rotated, rotated + 2_300, 2),
+            "2.3 s later: reuse"
+        );
+        // Rotated 950 ms into a second: the same window, whatever the fraction.
+        let late = 1_700_000_000_950;
+        assert!(within_grace(late, late + 1_500, 2));
+        assert!(!within_grace(late, late + 2_300, 2));
+    }
+
+    #[test]
+    fn a_grace_of_zero_allows_no_retry_even_at_the_same_millisecond() {
+        let rotated = 1_700_000_000_000;
+        assert!(!within_grace(rotated, rotated, 0));
+        assert!(!within_grace(rotated, rotated + 1, 0));
+    }
+
+    #[test]
+    fn a_clock_stepped_back_counts_as_no_time_passed() {
+        let rotated = 1_700_000_010_000;
+        assert!(within_grace(rotated, rotated - 5_000, 2));
+        assert!(!within_grace(u64::MAX - 10, 0, 0));
+        assert!(
+            within_grace(u64::MAX - 10, u64::MAX, 2),
+            "no overflow near the end of time"
+        );
+    }
 
     #[test]
     fn repeats_are_dropped_keeping_first_occurrences_in_order() {

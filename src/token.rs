@@ -1,14 +1,26 @@
-//! Tokens: HS256 access tokens (JWT) and opaque refresh tokens.
+//! Tokens: HS256 access tokens (JWT) and refresh tokens.
 //!
 //! Access tokens are short-lived JWTs; the algorithm is pinned to HS256 (RFC 8725), and
 //! `iss`, `aud` and `exp` are checked here against the injected clock. Whether the
 //! session behind the token is still live is checked by the service, not here.
 //!
-//! Refresh tokens are 32 bytes from the OS CSPRNG, base64url, behind the prefix
-//! [`REFRESH_PREFIX`] so secret scanners can recognise a leaked one. Only their SHA-256
-//! ([`TokenHash`]) is ever stored. A rotated token's successor is derived as
-//! HMAC-SHA256(refresh key, parent), so a retry within the grace period gets the same
-//! successor without its plaintext being kept anywhere.
+//! A refresh token (format 2) is [`REFRESH_PREFIX`] + base64url of 52 bytes:
+//! `F[32] ‖ generation[4, big-endian] ‖ tag[16]`. `F` is drawn from the OS CSPRNG at
+//! login and shared by every token of the session; the generation counts rotations; the
+//! tag is HMAC-SHA256(refresh key, F ‖ generation) cut to 16 bytes. From a token follow:
+//!
+//! - its session: `sid = SHA-256(F)[..16]`, so a session is found by hashing the token,
+//!   and the database holds only the hash of `F`, never `F`;
+//! - its stored form: SHA-256 of the 52 bytes ([`TokenHash`]);
+//! - its successor: `(F, generation + 1, tag)`, deterministic, so a retry within the
+//!   grace period gets the same successor without anything secret being stored;
+//! - whether it is authentic: the tag, which only the refresh key can produce. An
+//!   authentic token older than the session's current one is reuse; a corrupted or
+//!   invented one is not authentic and revokes nothing.
+//!
+//! Format-1 tokens (32 random bytes, 43 characters after the prefix, issued before
+//! format 2) still parse: `F` is their 32 bytes, their generation 0, and they have no
+//! tag; renewing one returns a format-2 successor. Only their SHA-256 is stored.
 
 use std::fmt;
 use std::sync::{Arc, RwLock};
@@ -22,10 +34,16 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::model::{Sid, TokenHash, Uid, hex};
-use crate::secret::Secret;
 
 /// Prefix of every refresh token ("liveuser refresh token").
 pub const REFRESH_PREFIX: &str = "lvrt_";
+
+/// Bytes of a format-2 refresh token: seed, generation, tag.
+const PAYLOAD_LEN: usize = 32 + 4 + 16;
+/// Base64url characters of a format-2 token after the prefix.
+const WIRE_LEN: usize = 70;
+/// Base64url characters of a format-1 token after the prefix.
+const LEGACY_WIRE_LEN: usize = 43;
 
 /// `N` bytes from the operating system's CSPRNG.
 ///
@@ -46,42 +64,125 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
 
 /// A refresh token in plaintext. Held only in memory, on its way to or from a client.
 #[derive(Clone, PartialEq, Eq)]
-pub struct RefreshToken([u8; 32]);
+pub struct RefreshToken {
+    /// `F`: the session's secret seed.
+    seed: [u8; 32],
+    form: Form,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Form {
+    /// Format 1: the seed alone, generation 0, no tag.
+    Legacy,
+    /// Format 2.
+    Chained { generation: u32, tag: [u8; 16] },
+}
 
 impl RefreshToken {
-    /// A fresh random token.
-    pub fn generate() -> Self {
-        RefreshToken(random_bytes())
+    /// The first token of a new session: a fresh seed, generation 0.
+    pub fn issue(key: &RefreshKey) -> Self {
+        Self::chained(random_bytes(), 0, key)
     }
 
-    /// Parses the wire form; `None` for anything that is not a well-formed token.
+    fn chained(seed: [u8; 32], generation: u32, key: &RefreshKey) -> Self {
+        RefreshToken {
+            seed,
+            form: Form::Chained {
+                generation,
+                tag: key.tag(&seed, generation),
+            },
+        }
+    }
+
+    /// Parses the wire form (format 2 or format 1); `None` for anything else.
     pub fn parse(s: &str) -> Option<Self> {
         let body = s.strip_prefix(REFRESH_PREFIX)?;
-        if body.len() != 43 {
-            return None;
+        match body.len() {
+            WIRE_LEN => {
+                let bytes: [u8; PAYLOAD_LEN] =
+                    URL_SAFE_NO_PAD.decode(body).ok()?.try_into().ok()?;
+                let token = RefreshToken {
+                    seed: bytes[..32].try_into().ok()?,
+                    form: Form::Chained {
+                        generation: u32::from_be_bytes(bytes[32..36].try_into().ok()?),
+                        tag: bytes[36..].try_into().ok()?,
+                    },
+                };
+                // Base64 has spare bits in its last character: only the canonical
+                // spelling is a token, so one token has exactly one wire form.
+                (token.encode() == s).then_some(token)
+            }
+            LEGACY_WIRE_LEN => {
+                let seed: [u8; 32] = URL_SAFE_NO_PAD.decode(body).ok()?.try_into().ok()?;
+                let token = RefreshToken {
+                    seed,
+                    form: Form::Legacy,
+                };
+                (token.encode() == s).then_some(token)
+            }
+            _ => None,
         }
-        let bytes = URL_SAFE_NO_PAD.decode(body).ok()?;
-        Some(RefreshToken(bytes.try_into().ok()?))
+    }
+
+    /// The bytes behind the prefix.
+    fn payload(&self) -> Vec<u8> {
+        match self.form {
+            Form::Legacy => self.seed.to_vec(),
+            Form::Chained { generation, tag } => {
+                let mut out = Vec::with_capacity(PAYLOAD_LEN);
+                out.extend_from_slice(&self.seed);
+                out.extend_from_slice(&generation.to_be_bytes());
+                out.extend_from_slice(&tag);
+                out
+            }
+        }
     }
 
     /// The wire form: prefix + base64url.
     pub fn encode(&self) -> String {
-        let mut s = String::with_capacity(REFRESH_PREFIX.len() + 43);
+        let mut s = String::with_capacity(REFRESH_PREFIX.len() + WIRE_LEN);
         s.push_str(REFRESH_PREFIX);
-        URL_SAFE_NO_PAD.encode_string(self.0, &mut s);
+        URL_SAFE_NO_PAD.encode_string(self.payload(), &mut s);
         s
     }
 
-    /// The form in which it is stored.
-    pub fn hash(&self) -> TokenHash {
-        TokenHash(sha256(&self.0))
+    /// The session the token belongs to: SHA-256 of the seed, cut to 16 bytes.
+    pub fn sid(&self) -> Sid {
+        let digest = sha256(&self.seed);
+        let mut sid = [0u8; 16];
+        sid.copy_from_slice(&digest[..16]);
+        Sid(sid)
     }
 
-    /// The token that replaces this one on rotation: HMAC-SHA256(key, self).
-    pub fn successor(&self, key: &RefreshKey) -> RefreshToken {
-        let mut mac = Hmac::<Sha256>::new_from_slice(key.0.expose()).expect("HMAC takes any key");
-        mac.update(&self.0);
-        RefreshToken(mac.finalize().into_bytes().into())
+    /// The form in which it is stored: SHA-256 of the token's bytes.
+    pub fn hash(&self) -> TokenHash {
+        TokenHash(sha256(&self.payload()))
+    }
+
+    /// How many rotations led to this token (0 for the first one and for format 1).
+    pub fn generation(&self) -> u32 {
+        match self.form {
+            Form::Legacy => 0,
+            Form::Chained { generation, .. } => generation,
+        }
+    }
+
+    /// Whether the tag is the refresh key's (constant time). Format-1 tokens have no tag
+    /// and are never authentic: they are recognised only by their stored hash.
+    pub fn is_authentic(&self, key: &RefreshKey) -> bool {
+        match self.form {
+            Form::Legacy => false,
+            Form::Chained { generation, tag } => {
+                subtle::ConstantTimeEq::ct_eq(&key.tag(&self.seed, generation)[..], &tag[..]).into()
+            }
+        }
+    }
+
+    /// The token that replaces this one on rotation: same seed, next generation, its
+    /// tag. `None` once the generation counter is exhausted (four billion rotations).
+    pub fn successor(&self, key: &RefreshKey) -> Option<RefreshToken> {
+        let next = self.generation().checked_add(1)?;
+        Some(Self::chained(self.seed, next, key))
     }
 }
 
@@ -91,15 +192,37 @@ impl fmt::Debug for RefreshToken {
     }
 }
 
-/// The key from which rotated refresh tokens are derived. Separate from the signing
-/// key, so rotating the signing key does not change successors mid-grace.
-#[derive(Clone, Debug)]
-pub struct RefreshKey(Secret<Vec<u8>>);
+/// The key that tags refresh tokens. Separate from the signing key, so rotating the
+/// signing key leaves every refresh token valid.
+#[derive(Clone)]
+pub struct RefreshKey {
+    /// HMAC-SHA256 with the key already absorbed, cloned for each tag.
+    mac: Hmac<Sha256>,
+}
+
+impl fmt::Debug for RefreshKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RefreshKey(***)")
+    }
+}
 
 impl RefreshKey {
     /// Wraps key bytes.
     pub fn new(bytes: Vec<u8>) -> Self {
-        RefreshKey(Secret::new(bytes))
+        RefreshKey {
+            mac: Hmac::<Sha256>::new_from_slice(&bytes).expect("HMAC takes any key"),
+        }
+    }
+
+    /// HMAC-SHA256(key, seed ‖ generation), cut to 16 bytes.
+    fn tag(&self, seed: &[u8; 32], generation: u32) -> [u8; 16] {
+        let mut mac = self.mac.clone();
+        mac.update(seed);
+        mac.update(&generation.to_be_bytes());
+        let full = mac.finalize().into_bytes();
+        let mut tag = [0u8; 16];
+        tag.copy_from_slice(&full[..16]);
+        tag
     }
 }
 
@@ -369,7 +492,7 @@ mod tests {
     #[test]
     fn issued_tokens_start_with_the_header_verification_expects() {
         let t = tokens();
-        let (token, _) = t.issue(&Uid::parse("u").unwrap(), Sid::generate(), 1, u64::MAX);
+        let (token, _) = t.issue(&Uid::parse("u").unwrap(), Sid(random_bytes()), 1, u64::MAX);
         assert_eq!(
             token.split('.').next(),
             Some(t.keys().current.header.as_str())
@@ -381,18 +504,44 @@ mod tests {
         assert_eq!(header["kid"], t.keys().current_kid());
     }
 
+    fn key() -> RefreshKey {
+        RefreshKey::new(vec![1; 32])
+    }
+
     #[test]
     fn refresh_tokens_round_trip_and_carry_the_prefix() {
-        let t = RefreshToken::generate();
+        let t = RefreshToken::issue(&key());
         let wire = t.encode();
         assert!(wire.starts_with(REFRESH_PREFIX));
-        assert_eq!(wire.len(), REFRESH_PREFIX.len() + 43);
-        assert_eq!(RefreshToken::parse(&wire), Some(t));
+        assert_eq!(wire.len(), REFRESH_PREFIX.len() + 70);
+        assert_eq!(RefreshToken::parse(&wire), Some(t.clone()));
+        assert_eq!(t.generation(), 0);
+        assert!(t.is_authentic(&key()));
+    }
+
+    #[test]
+    fn format_1_tokens_still_parse_and_hash_as_format_1_stored_them() {
+        let raw = [5u8; 32];
+        let wire = format!("{REFRESH_PREFIX}{}", URL_SAFE_NO_PAD.encode(raw));
+        let t = RefreshToken::parse(&wire).unwrap();
+        assert_eq!(t.encode(), wire);
+        // Format 1 stored SHA-256 of the 32 bytes; the session id is its first half.
+        assert_eq!(t.hash(), TokenHash(sha256(&raw)));
+        assert_eq!(t.sid().0[..], sha256(&raw)[..16]);
+        assert_eq!(t.generation(), 0);
+        assert!(!t.is_authentic(&key()), "format 1 has no tag");
+        // Its successor is a format-2 token of the same session, generation 1.
+        let next = t.successor(&key()).unwrap();
+        assert_eq!(next.sid(), t.sid());
+        assert_eq!(next.generation(), 1);
+        assert!(next.is_authentic(&key()));
+        assert_eq!(next.encode().len(), REFRESH_PREFIX.len() + 70);
     }
 
     #[test]
     fn malformed_refresh_tokens_do_not_parse() {
-        let wire = RefreshToken::generate().encode();
+        let wire = RefreshToken::issue(&key()).encode();
+        let legacy = format!("{REFRESH_PREFIX}{}", URL_SAFE_NO_PAD.encode([5u8; 32]));
         for bad in [
             "",
             REFRESH_PREFIX,
@@ -400,32 +549,78 @@ mod tests {
             &wire[..wire.len() - 1],
             &format!("{wire}A"),
             &format!("xxxx_{}", &wire[REFRESH_PREFIX.len()..]),
+            &legacy[..legacy.len() - 1],
+            &format!("{}=", &wire),
+            &format!("{}*", &wire[..wire.len() - 1]),
         ] {
             assert!(RefreshToken::parse(bad).is_none(), "{bad}");
         }
     }
 
     #[test]
-    fn successors_are_deterministic_per_key_and_differ_from_the_parent() {
-        let t = RefreshToken::generate();
-        let k1 = RefreshKey::new(vec![1; 32]);
-        let k2 = RefreshKey::new(vec![2; 32]);
-        assert_eq!(t.successor(&k1), t.successor(&k1));
-        assert_ne!(t.successor(&k1), t.successor(&k2));
-        assert_ne!(t.successor(&k1), t);
-        assert_ne!(t.hash(), t.successor(&k1).hash());
+    fn only_the_canonical_spelling_of_a_token_parses() {
+        // The last base64 character of 52 bytes carries 4 spare bits: the same bytes
+        // with them set must not be a second spelling of the token.
+        let wire = RefreshToken::issue(&key()).encode();
+        let last = wire.chars().last().unwrap();
+        let alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        for c in alphabet.chars().filter(|&c| c != last) {
+            let other = format!("{}{c}", &wire[..wire.len() - 1]);
+            if let Some(t) = RefreshToken::parse(&other) {
+                assert_eq!(t.encode(), other);
+            }
+        }
     }
 
     #[test]
-    fn debug_output_hides_refresh_tokens() {
-        let t = RefreshToken::generate();
+    fn successors_keep_the_session_count_generations_and_are_deterministic_per_key() {
+        let t = RefreshToken::issue(&key());
+        let k2 = RefreshKey::new(vec![2; 32]);
+        let next = t.successor(&key()).unwrap();
+        assert_eq!(next, t.successor(&key()).unwrap());
+        assert_ne!(next, t.successor(&k2).unwrap());
+        assert_ne!(next, t);
+        assert_ne!(t.hash(), next.hash());
+        assert_eq!(next.sid(), t.sid());
+        assert_eq!(next.generation(), 1);
+        assert_eq!(next.successor(&key()).unwrap().generation(), 2);
+        assert!(!next.is_authentic(&k2), "another key's tag");
+    }
+
+    #[test]
+    fn a_token_with_any_byte_changed_is_not_authentic_or_is_another_session() {
+        let t = RefreshToken::issue(&key());
+        let bytes = t.payload();
+        for i in 0..bytes.len() {
+            let mut changed = bytes.clone();
+            changed[i] ^= 0x01;
+            let wire = format!("{REFRESH_PREFIX}{}", URL_SAFE_NO_PAD.encode(&changed));
+            let forged = RefreshToken::parse(&wire).unwrap();
+            assert!(
+                !forged.is_authentic(&key()),
+                "byte {i} changed and still authentic"
+            );
+            assert_ne!(forged.hash(), t.hash());
+        }
+    }
+
+    #[test]
+    fn the_generation_counter_does_not_wrap() {
+        let t = RefreshToken::chained([3; 32], u32::MAX, &key());
+        assert!(t.successor(&key()).is_none());
+    }
+
+    #[test]
+    fn debug_output_hides_refresh_tokens_and_keys() {
+        let t = RefreshToken::issue(&key());
         assert!(!format!("{t:?}").contains(&t.encode()[REFRESH_PREFIX.len()..]));
+        assert_eq!(format!("{:?}", key()), "RefreshKey(***)");
     }
 
     #[test]
     fn an_issued_token_verifies_until_it_expires() {
         let uid = Uid::parse("u1").unwrap();
-        let sid = Sid::generate();
+        let sid = Sid(random_bytes());
         let (token, exp) = tokens().issue(&uid, sid, 1_000_000, u64::MAX);
         assert_eq!(exp, 1_007_200);
         let claims = tokens().verify(&token, 1_000_000).unwrap();
@@ -441,14 +636,14 @@ mod tests {
     #[test]
     fn expiry_is_capped_by_the_session() {
         let uid = Uid::parse("u1").unwrap();
-        let (_, exp) = tokens().issue(&uid, Sid::generate(), 1000, 1500);
+        let (_, exp) = tokens().issue(&uid, Sid(random_bytes()), 1000, 1500);
         assert_eq!(exp, 1500);
     }
 
     #[test]
     fn other_keys_issuers_and_audiences_are_refused() {
         let uid = Uid::parse("u1").unwrap();
-        let (token, _) = tokens().issue(&uid, Sid::generate(), 1000, u64::MAX);
+        let (token, _) = tokens().issue(&uid, Sid(random_bytes()), 1000, u64::MAX);
         let other_key = AccessTokens::new(
             b"another-secret-another-secret-xx",
             "liveuser",
@@ -463,7 +658,7 @@ mod tests {
         assert!(tokens().verify("not a jwt", 1000).is_err());
         assert!(
             tokens()
-                .verify(&RefreshToken::generate().encode(), 1000)
+                .verify(&RefreshToken::issue(&key()).encode(), 1000)
                 .is_err()
         );
     }
@@ -473,11 +668,11 @@ mod tests {
         const NEW: &[u8] = b"fedcba9876543210fedcba9876543210";
         let uid = Uid::parse("u1").unwrap();
         let old = tokens();
-        let (old_token, old_exp) = old.issue(&uid, Sid::generate(), 1000, u64::MAX);
+        let (old_token, old_exp) = old.issue(&uid, Sid(random_bytes()), 1000, u64::MAX);
 
         let rotated = tokens();
         rotated.set_keys(KeyRing::new(NEW).with_previous(SECRET, 1000 + 7200));
-        let (new_token, _) = rotated.issue(&uid, Sid::generate(), 1000, u64::MAX);
+        let (new_token, _) = rotated.issue(&uid, Sid(random_bytes()), 1000, u64::MAX);
         assert_eq!(rotated.keys().current_kid(), kid_of(NEW));
         assert_ne!(kid_of(NEW), kid_of(SECRET));
 
@@ -498,7 +693,7 @@ mod tests {
             Err(AccessTokenError::Invalid),
             "exp is past retirement"
         );
-        let (short, _) = old.issue(&uid, Sid::generate(), 1000, 1400);
+        let (short, _) = old.issue(&uid, Sid(random_bytes()), 1000, 1400);
         assert!(rotated.verify(&short, 1399).is_ok());
     }
 
@@ -509,7 +704,7 @@ mod tests {
             iss: "liveuser".into(),
             aud: "liveuser".into(),
             sub: "u1".into(),
-            sid: Sid::generate().to_string(),
+            sid: Sid(random_bytes()).to_string(),
             iat: 1000,
             exp: 2000,
             nbf: None,
@@ -527,7 +722,7 @@ mod tests {
             tokens().verify(&unknown, 1000),
             Err(AccessTokenError::Invalid)
         );
-        let (good, _) = tokens().issue(&uid, Sid::generate(), 1000, 2000);
+        let (good, _) = tokens().issue(&uid, Sid(random_bytes()), 1000, 2000);
         assert!(tokens().verify(&good, 1000).is_ok());
     }
 }

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use liveuser::clock::Clock;
 use liveuser::config::TokenConfig;
-use liveuser::model::{SessionState, Sid, Standing, Uid};
+use liveuser::model::{SessionState, Sid, TokenHash, Uid};
 use liveuser::service::{Grant, Policy, Service, ServiceError};
 use liveuser::store::{SledStore, Store};
 use liveuser::token::{AccessTokens, RefreshKey, RefreshToken};
@@ -26,12 +26,14 @@ const IDLE: u64 = 300;
 const GRACE: u64 = 10;
 const MAX_SESSIONS: usize = 2;
 const START: u64 = 1_700_000_000;
+/// The test starts a little into a second, so rotations fall at every fraction of one.
+const START_MS: u64 = START * 1000 + 437;
 
-/// A clock the test sets by hand.
+/// A clock the test sets by hand, in milliseconds.
 struct ManualClock(AtomicU64);
 
 impl Clock for ManualClock {
-    fn now(&self) -> u64 {
+    fn now_ms(&self) -> u64 {
         self.0.load(Ordering::SeqCst)
     }
 }
@@ -43,15 +45,18 @@ enum Op {
     /// Renew family `f` (an index into the families so far, modulo their count)
     /// presenting the token `back` places before its current one.
     Renew { f: usize, back: usize },
+    /// Renew family `f`'s current token, let `wait_ms` pass, and present the token just
+    /// retired: a retry within the grace, reuse after it (probes the grace boundary).
+    GraceProbe { f: usize, wait_ms: u64 },
     /// `n` renewals of one family's current token at once.
     Concurrent { f: usize, n: usize },
     /// The operator revokes family `f`.
     Revoke(usize),
     /// The background sweep.
     Sweep,
-    /// The clock moves forward.
+    /// The clock moves forward, in milliseconds.
     Advance(u64),
-    /// The clock moves back a little (NTP steps happen).
+    /// The clock moves back a little (NTP steps happen), in milliseconds.
     Rewind(u64),
 }
 
@@ -61,10 +66,22 @@ fn op() -> impl Strategy<Value = Op> {
         6 => (any::<usize>(), prop_oneof![4 => Just(0usize), 2 => Just(1), 1 => 2..4usize])
             .prop_map(|(f, back)| Op::Renew { f, back }),
         2 => (any::<usize>(), 2..5usize).prop_map(|(f, n)| Op::Concurrent { f, n }),
+        2 => (
+            any::<usize>(),
+            prop_oneof![0..GRACE * 1000 + 2_000, (GRACE * 1000 - 5)..(GRACE * 1000 + 1_000)]
+        )
+            .prop_map(|(f, wait_ms)| Op::GraceProbe { f, wait_ms }),
         1 => any::<usize>().prop_map(Op::Revoke),
         1 => Just(Op::Sweep),
-        3 => prop_oneof![1..12u64, 12..400u64].prop_map(Op::Advance),
-        1 => (1..30u64).prop_map(Op::Rewind),
+        // Sub-second steps, steps around the grace period's end, and long ones.
+        3 => prop_oneof![
+            1..2_000u64,
+            (GRACE * 1000 - 600)..(GRACE * 1000 + 600),
+            1..12_000u64,
+            12_000..400_000u64
+        ]
+        .prop_map(Op::Advance),
+        1 => (1..30_000u64).prop_map(Op::Rewind),
     ]
 }
 
@@ -75,8 +92,8 @@ struct Family {
     sid: Sid,
     /// Every refresh token handed out, oldest first; the last is current.
     tokens: Vec<String>,
-    /// When each token but the last was rotated.
-    rotated_at: Vec<u64>,
+    /// When each token but the last was rotated, in milliseconds.
+    rotated_at_ms: Vec<u64>,
     /// The latest access token and its expiry.
     access: (String, u64),
     created_at: u64,
@@ -105,7 +122,7 @@ impl World {
     fn new() -> World {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SledStore::open(&dir.path().join("db"), 1 << 20).unwrap());
-        let clock = Arc::new(ManualClock(AtomicU64::new(START)));
+        let clock = Arc::new(ManualClock(AtomicU64::new(START_MS)));
         let token = TokenConfig {
             refresh_ttl_secs: REFRESH_TTL,
             refresh_idle_secs: IDLE,
@@ -147,12 +164,17 @@ impl World {
         self.clock.now()
     }
 
+    fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
     fn renew(&self, token: &str) -> Result<Grant, ServiceError> {
         self.rt.block_on(self.service.renew(token, None))
     }
 
     fn apply(&mut self, op: &Op) -> Result<(), TestCaseError> {
         let now = self.now();
+        let now_ms = self.now_ms();
         match *op {
             Op::Login(user) => {
                 let uid = self.users[user].clone();
@@ -181,7 +203,7 @@ impl World {
                     user,
                     sid,
                     tokens: vec![grant.refresh_token.clone()],
-                    rotated_at: Vec::new(),
+                    rotated_at_ms: Vec::new(),
                     access: (grant.access_token.clone(), grant.expiry),
                     created_at: now,
                     expires_at: now + REFRESH_TTL,
@@ -215,11 +237,12 @@ impl World {
                         );
                         prop_assert!(grant.expiry <= fam.expires_at);
                         fam.tokens.push(grant.refresh_token.clone());
-                        fam.rotated_at.push(now);
+                        fam.rotated_at_ms.push(now_ms);
                         fam.access = (grant.access_token, grant.expiry);
                         fam.idle_expires_at = (now + IDLE).min(fam.expires_at);
                     }
-                    (true, 1) if now <= fam.rotated_at[index] + GRACE => {
+                    // The grace runs to the millisecond, inclusive.
+                    (true, 1) if now_ms <= fam.rotated_at_ms[index] + GRACE * 1000 => {
                         let grant = result.map_err(|e| {
                             TestCaseError::fail(format!("retry within grace refused: {e}"))
                         })?;
@@ -231,6 +254,11 @@ impl World {
                         fam.revoked = true;
                     }
                 }
+            }
+            Op::GraceProbe { f, wait_ms } => {
+                self.apply(&Op::Renew { f, back: 0 })?;
+                self.clock.0.fetch_add(wait_ms, Ordering::SeqCst);
+                self.apply(&Op::Renew { f, back: 1 })?;
             }
             Op::Concurrent { f, n } => {
                 if self.families.is_empty() {
@@ -273,7 +301,7 @@ impl World {
                 let next = successors.into_iter().next().unwrap();
                 prop_assert!(!fam.tokens.contains(&next));
                 fam.tokens.push(next);
-                fam.rotated_at.push(now);
+                fam.rotated_at_ms.push(now_ms);
                 fam.idle_expires_at = (now + IDLE).min(fam.expires_at);
             }
             Op::Revoke(f) => {
@@ -297,11 +325,11 @@ impl World {
                     }
                 }
             }
-            Op::Advance(secs) => {
-                self.clock.0.fetch_add(secs, Ordering::SeqCst);
+            Op::Advance(ms) => {
+                self.clock.0.fetch_add(ms, Ordering::SeqCst);
             }
-            Op::Rewind(secs) => {
-                self.clock.0.fetch_sub(secs, Ordering::SeqCst);
+            Op::Rewind(ms) => {
+                self.clock.0.fetch_sub(ms, Ordering::SeqCst);
             }
         }
         Ok(())
@@ -324,35 +352,46 @@ impl World {
                     );
                 }
             }
-            let mut current = 0;
-            for (i, token) in fam.tokens.iter().enumerate() {
-                let hash = RefreshToken::parse(token).unwrap().hash();
-                let Some(record) = self.rt.block_on(store.refresh_record(hash)).unwrap() else {
-                    prop_assert!(session.is_none(), "a token of a stored session vanished");
-                    continue;
-                };
-                prop_assert_eq!(record.sid, fam.sid);
-                let Some(session) = &session else { continue };
+            let parsed: Vec<RefreshToken> = fam
+                .tokens
+                .iter()
+                .map(|t| RefreshToken::parse(t).unwrap())
+                .collect();
+            let hashes: Vec<TokenHash> = parsed.iter().map(RefreshToken::hash).collect();
+            for (i, token) in parsed.iter().enumerate() {
+                prop_assert_eq!(token.sid(), fam.sid, "every token names its session");
+                prop_assert!(
+                    !hashes[..i].contains(&hashes[i]),
+                    "a token was handed out twice"
+                );
+            }
+            if let Some(session) = &session {
+                // One current token, the last one the client got, and one generation per
+                // rotation: a token never has two live successors.
                 let last = fam.tokens.len() - 1;
-                match session.standing(hash) {
-                    Standing::Current => {
-                        current += 1;
-                        prop_assert_eq!(i, last, "an old token is current again");
-                    }
-                    Standing::Previous { .. } => {
-                        prop_assert_eq!(i + 1, last, "only the last token's parent is previous");
-                        prop_assert!(
-                            session.current
-                                == RefreshToken::parse(&fam.tokens[last]).unwrap().hash(),
-                            "a token's successor is not the one the client got"
+                prop_assert_eq!(
+                    session.current,
+                    hashes[last],
+                    "the current token is not the last one handed out"
+                );
+                prop_assert_eq!(
+                    session.generation as usize,
+                    last,
+                    "generations and rotations differ"
+                );
+                match session.previous {
+                    Some(p) => {
+                        prop_assert!(last >= 1, "a previous token before any rotation");
+                        prop_assert_eq!(
+                            p.token,
+                            hashes[last - 1],
+                            "previous is not the last retired token"
                         );
+                        prop_assert_eq!(p.rotated_at_ms, fam.rotated_at_ms[last - 1]);
                     }
-                    Standing::Retired => {
-                        prop_assert!(i + 1 < last, "a recent token is retired");
-                    }
+                    None => prop_assert_eq!(last, 0, "a rotation left no previous token"),
                 }
             }
-            prop_assert!(current <= 1, "{} current tokens in one family", current);
             if fam.revoked {
                 for token in &fam.tokens {
                     prop_assert!(self.renew(token).is_err(), "a revoked family renewed");

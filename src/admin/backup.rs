@@ -3,25 +3,26 @@
 //! An export is, line by line:
 //!
 //! ```text
-//! {"kind":"header","format":"liveuser-export","version":1,"exported_at":…,"sessions":true}
+//! {"kind":"header","format":"liveuser-export","version":2,"exported_at":…,"sessions":true}
 //! {"kind":"user","uid":"…","name":"…","agent":"…","avatar":"…","update_at":…}      (every user)
 //! {"kind":"identity","openid":"…","uid":"…","unionid":null}                         (every identity)
-//! {"kind":"session","sid":"…","uid":"…",…,"current":"<hash>","tokens":[…]}          (with --sessions)
+//! {"kind":"session","sid":"…","uid":"…",…,"generation":N,"current":"<hash>","previous":…}  (with --sessions)
 //! {"kind":"end","users":N,"identities":N,"sessions":N}
 //! ```
 //!
 //! - Identities (openid → uid) are exported because without them a restored user would
 //!   get a new uid at the next login. WeChat's session_key is not: it is renewed at the
 //!   user's next login, and a backup file should hold as few secrets as possible.
-//! - Sessions (only those live at export time) come with the SHA-256 hashes of their
-//!   refresh tokens — the stored form, never a token itself — so restored clients can
+//! - Sessions (only those live at export time) come with the SHA-256 hash of their
+//!   current refresh token and of the one their last rotation retired (with its time in
+//!   milliseconds) — the stored form, never a token itself — so restored clients can
 //!   renew. A hash is what the database needs to accept a token, so an export with
 //!   sessions is as sensitive as the database: it is written with mode 0600.
 //! - The signing keys are not exported: access tokens issued before a restore into a
 //!   fresh database are refused, and clients renew with their (restored) refresh token.
 //! - Consistency while the server runs: users are read first, then only identities and
-//!   sessions of exported users are written, and each session is read together with its
-//!   tokens ([`Store::family`]), so a file never refers to a record it lacks.
+//!   sessions of exported users are written, so a file never refers to a record it
+//!   lacks. A session is one record, so it is never read half rotated.
 //! - The end line carries the counts, so a truncated file is recognised.
 //!
 //! Import reads the file twice: first it validates every line (format, limits, order,
@@ -29,6 +30,14 @@
 //! number, having written nothing; then it writes in batches. Records replace records
 //! with the same key. Into a database that already holds users it imports only when
 //! asked to merge, since a restore is meant for an empty one.
+//!
+//! Format 1 files (written before refresh tokens carried their session) still import.
+//! Their sessions are converted as a database upgrade converts them: the session id
+//! becomes the first 16 bytes of the current token's hash (what a format-1 token's
+//! session id is, see [`crate::token`]), the generation 0, and the last rotation and the
+//! older tokens' hashes are dropped (a format-1 token older than the current one is then
+//! refused without revoking anything). Access tokens issued before name the old session
+//! id and are refused; clients renew.
 
 use std::collections::HashSet;
 use std::io::BufRead;
@@ -38,16 +47,18 @@ use serde::{Deserialize, Serialize};
 
 use super::ops::{AdminError, ErrorKind};
 use crate::model::{
-    Identity, RefreshRecord, Rotation, Session, SessionState, Sid, TokenHash, Uid, UserPatch,
-    UserRecord, check_text, hex, unhex,
+    Identity, Rotation, Session, SessionState, Sid, TokenHash, Uid, UserPatch, UserRecord,
+    check_text, hex, unhex,
 };
 use crate::secret::Secret;
 use crate::store::{Restore, Store, StoreError};
 
 /// The `format` of the header line.
 pub const FORMAT: &str = "liveuser-export";
-/// The format version this build writes and reads.
-pub const VERSION: u32 = 1;
+/// The format version this build writes. It reads this one and format 1.
+pub const VERSION: u32 = 2;
+/// The oldest format version this build reads.
+pub const OLDEST_VERSION: u32 = 1;
 /// Records read per page while exporting, and written per transaction while importing.
 const PAGE: usize = 1000;
 /// Longest openid accepted (WeChat's are 28 characters).
@@ -90,26 +101,30 @@ pub enum Line {
         /// The unionid, if WeChat gave one.
         unionid: Option<String>,
     },
-    /// A live session and its refresh-token records (hashes only).
+    /// A live session (refresh-token hashes only).
     Session {
         /// Session id, 32 hex digits.
         sid: String,
         /// Owner.
         uid: String,
-        /// Login time.
+        /// Login time, Unix seconds.
         created_at: u64,
-        /// Last use.
+        /// Last use, Unix seconds.
         last_used_at: u64,
-        /// Absolute expiry.
+        /// Absolute expiry, Unix seconds.
         expires_at: u64,
-        /// Idle expiry.
+        /// Idle expiry, Unix seconds.
         idle_expires_at: u64,
+        /// Rotations so far (format 2; absent in format 1).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        generation: Option<u32>,
         /// Hash of the current refresh token, 64 hex digits.
         current: String,
-        /// The last rotation: the token it retired and when (absent before the first).
+        /// The last rotation: the token it retired and when (null before the first).
         previous: Option<PreviousLine>,
-        /// Every refresh-token record of the family.
-        tokens: Vec<TokenLine>,
+        /// Format 1 only: every refresh-token record of the family.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tokens: Option<Vec<TokenLine>>,
     },
     /// Last line: what the file holds.
     End {
@@ -122,7 +137,7 @@ pub enum Line {
     },
 }
 
-/// One refresh-token record of a session line.
+/// One refresh-token record of a format-1 session line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenLine {
@@ -138,8 +153,12 @@ pub struct TokenLine {
 pub struct PreviousLine {
     /// SHA-256 of the token the rotation retired, 64 hex digits.
     pub hash: String,
-    /// When it was rotated.
-    pub rotated_at: u64,
+    /// When it was rotated, Unix milliseconds (format 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotated_at_ms: Option<u64>,
+    /// When it was rotated, Unix seconds (format 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotated_at: Option<u64>,
 }
 
 /// What an import wrote (or an export holds).
@@ -266,17 +285,11 @@ impl<S: Store> Exporter<S> {
                     Some(last) => Stage::Sessions(Some(last.sid)),
                     None => Stage::End,
                 };
-                for listed in page {
-                    if !listed.is_live(self.now) || !self.uids.contains(&listed.uid) {
+                for session in page {
+                    if !session.is_live(self.now) || !self.uids.contains(&session.uid) {
                         continue;
                     }
-                    let Some((session, records)) = self.store.family(listed.sid).await? else {
-                        continue;
-                    };
-                    if !session.is_live(self.now) {
-                        continue;
-                    }
-                    push(&mut out, &session_line(&session, &records));
+                    push(&mut out, &session_line(&session));
                     self.counts.sessions += 1;
                 }
             }
@@ -302,7 +315,7 @@ fn push(out: &mut Vec<u8>, line: &Line) {
     out.push(b'\n');
 }
 
-fn session_line(session: &Session, records: &[(TokenHash, RefreshRecord)]) -> Line {
+fn session_line(session: &Session) -> Line {
     Line::Session {
         sid: session.sid.to_string(),
         uid: session.uid.to_string(),
@@ -310,18 +323,14 @@ fn session_line(session: &Session, records: &[(TokenHash, RefreshRecord)]) -> Li
         last_used_at: session.last_used_at,
         expires_at: session.expires_at,
         idle_expires_at: session.idle_expires_at,
+        generation: Some(session.generation),
         current: hex(&session.current.0),
         previous: session.previous.map(|p| PreviousLine {
             hash: hex(&p.token.0),
-            rotated_at: p.at,
+            rotated_at_ms: Some(p.rotated_at_ms),
+            rotated_at: None,
         }),
-        tokens: records
-            .iter()
-            .map(|(hash, record)| TokenLine {
-                hash: hex(&hash.0),
-                issued_at: record.issued_at,
-            })
-            .collect(),
+        tokens: None,
     }
 }
 
@@ -343,7 +352,7 @@ pub type Progress<'a> = &'a (dyn Fn(Phase, u64) + Sync);
 enum Record {
     User(UserRecord),
     Identity(String, Identity),
-    Session(Session, Vec<(TokenHash, RefreshRecord)>),
+    Session(Session),
 }
 
 /// Where in the file the reader is: sections must come in the export's order.
@@ -359,6 +368,8 @@ enum Section {
 /// The checks of the first pass.
 struct Checker {
     section: Section,
+    /// The header's format version.
+    version: u32,
     users: HashSet<Uid>,
     openids: HashSet<String>,
     sids: HashSet<Sid>,
@@ -380,6 +391,7 @@ impl Checker {
     fn new() -> Self {
         Checker {
             section: Section::Start,
+            version: VERSION,
             users: HashSet::new(),
             openids: HashSet::new(),
             sids: HashSet::new(),
@@ -421,14 +433,15 @@ impl Checker {
                 if format != FORMAT {
                     return Err(bad(n, format!("format must be {FORMAT:?}")));
                 }
-                if version != VERSION {
+                if !(OLDEST_VERSION..=VERSION).contains(&version) {
                     return Err(bad(
                         n,
                         format!(
-                            "format version {version} is not supported (this build reads {VERSION})"
+                            "format version {version} is not supported (this build reads {OLDEST_VERSION} to {VERSION})"
                         ),
                     ));
                 }
+                self.version = version;
                 Ok(None)
             }
             Line::User {
@@ -494,6 +507,7 @@ impl Checker {
                 last_used_at,
                 expires_at,
                 idle_expires_at,
+                generation,
                 current,
                 previous,
                 tokens,
@@ -507,9 +521,6 @@ impl Checker {
                         format!("session of user {uid}, who has no user line"),
                     ));
                 }
-                if !self.sids.insert(sid) {
-                    return Err(bad(n, format!("session {sid} appears twice")));
-                }
                 if created_at > last_used_at
                     || last_used_at > expires_at
                     || idle_expires_at > expires_at
@@ -520,54 +531,59 @@ impl Checker {
                     ));
                 }
                 let current = parse_hash(&current, "current").map_err(|e| bad(n, e))?;
-                let previous = match previous {
-                    Some(p) => Some(Rotation {
-                        token: parse_hash(&p.hash, "previous.hash").map_err(|e| bad(n, e))?,
-                        at: p.rotated_at,
-                    }),
-                    None => None,
+                let mut session = Session {
+                    sid,
+                    uid,
+                    created_at,
+                    last_used_at,
+                    expires_at,
+                    idle_expires_at,
+                    state: SessionState::Active,
+                    generation: 0,
+                    current,
+                    previous: None,
                 };
-                let mut records = Vec::with_capacity(tokens.len());
-                for (i, token) in tokens.iter().enumerate() {
-                    let hash = parse_hash(&token.hash, &format!("tokens[{i}].hash"))
+                if self.version == 1 {
+                    check_format_1_session(&session, previous, generation, tokens)
                         .map_err(|e| bad(n, e))?;
-                    if records.iter().any(|(h, _)| *h == hash) {
-                        return Err(bad(n, format!("tokens[{i}] appears twice")));
+                    // As a database upgrade converts it: the id a format-1 token derives.
+                    session.sid = Sid(current.0[..16].try_into().expect("16 of 32 bytes"));
+                } else {
+                    if tokens.is_some() {
+                        return Err(bad(n, "tokens is a format 1 field"));
                     }
-                    records.push((
-                        hash,
-                        RefreshRecord {
-                            sid,
-                            issued_at: token.issued_at,
-                        },
-                    ));
+                    session.generation =
+                        generation.ok_or_else(|| bad(n, "generation is missing"))?;
+                    session.previous = match previous {
+                        None => None,
+                        Some(p) => {
+                            let token =
+                                parse_hash(&p.hash, "previous.hash").map_err(|e| bad(n, e))?;
+                            let rotated_at_ms = match (p.rotated_at_ms, p.rotated_at) {
+                                (Some(ms), None) => ms,
+                                _ => return Err(bad(n, "previous needs rotated_at_ms")),
+                            };
+                            if token == current {
+                                return Err(bad(n, "previous.hash must differ from current"));
+                            }
+                            if session.generation == 0 {
+                                return Err(bad(
+                                    n,
+                                    "a session of generation 0 has no previous token",
+                                ));
+                            }
+                            Some(Rotation {
+                                token,
+                                rotated_at_ms,
+                            })
+                        }
+                    };
                 }
-                if !records.iter().any(|(h, _)| *h == current) {
-                    return Err(bad(n, "current must be one of the tokens"));
-                }
-                if let Some(p) = previous
-                    && (p.token == current || !records.iter().any(|(h, _)| *h == p.token))
-                {
-                    return Err(bad(
-                        n,
-                        "previous.hash must be one of the tokens, other than current",
-                    ));
+                if !self.sids.insert(session.sid) {
+                    return Err(bad(n, format!("session {} appears twice", session.sid)));
                 }
                 self.counts.sessions += 1;
-                Ok(Some(Record::Session(
-                    Session {
-                        sid,
-                        uid,
-                        created_at,
-                        last_used_at,
-                        expires_at,
-                        idle_expires_at,
-                        state: SessionState::Active,
-                        current,
-                        previous,
-                    },
-                    records,
-                )))
+                Ok(Some(Record::Session(session)))
             }
             Line::End {
                 users,
@@ -594,6 +610,41 @@ impl Checker {
             }
         }
     }
+}
+
+/// Checks the format-1 parts of a session line: no generation, every token hash
+/// well-formed and listed once, current and previous among them.
+fn check_format_1_session(
+    session: &Session,
+    previous: Option<PreviousLine>,
+    generation: Option<u32>,
+    tokens: Option<Vec<TokenLine>>,
+) -> Result<(), String> {
+    if generation.is_some() {
+        return Err("generation is a format 2 field".into());
+    }
+    let tokens = tokens.ok_or("tokens is missing")?;
+    let mut hashes: Vec<TokenHash> = Vec::with_capacity(tokens.len());
+    for (i, token) in tokens.iter().enumerate() {
+        let hash = parse_hash(&token.hash, &format!("tokens[{i}].hash"))?;
+        if hashes.contains(&hash) {
+            return Err(format!("tokens[{i}] appears twice"));
+        }
+        hashes.push(hash);
+    }
+    if !hashes.contains(&session.current) {
+        return Err("current must be one of the tokens".into());
+    }
+    if let Some(p) = previous {
+        if p.rotated_at.is_none() || p.rotated_at_ms.is_some() {
+            return Err("previous needs rotated_at".into());
+        }
+        let token = parse_hash(&p.hash, "previous.hash")?;
+        if token == session.current || !hashes.contains(&token) {
+            return Err("previous.hash must be one of the tokens, other than current".into());
+        }
+    }
+    Ok(())
 }
 
 /// Reads an export line by line, checking each line as it goes.
@@ -679,7 +730,7 @@ pub async fn import<S: Store, R: BufRead + Send>(
         match record {
             Some(Record::User(u)) => batch.users.push(u),
             Some(Record::Identity(o, i)) => batch.identities.push((o, i)),
-            Some(Record::Session(s, t)) => batch.sessions.push((s, t)),
+            Some(Record::Session(s)) => batch.sessions.push(s),
             None => {}
         }
         if batch.len() >= PAGE || (done && !batch.is_empty()) {
@@ -736,6 +787,112 @@ mod tests {
                 sessions: 1
             }
         );
+    }
+
+    const HEADER_2: &str = r#"{"kind":"header","format":"liveuser-export","version":2,"exported_at":1,"sessions":true}"#;
+    const END_1: &str = r#"{"kind":"end","users":1,"identities":0,"sessions":1}"#;
+
+    fn session_2(generation: &str, previous: &str) -> String {
+        format!(
+            r#"{{"kind":"session","sid":"{}","uid":"u1","created_at":1,"last_used_at":2,"expires_at":9,"idle_expires_at":8,"generation":{generation},"current":"{}","previous":{previous}}}"#,
+            "ab".repeat(16),
+            "11".repeat(32)
+        )
+    }
+
+    fn sessions_of(text: &str) -> Vec<Session> {
+        let mut reader = Reader::new(text.as_bytes(), Phase::Validating);
+        let mut out = Vec::new();
+        while let Some(record) = reader.next_record(&|_, _| {}).unwrap() {
+            if let Record::Session(s) = record {
+                out.push(s);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_format_2_session_line_is_read_as_written() {
+        let previous = format!(r#"{{"hash":"{}","rotated_at_ms":1500}}"#, "22".repeat(32));
+        let text = format!(
+            "{HEADER_2}\n{USER}\n{}\n{END_1}\n",
+            session_2("3", &previous)
+        );
+        let sessions = sessions_of(&text);
+        assert_eq!(sessions.len(), 1);
+        let s = &sessions[0];
+        assert_eq!(s.sid, Sid([0xab; 16]));
+        assert_eq!(s.generation, 3);
+        assert_eq!(s.current, TokenHash([0x11; 32]));
+        assert_eq!(
+            s.previous,
+            Some(Rotation {
+                token: TokenHash([0x22; 32]),
+                rotated_at_ms: 1500
+            })
+        );
+        // And written back exactly so.
+        let line = serde_json::to_string(&session_line(s)).unwrap();
+        assert_eq!(line, session_2("3", &previous));
+    }
+
+    #[test]
+    fn a_format_1_session_is_known_by_the_id_its_current_token_derives() {
+        let a = "11".repeat(32);
+        let b = "22".repeat(32);
+        let tokens = format!(r#"[{{"hash":"{a}","issued_at":1}},{{"hash":"{b}","issued_at":2}}]"#);
+        let line = session(&b, &tokens).replace(
+            r#""previous":null"#,
+            &format!(r#""previous":{{"hash":"{a}","rotated_at":2}}"#),
+        );
+        let text = format!("{HEADER}\n{USER}\n{line}\n{END_1}\n");
+        let sessions = sessions_of(&text);
+        assert_eq!(
+            sessions[0].sid,
+            Sid([0x22; 16]),
+            "the first half of its hash"
+        );
+        assert_eq!(sessions[0].generation, 0);
+        assert_eq!(sessions[0].current, TokenHash([0x22; 32]));
+        assert_eq!(sessions[0].previous, None, "a format-1 rotation is dropped");
+    }
+
+    #[test]
+    fn format_2_session_lines_are_checked() {
+        let prev = |hash: &str, when: &str| format!(r#"{{"hash":"{hash}",{when}}}"#);
+        let other = "22".repeat(32);
+        let cases = [
+            (session_2("null", "null"), "generation is missing"),
+            (
+                session_2("1", &prev(&other, r#""rotated_at":1"#)),
+                "rotated_at_ms",
+            ),
+            (
+                session_2("0", &prev(&other, r#""rotated_at_ms":1"#)),
+                "generation 0",
+            ),
+            (
+                session_2("1", &prev(&"11".repeat(32), r#""rotated_at_ms":1"#)),
+                "differ from current",
+            ),
+            (
+                session_2("1", "null")
+                    .replace(r#""previous":null"#, r#""previous":null,"tokens":[]"#),
+                "format 1 field",
+            ),
+        ];
+        for (line, needle) in cases {
+            let text = format!("{HEADER_2}\n{USER}\n{line}\n{END_1}\n");
+            let err = check_all(&text).unwrap_err();
+            assert!(
+                err.msg.starts_with("line 3: ") && err.msg.contains(needle),
+                "{line} gave {}",
+                err.msg
+            );
+        }
+        let future = HEADER_2.replace(r#""version":2"#, r#""version":3"#);
+        let err = check_all(&format!("{future}\n")).unwrap_err();
+        assert!(err.msg.contains("not supported"), "{}", err.msg);
     }
 
     #[test]

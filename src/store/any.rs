@@ -11,10 +11,8 @@ use tokio::sync::watch;
 
 use super::postgres::PgStore;
 use super::sled::SledStore;
-use super::{Census, Family, FlushObserver, Page, Restore, RotateOutcome, Store, StoreResult};
-use crate::model::{
-    Identity, RefreshRecord, RetiredKey, Session, Sid, TokenHash, Uid, UserPatch, UserRecord,
-};
+use super::{Census, FlushObserver, Page, Restore, RotateOutcome, Store, StoreResult};
+use crate::model::{Identity, RetiredKey, Session, Sid, TokenHash, Uid, UserPatch, UserRecord};
 
 /// Either backend.
 #[derive(Debug)]
@@ -104,27 +102,33 @@ impl Store for AnyStore {
         dispatch!(self, s => s.list_sessions(after, limit).await)
     }
 
-    async fn refresh_record(&self, hash: TokenHash) -> StoreResult<Option<RefreshRecord>> {
-        dispatch!(self, s => s.refresh_record(hash).await)
-    }
-
-    async fn create_session(&self, session: &Session, evict: &[Sid]) -> StoreResult<()> {
-        dispatch!(self, s => s.create_session(session, evict).await)
+    async fn create_session(
+        &self,
+        session: &Session,
+        max_live: Option<usize>,
+    ) -> StoreResult<usize> {
+        dispatch!(self, s => s.create_session(session, max_live).await)
     }
 
     async fn rotate(
         &self,
         sid: Sid,
-        parent: TokenHash,
+        presented: TokenHash,
         successor: TokenHash,
-        now: u64,
-        idle_expires_at: u64,
+        now_ms: u64,
+        idle_secs: u64,
     ) -> StoreResult<RotateOutcome> {
-        dispatch!(self, s => s.rotate(sid, parent, successor, now, idle_expires_at).await)
+        dispatch!(self, s => s.rotate(sid, presented, successor, now_ms, idle_secs).await)
     }
 
-    async fn touch_session(&self, sid: Sid, now: u64, idle_expires_at: u64) -> StoreResult<bool> {
-        dispatch!(self, s => s.touch_session(sid, now, idle_expires_at).await)
+    async fn touch(
+        &self,
+        sid: Sid,
+        presented: TokenHash,
+        now_ms: u64,
+        idle_secs: u64,
+    ) -> StoreResult<Option<Session>> {
+        dispatch!(self, s => s.touch(sid, presented, now_ms, idle_secs).await)
     }
 
     async fn revoke_sessions(&self, sids: &[Sid]) -> StoreResult<usize> {
@@ -145,10 +149,6 @@ impl Store for AnyStore {
         limit: usize,
     ) -> StoreResult<Page<(String, Identity)>> {
         dispatch!(self, s => s.list_identities(after, limit).await)
-    }
-
-    async fn family(&self, sid: Sid) -> StoreResult<Option<Family>> {
-        dispatch!(self, s => s.family(sid).await)
     }
 
     async fn restore(&self, batch: &Restore) -> StoreResult<()> {

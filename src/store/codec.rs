@@ -8,8 +8,9 @@ use serde::de::DeserializeOwned;
 
 use super::StoreError;
 
-/// Version byte of the current record format.
-pub const VERSION: u8 = 1;
+/// Version byte of the current record format. Version 1 (sessions with per-token
+/// records, rotation times in seconds) is refused, never read as version 2.
+pub const VERSION: u8 = 2;
 
 fn config() -> bincode::config::Configuration {
     bincode::config::standard()
@@ -62,22 +63,19 @@ mod tests {
             update_at: 1_700_000_000,
         });
         round_trip(Session {
-            sid: Sid::generate(),
+            sid: Sid(crate::token::random_bytes()),
             uid: uid.clone(),
             created_at: 1,
             last_used_at: 2,
             expires_at: 3,
             idle_expires_at: 4,
             state: SessionState::Revoked,
+            generation: 3,
             current: TokenHash([7; 32]),
             previous: Some(Rotation {
                 token: TokenHash([9; 32]),
-                at: 6,
+                rotated_at_ms: 6_001,
             }),
-        });
-        round_trip(RefreshRecord {
-            sid: Sid::generate(),
-            issued_at: 5,
         });
         round_trip(Identity {
             uid,
@@ -91,7 +89,7 @@ mod tests {
         assert!(decode::<UserRecord>(&[]).is_err());
         assert!(decode::<UserRecord>(&[9, 1, 2]).is_err());
         assert!(decode::<UserRecord>(&[VERSION, 0xff, 0xff, 0xff]).is_err());
-        let mut bytes = encode(&Sid::generate());
+        let mut bytes = encode(&Sid(crate::token::random_bytes()));
         bytes.push(0);
         assert!(decode::<Sid>(&bytes).is_err());
     }

@@ -8,11 +8,11 @@
 //! same steps with its own transactions and the service does not change.
 //!
 //! The data is shaped so that every step changes one mutable record: a session holds
-//! its family's state (current token, the last rotation), and refresh-token records are
-//! written once, before the session points at them, and never changed. A step is then
-//! atomic as a single compare-and-swap, and the records written before it are harmless
-//! if a crash stops it half way (they belong to no session yet, or to a dead one, and are
-//! swept).
+//! its whole refresh-token family's state (the current token's hash, the one the last
+//! rotation retired, the generation), and there are no per-token records. A renewal is
+//! then one compare-and-swap of one record ([`Store::rotate`]), and the database does not
+//! grow as tokens rotate. Index entries written ahead of a record a crash then stops
+//! point at nothing and are skipped (and cleaned up).
 
 mod any;
 mod cache;
@@ -24,9 +24,7 @@ pub mod sled;
 use std::future::Future;
 use std::sync::Arc;
 
-use crate::model::{
-    Identity, RefreshRecord, RetiredKey, Session, Sid, TokenHash, Uid, UserPatch, UserRecord,
-};
+use crate::model::{Identity, RetiredKey, Session, Sid, TokenHash, Uid, UserPatch, UserRecord};
 
 pub use self::any::AnyStore;
 pub use self::flush::FlushObserver;
@@ -50,19 +48,18 @@ pub enum StoreError {
 /// What [`Store::rotate`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RotateOutcome {
-    /// The presented token was current; it is now retired and the successor is current.
-    Rotated,
-    /// The presented token was no longer current or its session no longer active
-    /// (another request rotated or revoked it first); nothing was written. Carries the
-    /// session as the database holds it, which a cached read may not show yet.
+    /// The presented token was current and its session live; the successor is now
+    /// current. Carries the session as written.
+    Rotated(Session),
+    /// The session does not exist, is not live, or the presented token is not its
+    /// current one (another request may have rotated or revoked it first); nothing was
+    /// written. Carries the session as the database holds it now, which a cached read
+    /// may not show yet.
     NotCurrent(Option<Session>),
 }
 
 /// A page of records and the key to continue after.
 pub type Page<T> = Vec<T>;
-
-/// A session with every refresh-token record of its family, read consistently.
-pub type Family = (Session, Vec<(TokenHash, RefreshRecord)>);
 
 /// Records to write as they are (import): each replaces a record with the same key.
 #[derive(Debug, Clone, Default)]
@@ -71,8 +68,8 @@ pub struct Restore {
     pub users: Vec<UserRecord>,
     /// Identities under their openid.
     pub identities: Vec<(String, Identity)>,
-    /// Sessions with their refresh-token records.
-    pub sessions: Vec<Family>,
+    /// Sessions.
+    pub sessions: Vec<Session>,
 }
 
 impl Restore {
@@ -130,8 +127,15 @@ pub trait Store: Send + Sync + 'static {
     // ----- identities -----
 
     /// The uid for `openid`. If the openid is known, its unionid (when given) and
-    /// session_key are updated and its existing uid returned. If not, `candidate` is stored
-    /// and an empty user record for `candidate.uid` created, in one transaction.
+    /// session_key are updated — the identity is rewritten only if one of them changed —
+    /// and its existing uid returned. If not, `candidate` is stored. Either way an empty
+    /// user record is created for the uid if it has none (which also completes a first
+    /// login that a crash cut between the two writes).
+    ///
+    /// The one write method that may return before its writes are durable: a login
+    /// writes its session next, with [`Store::create_session`], whose durability covers
+    /// these writes too, so a login waits for one flush, not two. A caller that writes
+    /// nothing after it calls [`Store::sync`].
     fn upsert_identity(
         &self,
         openid: &str,
@@ -141,10 +145,10 @@ pub trait Store: Send + Sync + 'static {
 
     // ----- sessions -----
 
-    /// The session `sid`, live or not.
+    /// The session `sid`, live or not (served from a cache kept exact by the writers).
     fn session(&self, sid: Sid) -> impl Future<Output = StoreResult<Option<Session>>> + Send;
 
-    /// Every stored session of `uid`, oldest first.
+    /// Every stored session of `uid`, oldest first (for operators).
     fn sessions_of(&self, uid: &Uid) -> impl Future<Output = StoreResult<Vec<Session>>> + Send;
 
     /// Up to `limit` stored sessions with sid greater than `after`, in sid order.
@@ -154,47 +158,53 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> impl Future<Output = StoreResult<Page<Session>>> + Send;
 
-    /// The refresh token stored under `hash`.
-    fn refresh_record(
-        &self,
-        hash: TokenHash,
-    ) -> impl Future<Output = StoreResult<Option<RefreshRecord>>> + Send;
-
-    /// Revokes the sessions in `evict`, then creates `session` with its first refresh
-    /// token (`session.current`).
+    /// Writes `session` (a new login) and, when `max_live` is `Some(n)`, revokes the
+    /// user's oldest sessions live at `session.created_at` so that at most `n` are live
+    /// with the new one. Returns how many live sessions it revoked.
+    ///
+    /// A returning user's login must not read every session of the user: a backend keeps
+    /// the user's sessions in creation order (sled: an index; PostgreSQL: an index on
+    /// `(uid, created_at)`) and reads sessions only when the count says the cap is
+    /// reached. Two logins of one user at the same instant may leave it one over; the
+    /// next login brings it back.
     fn create_session(
         &self,
         session: &Session,
-        evict: &[Sid],
-    ) -> impl Future<Output = StoreResult<()>> + Send;
+        max_live: Option<usize>,
+    ) -> impl Future<Output = StoreResult<usize>> + Send;
 
-    /// Compare-and-swap rotation: if `parent` is still the current token of session `sid`
-    /// and the session is live at `now`, make `successor` current, remember `parent` as
-    /// the last rotation, and set the last use and idle expiry — one atomic change.
+    /// A renewal with rotation, the single store call of its happy path: if session
+    /// `sid` exists, is live at `now_ms`, and its current token is `presented`, then
+    /// `previous = {presented, now_ms}`, `current = successor`, `generation += 1`,
+    /// `last_used_at = now_ms / 1000`, `idle_expires_at = min(now + idle_secs,
+    /// expires_at)` — one atomic change, durable on return — and the new session is
+    /// returned. Otherwise nothing is written and the session is returned as stored.
     fn rotate(
         &self,
         sid: Sid,
-        parent: TokenHash,
+        presented: TokenHash,
         successor: TokenHash,
-        now: u64,
-        idle_expires_at: u64,
+        now_ms: u64,
+        idle_secs: u64,
     ) -> impl Future<Output = StoreResult<RotateOutcome>> + Send;
 
-    /// Records a use of session `sid` without rotation; `false` if it is gone or not
-    /// live at `now`.
-    fn touch_session(
+    /// A renewal without rotation: if session `sid` exists, is live at `now_ms`, and its
+    /// current token is `presented`, sets the last use and idle expiry as
+    /// [`Store::rotate`] does and returns the session; otherwise `None`, nothing written.
+    fn touch(
         &self,
         sid: Sid,
-        now: u64,
-        idle_expires_at: u64,
-    ) -> impl Future<Output = StoreResult<bool>> + Send;
+        presented: TokenHash,
+        now_ms: u64,
+        idle_secs: u64,
+    ) -> impl Future<Output = StoreResult<Option<Session>>> + Send;
 
     /// Revokes the given sessions (their whole token families); returns how many were
     /// active before.
     fn revoke_sessions(&self, sids: &[Sid]) -> impl Future<Output = StoreResult<usize>> + Send;
 
-    /// Deletes sessions that are revoked or expired at `now`, with their tokens; returns
-    /// how many sessions were removed.
+    /// Deletes sessions that are revoked or expired at `now` (Unix seconds); returns how
+    /// many were removed.
     fn sweep(&self, now: u64) -> impl Future<Output = StoreResult<usize>> + Send;
 
     /// Returns once everything written so far, by anyone, is durable (a caller that
@@ -210,11 +220,8 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> impl Future<Output = StoreResult<Page<(String, Identity)>>> + Send;
 
-    /// Session `sid` with all its refresh-token records, as of one moment (a rotation
-    /// never shows half done), or `None` if it is gone.
-    fn family(&self, sid: Sid) -> impl Future<Output = StoreResult<Option<Family>>> + Send;
-
-    /// Writes `batch` as it is: users, identities, then each session after its tokens.
+    /// Writes `batch` as it is: users, identities, then sessions; each replaces a record
+    /// with the same key.
     fn restore(&self, batch: &Restore) -> impl Future<Output = StoreResult<()>> + Send;
 
     /// Whether no user and no identity is stored.

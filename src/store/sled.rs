@@ -2,33 +2,35 @@
 //!
 //! Trees, named "key_value" after what maps to what:
 //!
-//! | tree                | key                                  | value                   |
-//! |---------------------|--------------------------------------|-------------------------|
-//! | `uid_user`          | uid                                  | [`UserRecord`]          |
-//! | `openid_identity`   | openid                               | [`Identity`]            |
-//! | `sid_session`       | sid (16 bytes)                       | [`Session`]             |
-//! | `tokenhash_refresh` | SHA-256 of a refresh token (32 bytes)| [`RefreshRecord`]       |
-//! | `uid_sid`           | uid ‖ 0x00 ‖ sid                     | empty (index)           |
-//! | `sid_tokenhash`     | sid ‖ token hash                     | empty (index)           |
-//! | `meta`              | key name                             | raw bytes (generated keys) |
-//! | `meta`              | key name ‖ `.retired`                | `Vec<`[`RetiredKey`]`>` |
+//! | tree                | key                                        | value                      |
+//! |---------------------|--------------------------------------------|----------------------------|
+//! | `uid_user`          | uid                                        | [`UserRecord`]             |
+//! | `openid_identity`   | openid                                     | [`Identity`]               |
+//! | `sid_session`       | sid (16 bytes)                             | [`Session`]                |
+//! | `uid_created_sid`   | uid ‖ 0x00 ‖ created_at (8 bytes, BE) ‖ sid | empty (index)              |
+//! | `meta`              | key name                                   | raw bytes (generated keys) |
+//! | `meta`              | key name ‖ `.retired`                      | `Vec<`[`RetiredKey`]`>`    |
 //!
-//! Uids never contain 0x00, so `uid ‖ 0x00` is an exact prefix for one user's sessions.
-//! Values go through [`codec`](super::codec).
+//! Uids never contain 0x00, so `uid ‖ 0x00` is an exact prefix for one user's sessions,
+//! and the big-endian login time after it keeps them in creation order: the cap on live
+//! sessions finds the oldest without reading the others. Refresh tokens have no records
+//! of their own: a session is found by the id its tokens derive
+//! ([`RefreshToken::sid`](crate::token::RefreshToken::sid)) and holds the hashes it
+//! needs, so a renewal rewrites one record and the database does not grow with
+//! renewals. Values go through [`codec`](super::codec).
 //!
 //! No sled transactions: a sled transaction takes a process-wide write lock that stops
 //! every other read and write of the database, and measured here it cut durable write
 //! throughput several times over. Every change is instead one compare-and-swap on one
-//! mutable record (a user, an identity, a session), preceded by the immutable records it
-//! will point to and followed by nothing that matters for correctness (see the module
-//! documentation of [`store`](super)). Write order, for a crash at any point:
+//! mutable record (a user, an identity, a session), preceded by the index entries that
+//! will point to it. Write order, for a crash at any point:
 //!
-//! - login: refresh record and indexes, then the session (a crash before leaves records
-//!   that belong to no session);
+//! - login: the user-index entry, then the session (a crash between leaves an entry that
+//!   points at nothing; it is skipped, and removed by the next login of that user);
 //! - first login: identity, then user record (a crash between leaves an identity whose
 //!   user record is created at the next login);
-//! - rotation: successor record and index, then the session's compare-and-swap;
-//! - sweep: a dead session's tokens and indexes, then the session itself.
+//! - rotation, renewal, revocation: one compare-and-swap of the session;
+//! - sweep: a dead session's index entry, then the session itself.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -40,10 +42,10 @@ use sled::Tree;
 use super::cache::Cache;
 use super::codec::{decode, encode};
 use super::flush::{self, GroupCommit};
-use super::{Census, Family, Page, Restore, RotateOutcome, Store, StoreError, StoreResult};
+use super::{Census, Page, Restore, RotateOutcome, Store, StoreError, StoreResult};
 use crate::model::{
-    Identity, RefreshRecord, RetiredKey, Rotation, Session, SessionState, Sid, TokenHash, Uid,
-    UserPatch, UserRecord,
+    Identity, RetiredKey, Rotation, Session, SessionState, Sid, TokenHash, Uid, UserPatch,
+    UserRecord,
 };
 
 /// A sled database holding liveuser's trees.
@@ -52,13 +54,14 @@ pub struct SledStore {
     users: Tree,
     identities: Tree,
     sessions: Tree,
-    refresh: Tree,
     uid_sessions: Tree,
-    session_tokens: Tree,
     meta: Tree,
     commit: GroupCommit,
     user_cache: Cache<Uid, Arc<UserRecord>>,
     session_cache: Cache<Sid, Session>,
+    /// Session records read from sled past the cache (tests check what a login reads).
+    #[cfg(test)]
+    session_reads: std::sync::atomic::AtomicUsize,
 }
 
 /// Default entries of each read cache (users, sessions); see [`SledStore::with_caches`].
@@ -110,24 +113,33 @@ where
     }
 }
 
-fn uid_sid_key(uid: &Uid, sid: Sid) -> Vec<u8> {
-    let mut key = uid_prefix(uid);
-    key.extend_from_slice(&sid.0);
+/// The user-index key of a session: uid ‖ 0x00 ‖ created_at (big-endian) ‖ sid.
+fn uid_index_key(session: &Session) -> Vec<u8> {
+    let mut key = uid_prefix(&session.uid);
+    key.extend_from_slice(&session.created_at.to_be_bytes());
+    key.extend_from_slice(&session.sid.0);
     key
 }
 
 fn uid_prefix(uid: &Uid) -> Vec<u8> {
-    let mut key = Vec::with_capacity(uid.as_str().len() + 17);
+    let mut key = Vec::with_capacity(uid.as_str().len() + 25);
     key.extend_from_slice(uid.as_str().as_bytes());
     key.push(0);
     key
 }
 
-fn sid_token_key(sid: Sid, hash: TokenHash) -> [u8; 48] {
-    let mut key = [0u8; 48];
-    key[..16].copy_from_slice(&sid.0);
-    key[16..].copy_from_slice(&hash.0);
-    key
+/// The sid at the end of a user-index key.
+fn sid_of_index_key(key: &[u8]) -> StoreResult<Sid> {
+    key.len()
+        .checked_sub(16)
+        .and_then(|at| key[at..].try_into().ok())
+        .map(Sid)
+        .ok_or_else(|| StoreError::Corrupt("bad uid_created_sid key".into()))
+}
+
+/// The idle expiry after a use at `now`: `idle_secs` later, never past the absolute one.
+fn idle_expiry(session: &Session, now: u64, idle_secs: u64) -> u64 {
+    now.saturating_add(idle_secs).min(session.expires_at)
 }
 
 impl SledStore {
@@ -152,14 +164,14 @@ impl SledStore {
             users: tree("uid_user")?,
             identities: tree("openid_identity")?,
             sessions: tree("sid_session")?,
-            refresh: tree("tokenhash_refresh")?,
-            uid_sessions: tree("uid_sid")?,
-            session_tokens: tree("sid_tokenhash")?,
+            uid_sessions: tree("uid_created_sid")?,
             meta: tree("meta")?,
             commit: GroupCommit::start(db.clone()),
             db,
             user_cache: Cache::new(DEFAULT_CACHE_ENTRIES),
             session_cache: Cache::new(DEFAULT_CACHE_ENTRIES),
+            #[cfg(test)]
+            session_reads: Default::default(),
         })
     }
 
@@ -187,17 +199,20 @@ impl SledStore {
         }
     }
 
-    /// Removes one dead session: its tokens and index entries first, the session record
-    /// last and only if it is still the `stored` bytes (a crash half way leaves a dead
-    /// session that the next sweep finishes).
+    /// The stored session `sid`, past the cache.
+    fn read_session(&self, sid: Sid) -> StoreResult<Option<Session>> {
+        #[cfg(test)]
+        self.session_reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self::get(&self.sessions, &sid.0)
+    }
+
+    /// Removes one dead session: its index entry first, the session record last and only
+    /// if it is still the `stored` bytes (a crash half way leaves a dead session that the
+    /// next sweep finishes).
     fn remove_session(&self, session: &Session, stored: &[u8]) -> StoreResult<bool> {
-        for item in self.session_tokens.scan_prefix(session.sid.0) {
-            let (key, _) = item.map_err(io)?;
-            self.refresh.remove(&key[16..]).map_err(io)?;
-            self.session_tokens.remove(&key).map_err(io)?;
-        }
         self.uid_sessions
-            .remove(uid_sid_key(&session.uid, session.sid))
+            .remove(uid_index_key(session))
             .map_err(io)?;
         let removed = self
             .sessions
@@ -208,28 +223,62 @@ impl SledStore {
         Ok(removed)
     }
 
-    /// Writes a refresh-token record and its family index entry (both immutable).
-    fn put_token(&self, sid: Sid, hash: TokenHash, issued_at: u64) -> StoreResult<()> {
-        self.refresh
-            .insert(hash.0, encode(&RefreshRecord { sid, issued_at }))
+    /// Writes a session, after its user-index entry (an entry without its session is
+    /// skipped by readers), and drops any cached copy. A session replaced under another
+    /// owner or login time (an import) loses its old entry.
+    fn put_session(&self, session: &Session) -> StoreResult<()> {
+        self.uid_sessions
+            .insert(uid_index_key(session), &[])
             .map_err(io)?;
-        self.session_tokens
-            .insert(&sid_token_key(sid, hash)[..], &[])
+        let old = self
+            .sessions
+            .insert(session.sid.0, encode(session))
             .map_err(io)?;
+        if let Some(old) = old {
+            let old: Session = decode(&old)?;
+            if uid_index_key(&old) != uid_index_key(session) {
+                self.uid_sessions.remove(uid_index_key(&old)).map_err(io)?;
+            }
+        }
+        self.session_cache.invalidate(&session.sid);
         Ok(())
     }
 
-    /// Writes a session, after its user index entry (the session is what makes its
-    /// tokens count, so it goes last), and drops any cached copy.
-    fn put_session(&self, session: &Session) -> StoreResult<()> {
-        self.uid_sessions
-            .insert(uid_sid_key(&session.uid, session.sid), &[])
-            .map_err(io)?;
-        self.sessions
-            .insert(session.sid.0, encode(session))
-            .map_err(io)?;
-        self.session_cache.invalidate(&session.sid);
-        Ok(())
+    /// Makes room for one more live session of `session.uid`: revokes the oldest of its
+    /// sessions live at `session.created_at` so that at most `max_live - 1` remain live.
+    ///
+    /// The index is read as keys only; sessions are read only when the number of entries
+    /// says the cap may be reached, oldest first, and only as many as the excess. Entries
+    /// of dead sessions count until the sweep removes them, which only makes this read
+    /// more, never revoke more. Returns how many it revoked.
+    fn evict_for(&self, session: &Session, max_live: usize) -> StoreResult<usize> {
+        let prefix = uid_prefix(&session.uid);
+        let mut entries = Vec::new();
+        for item in self.uid_sessions.scan_prefix(&prefix).keys() {
+            entries.push(item.map_err(io)?);
+        }
+        let mut excess = (entries.len() + 1).saturating_sub(max_live);
+        let mut revoked = 0;
+        for key in entries {
+            if excess == 0 {
+                break;
+            }
+            let sid = sid_of_index_key(&key)?;
+            match self.read_session(sid)? {
+                // Left by a login a crash cut short: it points at nothing.
+                None => {
+                    self.uid_sessions.remove(&key).map_err(io)?;
+                }
+                Some(old) if old.is_live(session.created_at) => {
+                    if self.revoke_one(sid)? {
+                        revoked += 1;
+                    }
+                }
+                Some(_) => {}
+            }
+            excess -= 1;
+        }
+        Ok(revoked)
     }
 
     /// Revokes `sid` if it is active; whether it was.
@@ -306,13 +355,26 @@ impl Store for SledStore {
             openid.as_bytes(),
             |stored: Option<Identity>| {
                 Ok(match stored {
+                    // A returning user: rewritten only if WeChat told us something new.
                     Some(mut known) => {
-                        if candidate.unionid.is_some() {
+                        let mut changed = false;
+                        if candidate.unionid.is_some() && known.unionid != candidate.unionid {
                             known.unionid.clone_from(&candidate.unionid);
+                            changed = true;
                         }
-                        known.session_key = candidate.session_key.clone();
+                        if known.session_key != candidate.session_key {
+                            known.session_key = candidate.session_key.clone();
+                            changed = true;
+                        }
                         let uid = known.uid.clone();
-                        (Edit::Put(known), uid)
+                        (
+                            if changed {
+                                Edit::Put(known)
+                            } else {
+                                Edit::Leave
+                            },
+                            uid,
+                        )
                     }
                     None => (Edit::Put(candidate.clone()), candidate.uid.clone()),
                 })
@@ -320,39 +382,39 @@ impl Store for SledStore {
         )?;
         // The user record follows its identity; creating it when absent also completes a
         // first login that a crash cut between the two writes.
-        edit(
+        let created = edit(
             &self.users,
             uid.as_str().as_bytes(),
             |stored: Option<UserRecord>| {
                 Ok(match stored {
-                    Some(_) => (Edit::Leave, ()),
-                    None => (Edit::Put(UserRecord::new(uid.clone(), now)), ()),
+                    Some(_) => (Edit::Leave, false),
+                    None => (Edit::Put(UserRecord::new(uid.clone(), now)), true),
                 })
             },
         )?;
-        self.user_cache.invalidate(&uid);
-        self.commit.durable().await?;
+        if created {
+            self.user_cache.invalidate(&uid);
+        }
+        // Not flushed here: the login's session follows at once, and its flush makes
+        // these writes durable too (one flush per login instead of two).
         Ok(uid)
     }
 
     async fn session(&self, sid: Sid) -> StoreResult<Option<Session>> {
         self.session_cache
-            .get_or_load(&sid, || Self::get(&self.sessions, &sid.0))
+            .get_or_load(&sid, || self.read_session(sid))
     }
 
     async fn sessions_of(&self, uid: &Uid) -> StoreResult<Vec<Session>> {
-        let prefix = uid_prefix(uid);
         let mut out: Vec<Session> = Vec::new();
-        for item in self.uid_sessions.scan_prefix(&prefix) {
-            let (key, _) = item.map_err(io)?;
-            let sid = Sid(key[prefix.len()..]
-                .try_into()
-                .map_err(|_| StoreError::Corrupt("bad uid_sid key".into()))?);
-            if let Some(session) = Self::get(&self.sessions, &sid.0)? {
+        for item in self.uid_sessions.scan_prefix(uid_prefix(uid)).keys() {
+            let sid = sid_of_index_key(&item.map_err(io)?)?;
+            if let Some(session) = self.read_session(sid)?
+                && session.uid == *uid
+            {
                 out.push(session);
             }
         }
-        out.sort_by_key(|s| (s.created_at, s.sid));
         Ok(out)
     }
 
@@ -372,64 +434,71 @@ impl Store for SledStore {
         Ok(out)
     }
 
-    async fn refresh_record(&self, hash: TokenHash) -> StoreResult<Option<RefreshRecord>> {
-        Self::get(&self.refresh, &hash.0)
-    }
-
-    async fn create_session(&self, session: &Session, evict: &[Sid]) -> StoreResult<()> {
-        for &sid in evict {
-            self.revoke_one(sid)?;
-        }
-        self.put_token(session.sid, session.current, session.created_at)?;
+    async fn create_session(
+        &self,
+        session: &Session,
+        max_live: Option<usize>,
+    ) -> StoreResult<usize> {
+        let revoked = match max_live {
+            Some(n) => self.evict_for(session, n)?,
+            None => 0,
+        };
         self.put_session(session)?;
-        self.commit.durable().await
+        self.commit.durable().await?;
+        Ok(revoked)
     }
 
     async fn rotate(
         &self,
         sid: Sid,
-        parent: TokenHash,
+        presented: TokenHash,
         successor: TokenHash,
-        now: u64,
-        idle_expires_at: u64,
+        now_ms: u64,
+        idle_secs: u64,
     ) -> StoreResult<RotateOutcome> {
-        // The successor is derived from the parent, so every contender writes the same
-        // record here; only the session's compare-and-swap decides who rotated.
-        self.put_token(sid, successor, now)?;
+        let now = now_ms / 1000;
         let outcome = edit(&self.sessions, &sid.0, |stored: Option<Session>| {
             Ok(match stored {
-                Some(mut session) if session.is_live(now) && session.current == parent => {
+                Some(mut session) if session.is_live(now) && session.current == presented => {
                     session.previous = Some(Rotation {
-                        token: parent,
-                        at: now,
+                        token: presented,
+                        rotated_at_ms: now_ms,
                     });
                     session.current = successor;
+                    session.generation = session.generation.saturating_add(1);
                     session.last_used_at = now;
-                    session.idle_expires_at = idle_expires_at;
-                    (Edit::Put(session), RotateOutcome::Rotated)
+                    session.idle_expires_at = idle_expiry(&session, now, idle_secs);
+                    (Edit::Put(session.clone()), RotateOutcome::Rotated(session))
                 }
                 stored => (Edit::Leave, RotateOutcome::NotCurrent(stored)),
             })
         })?;
-        if outcome == RotateOutcome::Rotated {
+        if let RotateOutcome::Rotated(_) = outcome {
             self.session_cache.invalidate(&sid);
             self.commit.durable().await?;
         }
         Ok(outcome)
     }
 
-    async fn touch_session(&self, sid: Sid, now: u64, idle_expires_at: u64) -> StoreResult<bool> {
+    async fn touch(
+        &self,
+        sid: Sid,
+        presented: TokenHash,
+        now_ms: u64,
+        idle_secs: u64,
+    ) -> StoreResult<Option<Session>> {
+        let now = now_ms / 1000;
         let touched = edit(&self.sessions, &sid.0, |stored: Option<Session>| {
             Ok(match stored {
-                Some(mut session) if session.is_live(now) => {
+                Some(mut session) if session.is_live(now) && session.current == presented => {
                     session.last_used_at = now;
-                    session.idle_expires_at = idle_expires_at;
-                    (Edit::Put(session), true)
+                    session.idle_expires_at = idle_expiry(&session, now, idle_secs);
+                    (Edit::Put(session.clone()), Some(session))
                 }
-                _ => (Edit::Leave, false),
+                _ => (Edit::Leave, None),
             })
         })?;
-        if touched {
+        if touched.is_some() {
             self.session_cache.invalidate(&sid);
             self.commit.durable().await?;
         }
@@ -516,38 +585,6 @@ impl Store for SledStore {
         Ok(out)
     }
 
-    async fn family(&self, sid: Sid) -> StoreResult<Option<Family>> {
-        // Token records never change and are written before the session points at them:
-        // read the index, then the session, then the records; if a rotation slipped in
-        // between (the session's current token is not among those read), read again.
-        for _ in 0..8 {
-            let mut hashes = Vec::new();
-            for item in self.session_tokens.scan_prefix(sid.0) {
-                let (key, _) = item.map_err(io)?;
-                let hash: [u8; 32] = key[16..]
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("bad sid_tokenhash key".into()))?;
-                hashes.push(TokenHash(hash));
-            }
-            let Some(session) = Self::get::<Session>(&self.sessions, &sid.0)? else {
-                return Ok(None);
-            };
-            if !hashes.contains(&session.current) {
-                continue;
-            }
-            let mut records = Vec::with_capacity(hashes.len());
-            for hash in hashes {
-                if let Some(record) = Self::get::<RefreshRecord>(&self.refresh, &hash.0)? {
-                    records.push((hash, record));
-                }
-            }
-            return Ok(Some((session, records)));
-        }
-        Err(StoreError::Io(format!(
-            "session {sid} kept changing while it was read"
-        )))
-    }
-
     async fn restore(&self, batch: &Restore) -> StoreResult<()> {
         for user in &batch.users {
             self.users
@@ -560,10 +597,7 @@ impl Store for SledStore {
                 .insert(openid.as_str(), encode(identity))
                 .map_err(io)?;
         }
-        for (session, records) in &batch.sessions {
-            for (hash, record) in records {
-                self.put_token(session.sid, *hash, record.issued_at)?;
-            }
+        for session in &batch.sessions {
             self.put_session(session)?;
         }
         self.commit.durable().await
@@ -663,4 +697,245 @@ impl Store for SledStore {
 /// Where the keys retired from `name` are kept.
 fn retired_name(name: &str) -> String {
     format!("{name}.retired")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+
+    const T0: u64 = 1_700_000_000;
+
+    fn store() -> (tempfile::TempDir, SledStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&dir.path().join("db"), 1 << 20)
+            .unwrap()
+            .with_caches(0, 0);
+        (dir, store)
+    }
+
+    fn session(uid: &str, n: u8, created_at: u64) -> Session {
+        Session {
+            sid: Sid([n; 16]),
+            uid: Uid::parse(uid).unwrap(),
+            created_at,
+            last_used_at: created_at,
+            expires_at: created_at + 1000,
+            idle_expires_at: created_at + 500,
+            state: SessionState::Active,
+            generation: 0,
+            current: TokenHash([n; 32]),
+            previous: None,
+        }
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    fn live(store: &SledStore, uid: &str, now: u64) -> Vec<u8> {
+        block_on(store.sessions_of(&Uid::parse(uid).unwrap()))
+            .unwrap()
+            .iter()
+            .filter(|s| s.is_live(now))
+            .map(|s| s.sid.0[0])
+            .collect()
+    }
+
+    #[test]
+    fn a_login_under_the_cap_reads_no_session_of_the_user() {
+        let (_dir, store) = store();
+        for n in 1..=10 {
+            block_on(store.create_session(&session("u", n, T0 + n as u64), Some(50))).unwrap();
+        }
+        assert_eq!(store.session_reads.load(Ordering::Relaxed), 0);
+        assert_eq!(live(&store, "u", T0 + 20).len(), 10);
+    }
+
+    #[test]
+    fn the_cap_revokes_the_oldest_live_sessions_reading_only_as_many() {
+        let (_dir, store) = store();
+        for n in 1..=3 {
+            let revoked =
+                block_on(store.create_session(&session("u", n, T0 + n as u64), Some(3))).unwrap();
+            assert_eq!(revoked, 0);
+        }
+        block_on(store.create_session(&session("other", 9, T0), Some(3))).unwrap();
+        let reads = store.session_reads.load(Ordering::Relaxed);
+        let revoked = block_on(store.create_session(&session("u", 4, T0 + 4), Some(3))).unwrap();
+        assert_eq!(revoked, 1);
+        assert_eq!(store.session_reads.load(Ordering::Relaxed) - reads, 1);
+        assert_eq!(live(&store, "u", T0 + 5), vec![2, 3, 4]);
+        assert_eq!(
+            live(&store, "other", T0 + 5),
+            vec![9],
+            "another user is untouched"
+        );
+        // A cap of one: each login leaves only itself.
+        let revoked = block_on(store.create_session(&session("u", 5, T0 + 5), Some(1))).unwrap();
+        assert_eq!(revoked, 3);
+        assert_eq!(live(&store, "u", T0 + 6), vec![5]);
+    }
+
+    #[test]
+    fn dead_sessions_count_toward_no_cap_and_are_not_revoked_again() {
+        let (_dir, store) = store();
+        block_on(store.create_session(&session("u", 1, T0), None)).unwrap();
+        block_on(store.create_session(&session("u", 2, T0 + 1), None)).unwrap();
+        block_on(store.revoke_sessions(&[Sid([2; 16])])).unwrap();
+        // Session 1 has idled out by T0 + 600, session 2 is revoked: two slots free.
+        let later = T0 + 600;
+        let revoked = block_on(store.create_session(&session("u", 3, later), Some(2))).unwrap();
+        assert_eq!(revoked, 0);
+        let revoked = block_on(store.create_session(&session("u", 4, later + 1), Some(2))).unwrap();
+        assert_eq!(revoked, 0, "two live with the new one");
+        assert_eq!(live(&store, "u", later + 2), vec![3, 4]);
+    }
+
+    #[test]
+    fn an_index_entry_left_by_a_cut_login_points_at_nothing_and_is_cleaned_up() {
+        let (_dir, store) = store();
+        let ghost = session("u", 1, T0);
+        store
+            .uid_sessions
+            .insert(uid_index_key(&ghost), &[])
+            .unwrap();
+        assert!(block_on(store.sessions_of(&ghost.uid)).unwrap().is_empty());
+        let revoked = block_on(store.create_session(&session("u", 2, T0 + 1), Some(1))).unwrap();
+        assert_eq!(revoked, 0);
+        assert_eq!(store.uid_sessions.len(), 1, "the dangling entry is gone");
+    }
+
+    #[test]
+    fn rotate_swaps_only_the_current_token_of_a_live_session() {
+        let (_dir, store) = store();
+        let s = session("u", 1, T0);
+        block_on(store.create_session(&s, None)).unwrap();
+        let now_ms = (T0 + 100) * 1000 + 250;
+        let next = TokenHash([2; 32]);
+        let RotateOutcome::Rotated(rotated) =
+            block_on(store.rotate(s.sid, s.current, next, now_ms, 300)).unwrap()
+        else {
+            panic!("not rotated")
+        };
+        assert_eq!(rotated.current, next);
+        assert_eq!(rotated.generation, 1);
+        assert_eq!(
+            rotated.previous,
+            Some(Rotation {
+                token: s.current,
+                rotated_at_ms: now_ms
+            })
+        );
+        assert_eq!(rotated.last_used_at, T0 + 100);
+        assert_eq!(rotated.idle_expires_at, T0 + 400);
+        assert_eq!(
+            block_on(store.session(s.sid)).unwrap(),
+            Some(rotated.clone())
+        );
+        // The idle expiry never passes the absolute one.
+        let late = (T0 + 350) * 1000;
+        let RotateOutcome::Rotated(capped) =
+            block_on(store.rotate(s.sid, next, TokenHash([3; 32]), late, 10_000)).unwrap()
+        else {
+            panic!("not rotated")
+        };
+        assert_eq!(capped.idle_expires_at, s.expires_at);
+        // The retired token no longer rotates; the answer is the session as stored.
+        assert_eq!(
+            block_on(store.rotate(s.sid, next, TokenHash([4; 32]), late, 300)).unwrap(),
+            RotateOutcome::NotCurrent(Some(capped.clone()))
+        );
+        // Nor does the current one once the session is dead.
+        let dead = s.expires_at * 1000;
+        assert_eq!(
+            block_on(store.rotate(s.sid, capped.current, TokenHash([4; 32]), dead, 300)).unwrap(),
+            RotateOutcome::NotCurrent(Some(capped))
+        );
+        assert_eq!(
+            block_on(store.rotate(Sid([7; 16]), next, next, now_ms, 300)).unwrap(),
+            RotateOutcome::NotCurrent(None)
+        );
+    }
+
+    #[test]
+    fn touch_needs_the_current_token_and_a_live_session() {
+        let (_dir, store) = store();
+        let s = session("u", 1, T0);
+        block_on(store.create_session(&s, None)).unwrap();
+        let at = (T0 + 10) * 1000;
+        assert_eq!(
+            block_on(store.touch(s.sid, TokenHash([9; 32]), at, 300)).unwrap(),
+            None
+        );
+        let touched = block_on(store.touch(s.sid, s.current, at, 300))
+            .unwrap()
+            .unwrap();
+        assert_eq!(touched.last_used_at, T0 + 10);
+        assert_eq!(touched.idle_expires_at, T0 + 310);
+        assert_eq!(touched.generation, 0);
+        block_on(store.revoke_sessions(&[s.sid])).unwrap();
+        assert_eq!(
+            block_on(store.touch(s.sid, s.current, at, 300)).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn the_sweep_removes_dead_sessions_with_their_index_entries() {
+        let (_dir, store) = store();
+        block_on(store.create_session(&session("u", 1, T0), None)).unwrap();
+        block_on(store.create_session(&session("u", 2, T0 + 400), None)).unwrap();
+        assert_eq!(block_on(store.sweep(T0 + 600)).unwrap(), 1);
+        assert_eq!(store.uid_sessions.len(), 1);
+        assert_eq!(live(&store, "u", T0 + 600), vec![2]);
+    }
+
+    #[test]
+    fn a_restored_session_under_another_owner_leaves_no_stale_index_entry() {
+        let (_dir, store) = store();
+        block_on(store.create_session(&session("u", 1, T0), None)).unwrap();
+        let moved = session("v", 1, T0 + 5);
+        block_on(store.restore(&Restore {
+            sessions: vec![moved],
+            ..Restore::default()
+        }))
+        .unwrap();
+        assert!(live(&store, "u", T0 + 6).is_empty());
+        assert_eq!(live(&store, "v", T0 + 6), vec![1]);
+        assert_eq!(store.uid_sessions.len(), 1);
+    }
+
+    #[test]
+    fn a_returning_login_rewrites_an_identity_only_when_it_changed() {
+        let (_dir, store) = store();
+        let identity = |sk: &str, union: Option<&str>| Identity {
+            uid: Uid::parse("u").unwrap(),
+            unionid: union.map(str::to_string),
+            session_key: crate::secret::Secret::new(sk.into()),
+        };
+        block_on(store.upsert_identity("o", identity("k1", None), T0)).unwrap();
+        let stored = || store.identities.get("o").unwrap().unwrap();
+        let first = stored();
+        // Same session_key, no unionid given: nothing to write.
+        block_on(store.upsert_identity("o", identity("k1", None), T0 + 1)).unwrap();
+        assert_eq!(stored(), first);
+        let checksum = store.db.checksum().unwrap();
+        block_on(store.upsert_identity("o", identity("k1", None), T0 + 2)).unwrap();
+        assert_eq!(store.db.checksum().unwrap(), checksum, "no write at all");
+        // A new session_key or unionid is written; the uid never changes.
+        let other = Identity {
+            uid: Uid::parse("someone-else").unwrap(),
+            ..identity("k2", Some("un"))
+        };
+        let uid = block_on(store.upsert_identity("o", other, T0 + 3)).unwrap();
+        assert_eq!(uid.as_str(), "u");
+        let now: Identity = decode(&stored()).unwrap();
+        assert_eq!(now.unionid.as_deref(), Some("un"));
+        assert_eq!(now.session_key.expose(), "k2");
+    }
 }

@@ -274,8 +274,84 @@ fn an_import_over_the_limit_is_refused_by_the_running_server_before_it_is_read()
     assert!(answer.contains("stop the server"), "{answer}");
 }
 
+/// A format-1 export (written before refresh tokens carried their session) imports, and
+/// the refresh tokens its clients hold keep working.
+#[test]
+fn a_format_1_export_imports_and_its_clients_tokens_still_renew() {
+    use base64::Engine;
+    use sha2::Digest;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    // A format-1 token: 32 random bytes; format 1 stored their SHA-256.
+    let (older, current) = ([3u8; 32], [4u8; 32]);
+    let legacy = format!("lvrt_{}", b64.encode(current));
+    let current_hash = sha2::Sha256::digest(current);
+    let older_hash = sha2::Sha256::digest(older);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let session = json!({
+        "kind": "session", "sid": "ab".repeat(16), "uid": "u-1",
+        "created_at": now - 100, "last_used_at": now - 50,
+        "expires_at": now + 10_000, "idle_expires_at": now + 5_000,
+        "current": hex(&current_hash),
+        "previous": {"hash": hex(&older_hash), "rotated_at": now - 50},
+        "tokens": [
+            {"hash": hex(&older_hash), "issued_at": now - 100},
+            {"hash": hex(&current_hash), "issued_at": now - 50},
+        ],
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("v1.jsonl");
+    std::fs::write(
+        &file,
+        format!(
+            "{}\n{}\n{}\n{}\n{}\n",
+            r#"{"kind":"header","format":"liveuser-export","version":1,"exported_at":1,"sessions":true}"#,
+            r#"{"kind":"user","uid":"u-1","name":"One","agent":"","avatar":"","update_at":7}"#,
+            r#"{"kind":"identity","openid":"o-1","uid":"u-1","unionid":null}"#,
+            session,
+            r#"{"kind":"end","users":1,"identities":1,"sessions":1}"#,
+        ),
+    )
+    .unwrap();
+    let config = write_config(dir.path());
+    assert_eq!(
+        cli(&config, &["import", file.to_str().unwrap()]).ok(),
+        "imported 1 users, 1 identities, 1 sessions\n"
+    );
+    // The session is now known by the id its token derives.
+    let listed = cli(&config, &["session", "list", "--json"]);
+    let listed: Value = serde_json::from_str(listed.ok()).unwrap();
+    assert_eq!(listed["sessions"][0]["sid"], hex(&current_hash[..16]));
+
+    let server = Binary::serve(dir.path(), &binary_config(dir.path()), &[]);
+    let renew = |token: &str| {
+        post(
+            &server.base,
+            "/liveuser/Wx/RenewToken",
+            json!({ "refresh_token": token }),
+            None,
+        )
+    };
+    // The token before the last rotation of format 1 cannot be recognised any more: it
+    // is refused and revokes nothing.
+    renew(&format!("lvrt_{}", b64.encode(older))).assert_error(401, "unauthenticated");
+    let r = renew(&legacy);
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.str("uid"), "u-1");
+    let successor = r.str("refresh_token");
+    assert_eq!(successor.len(), "lvrt_".len() + 70, "a format-2 successor");
+    // A retry of the format-1 token within the grace gets the same successor.
+    assert_eq!(renew(&legacy).str("refresh_token"), successor);
+    let next = renew(&successor);
+    assert_eq!(next.status, 200, "{}", next.text);
+}
+
 // The same tests with PostgreSQL as the backend.
 crate::on_postgres!(
     export_then_import_into_a_fresh_database_round_trips_every_record,
     import_checks_every_line_first_and_writes_nothing_from_a_bad_file,
+    a_format_1_export_imports_and_its_clients_tokens_still_renew,
 );

@@ -176,6 +176,11 @@ fn no_refresh_token_plaintext_is_stored_in_the_database_files() {
                 !contains(file, &raw),
                 "a refresh token's raw bytes are stored"
             );
+            // Nor the seed its whole family shares (the session id is only its hash).
+            assert!(
+                !contains(file, &raw[..32]),
+                "a refresh token's seed is stored"
+            );
         }
     }
 }

@@ -45,6 +45,53 @@ fn a_retry_within_the_grace_period_returns_the_same_successor() {
     assert_eq!(next.status, 200, "{}", next.text);
 }
 
+/// The grace is measured in milliseconds from the rotation: with a 2 s grace, 1.5 s
+/// later is a retry and 2.3 s later is reuse, wherever in its second the rotation fell.
+/// (Measured in whole seconds, a rotation 50 ms into a second gave a retry 2.3 s later
+/// the successor instead of revoking the family.)
+#[test]
+fn the_grace_period_runs_to_the_millisecond_wherever_in_a_second_the_rotation_falls() {
+    for into_second in [50, 500, 950] {
+        let app = TestApp::spawn_with(|c| c.token.reuse_grace_secs = 2);
+        let t0 = app.login_ok("mia").str("refresh_token");
+        app.clock.align(into_second);
+        let first = app.renew(&t0);
+        assert_eq!(first.status, 200, "{}", first.text);
+        let t1 = first.str("refresh_token");
+
+        app.clock.advance_ms(1_500);
+        let retry = app.renew(&t0);
+        assert_eq!(
+            retry.status, 200,
+            "1.5 s after a rotation at +{into_second} ms: {}",
+            retry.text
+        );
+        assert_eq!(
+            retry.str("refresh_token"),
+            t1,
+            "a retry gets the same successor"
+        );
+
+        app.clock.advance_ms(800);
+        app.renew(&t0).assert_error(401, "unauthenticated");
+        // That was reuse, not a late retry: the whole family is revoked.
+        app.renew(&t1).assert_error(401, "unauthenticated");
+        app.query(&first.str("access_token"), &[])
+            .assert_error(401, "unauthenticated");
+    }
+}
+
+/// With no grace at all, even an immediate second presentation of a rotated token is
+/// reuse.
+#[test]
+fn with_a_grace_of_zero_a_retried_token_is_reuse_at_once() {
+    let app = TestApp::spawn_with(|c| c.token.reuse_grace_secs = 0);
+    let t0 = app.login_ok("noa").str("refresh_token");
+    let t1 = app.renew(&t0).str("refresh_token");
+    app.renew(&t0).assert_error(401, "unauthenticated");
+    app.renew(&t1).assert_error(401, "unauthenticated");
+}
+
 #[test]
 fn twenty_concurrent_renewals_of_one_token_yield_one_successor() {
     let app = TestApp::spawn();
@@ -285,10 +332,81 @@ fn the_background_sweep_removes_dead_sessions() {
     );
 }
 
+/// Flips one bit of the byte at `at` of a refresh token's 52 bytes.
+fn corrupt(token: &str, at: usize) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut bytes = b64.decode(token.trim_start_matches("lvrt_")).unwrap();
+    bytes[at] ^= 0x01;
+    format!("lvrt_{}", b64.encode(bytes))
+}
+
+#[test]
+fn a_corrupted_or_invented_token_that_resembles_a_live_one_revokes_nothing() {
+    let app = TestApp::spawn();
+    let t0 = app.login_ok("olga").str("refresh_token");
+    let t1 = app.renew(&t0).str("refresh_token");
+    let t2 = app.renew(&t1).str("refresh_token");
+    // The seed (another session), the generation (an older or a newer one) or the tag
+    // changed: none is authentic, so none is taken for reuse of the session.
+    for at in [0, 31, 32, 35, 36, 51] {
+        for token in [&t0, &t1, &t2] {
+            app.renew(&corrupt(token, at))
+                .assert_error(401, "unauthenticated");
+        }
+    }
+    let r = app.renew(&t2);
+    assert_eq!(r.status, 200, "the session survived: {}", r.text);
+}
+
+#[test]
+fn a_token_two_or_more_rotations_old_revokes_its_family_even_within_the_grace() {
+    let app = TestApp::spawn();
+    let t0 = app.login_ok("pia").str("refresh_token");
+    let t1 = app.renew(&t0).str("refresh_token");
+    let t2 = app.renew(&t1).str("refresh_token");
+    let r3 = app.renew(&t2);
+    let t3 = r3.str("refresh_token");
+    app.renew(&t0).assert_error(401, "unauthenticated");
+    app.renew(&t3).assert_error(401, "unauthenticated");
+    app.query(&r3.str("access_token"), &[])
+        .assert_error(401, "unauthenticated");
+}
+
+#[test]
+fn rotation_switched_off_refuses_tokens_rotated_before_without_revoking() {
+    let mut app = TestApp::spawn();
+    let t0 = app.login_ok("quin").str("refresh_token");
+    let t1 = app.renew(&t0).str("refresh_token");
+    app.config.token.rotation = false;
+    app.restart();
+    // The retired token is refused, within the grace or not, and judged no further.
+    app.renew(&t0).assert_error(401, "unauthenticated");
+    app.advance(60);
+    app.renew(&t0).assert_error(401, "unauthenticated");
+    for _ in 0..2 {
+        let r = app.renew(&t1);
+        assert_eq!(r.status, 200, "the current token still renews: {}", r.text);
+        assert_eq!(
+            r.str("refresh_token"),
+            t1,
+            "without rotation, the same token"
+        );
+    }
+    // Rotation back on: the token rotates from where it stands.
+    app.config.token.rotation = true;
+    app.restart();
+    let t2 = app.renew(&t1).str("refresh_token");
+    assert_ne!(t2, t1);
+    assert_eq!(app.renew(&t2).status, 200);
+}
+
 // The same tests with PostgreSQL as the backend.
 crate::on_postgres!(
     each_renewal_returns_a_new_refresh_token_and_a_fresh_access_token,
     a_retry_within_the_grace_period_returns_the_same_successor,
+    the_grace_period_runs_to_the_millisecond_wherever_in_a_second_the_rotation_falls,
+    with_a_grace_of_zero_a_retried_token_is_reuse_at_once,
     twenty_concurrent_renewals_of_one_token_yield_one_successor,
     reuse_after_the_grace_period_revokes_the_whole_family,
     reusing_an_older_token_revokes_the_family_even_within_the_grace_period,
@@ -299,4 +417,7 @@ crate::on_postgres!(
     swept_sessions_are_gone_from_storage,
     reuse_is_logged_as_a_warning_with_uid_family_and_client_but_not_the_token,
     the_background_sweep_removes_dead_sessions,
+    a_corrupted_or_invented_token_that_resembles_a_live_one_revokes_nothing,
+    a_token_two_or_more_rotations_old_revokes_its_family_even_within_the_grace,
+    rotation_switched_off_refuses_tokens_rotated_before_without_revoking,
 );

@@ -34,10 +34,10 @@ use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
 use self::listen::Shared;
-use super::{Census, Family, Page, Restore, RotateOutcome, Store, StoreError, StoreResult};
+use super::{Census, Page, Restore, RotateOutcome, Store, StoreError, StoreResult};
 use crate::model::{
-    Identity, RefreshRecord, RetiredKey, Rotation, Session, SessionState, Sid, TokenHash, Uid,
-    UserPatch, UserRecord,
+    Identity, RetiredKey, Rotation, Session, SessionState, Sid, TokenHash, Uid, UserPatch,
+    UserRecord,
 };
 use crate::secret::Secret;
 
@@ -57,7 +57,7 @@ const SWEEP_BATCH: i64 = 1000;
 macro_rules! session_cols {
     () => {
         "sid, uid, created_at, last_used_at, expires_at, idle_expires_at, revoked, \
-         current_hash, previous_hash, rotated_at_ms"
+         generation, current_hash, previous_hash, rotated_at_ms"
     };
 }
 
@@ -138,15 +138,16 @@ fn uid_of(text: &str) -> StoreResult<Uid> {
 /// A session from the [`session_cols!`] starting at column `at`.
 fn session_from(row: &Row, at: usize) -> StoreResult<Session> {
     let get_err = |_| corrupt("a session row of the wrong shape");
-    let previous_hash: Option<&[u8]> = row.try_get(at + 8).map_err(get_err)?;
-    let rotated_at_ms: Option<i64> = row.try_get(at + 9).map_err(get_err)?;
+    let previous_hash: Option<&[u8]> = row.try_get(at + 9).map_err(get_err)?;
+    let rotated_at_ms: Option<i64> = row.try_get(at + 10).map_err(get_err)?;
     let previous = match (previous_hash, rotated_at_ms) {
         (Some(hash), Some(ms)) => Some(Rotation {
             token: hash_of(hash)?,
-            at: unsigned(ms, "a bad rotation time")? / 1000,
+            rotated_at_ms: unsigned(ms, "a bad rotation time")?,
         }),
         _ => None,
     };
+    let generation: i64 = row.try_get(at + 7).map_err(get_err)?;
     let revoked: bool = row.try_get(at + 6).map_err(get_err)?;
     let time = |i: usize| -> StoreResult<u64> {
         unsigned(row.try_get(at + i).map_err(get_err)?, "a bad session time")
@@ -163,7 +164,8 @@ fn session_from(row: &Row, at: usize) -> StoreResult<Session> {
         } else {
             SessionState::Active
         },
-        current: hash_of(row.try_get(at + 7).map_err(get_err)?)?,
+        generation: u32::try_from(generation).map_err(|_| corrupt("a bad generation"))?,
+        current: hash_of(row.try_get(at + 8).map_err(get_err)?)?,
         previous,
     })
 }
@@ -241,29 +243,36 @@ const SESSIONS_LIST: &str = concat!(
     " FROM sessions WHERE $1::bytea IS NULL OR sid > $1 ORDER BY sid LIMIT $2"
 );
 
-const REFRESH_GET: &str = "SELECT sid, issued_at FROM refresh_tokens WHERE hash = $1";
-
+/// A login, and the session cap: of the user's other sessions live at the login, all but
+/// the newest `max_live - 1` are revoked (read through the `(uid, created_at)` index, so
+/// only the user's own rows). Sessions written at the same instant by another login are
+/// not seen: two concurrent logins may leave the user one over, until the next login.
 const SESSION_CREATE: &str = "\
 WITH evicted AS (
-    UPDATE sessions SET revoked = true WHERE sid = ANY($8::bytea[]) AND NOT revoked
-    RETURNING pg_notify($9, 's' || encode(sid, 'hex'))::text
+    UPDATE sessions SET revoked = true
+    WHERE $9::bigint IS NOT NULL AND NOT revoked AND sid IN (
+        SELECT sid FROM sessions
+        WHERE uid = $2 AND NOT revoked AND $3 < expires_at AND $3 < idle_expires_at
+        ORDER BY created_at DESC, sid DESC
+        OFFSET greatest($9::bigint - 1, 0))
+    RETURNING sid, pg_notify($10, 's' || encode(sid, 'hex'))::text
 ), created AS (
-    INSERT INTO sessions (sid, uid, created_at, last_used_at, expires_at, idle_expires_at, current_hash)
-    VALUES ($1, $2, $3, $4, $5, $6, $7)
-), token AS (
-    INSERT INTO refresh_tokens (hash, sid, issued_at) VALUES ($7, $1, $3)
-    ON CONFLICT (hash) DO NOTHING
+    INSERT INTO sessions (sid, uid, created_at, last_used_at, expires_at, idle_expires_at,
+                          generation, current_hash)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 )
-SELECT count(*) FROM evicted";
+SELECT sid FROM evicted";
 
+/// A renewal with rotation: one statement, one round trip (see the module documentation
+/// for how concurrent renewals of one token resolve).
 const ROTATE: &str = concat!(
-    "WITH token AS (
-    INSERT INTO refresh_tokens (hash, sid, issued_at) VALUES ($3, $1, $4)
-    ON CONFLICT (hash) DO NOTHING
-), rotated AS (
-    UPDATE sessions SET previous_hash = current_hash, rotated_at_ms = $4 * 1000,
-        current_hash = $3, generation = generation + 1, last_used_at = $4, idle_expires_at = $5
-    WHERE sid = $1 AND current_hash = $2 AND NOT revoked AND $4 < expires_at AND $4 < idle_expires_at
+    "WITH rotated AS (
+    UPDATE sessions SET previous_hash = current_hash, rotated_at_ms = $4::bigint,
+        current_hash = $3, generation = least(generation + 1, 4294967295),
+        last_used_at = $4::bigint / 1000,
+        idle_expires_at = least($4::bigint / 1000 + $5::bigint, expires_at)
+    WHERE sid = $1 AND current_hash = $2 AND NOT revoked
+        AND $4::bigint / 1000 < expires_at AND $4::bigint / 1000 < idle_expires_at
     RETURNING ",
     session_cols!(),
     ", pg_notify($6, 's' || encode(sid, 'hex'))::text
@@ -281,10 +290,15 @@ SELECT false, ",
     " FROM stored"
 );
 
-const TOUCH: &str = "\
-UPDATE sessions SET last_used_at = $2, idle_expires_at = $3
-WHERE sid = $1 AND NOT revoked AND $2 < expires_at AND $2 < idle_expires_at
-RETURNING pg_notify($4, 's' || encode(sid, 'hex'))::text";
+const TOUCH: &str = concat!(
+    "UPDATE sessions SET last_used_at = $3::bigint / 1000,
+    idle_expires_at = least($3::bigint / 1000 + $4::bigint, expires_at)
+WHERE sid = $1 AND current_hash = $2 AND NOT revoked
+    AND $3::bigint / 1000 < expires_at AND $3::bigint / 1000 < idle_expires_at
+RETURNING ",
+    session_cols!(),
+    ", pg_notify($5, 's' || encode(sid, 'hex'))::text"
+);
 
 const REVOKE: &str = "\
 UPDATE sessions SET revoked = true WHERE sid = ANY($1::bytea[]) AND NOT revoked
@@ -299,8 +313,6 @@ WITH dead AS (
         WHERE revoked OR $1 >= expires_at OR $1 >= idle_expires_at
         LIMIT $2 FOR UPDATE SKIP LOCKED)
     RETURNING sid
-), tokens AS (
-    DELETE FROM refresh_tokens WHERE sid IN (SELECT sid FROM dead)
 )
 SELECT sid FROM dead";
 
@@ -308,12 +320,6 @@ const IDENTITIES_LIST: &str = "\
 SELECT i.openid, i.uid, i.unionid, k.session_key
 FROM identities i LEFT JOIN secret_wechat_session_keys k ON k.openid = i.openid
 WHERE $1::text IS NULL OR i.openid > $1 ORDER BY i.openid LIMIT $2";
-
-/// A session and its tokens in one statement, hence one snapshot.
-const FAMILY: &str = "\
-SELECT s.sid, s.uid, s.created_at, s.last_used_at, s.expires_at, s.idle_expires_at, s.revoked,
-       s.current_hash, s.previous_hash, s.rotated_at_ms, t.hash, t.issued_at
-FROM sessions s LEFT JOIN refresh_tokens t ON t.sid = s.sid WHERE s.sid = $1";
 
 const IS_EMPTY: &str =
     "SELECT NOT EXISTS (SELECT 1 FROM users) AND NOT EXISTS (SELECT 1 FROM identities)";
@@ -621,59 +627,53 @@ impl Store for PgStore {
         rows.iter().map(|r| session_from(r, 0)).collect()
     }
 
-    async fn refresh_record(&self, hash: TokenHash) -> StoreResult<Option<RefreshRecord>> {
-        let rows = self.query(REFRESH_GET, &[&&hash.0[..]]).await?;
-        rows.first()
-            .map(|row| {
-                Ok(RefreshRecord {
-                    sid: sid_of(row.get(0))?,
-                    issued_at: unsigned(row.get(1), "a bad issue time")?,
-                })
-            })
-            .transpose()
-    }
-
-    async fn create_session(&self, session: &Session, evict: &[Sid]) -> StoreResult<()> {
-        let evict: Vec<&[u8]> = evict.iter().map(|s| &s.0[..]).collect();
-        self.query(
-            SESSION_CREATE,
-            &[
-                &&session.sid.0[..],
-                &session.uid.as_str(),
-                &secs(session.created_at),
-                &secs(session.last_used_at),
-                &secs(session.expires_at),
-                &secs(session.idle_expires_at),
-                &&session.current.0[..],
-                &evict,
-                &self.channel,
-            ],
-        )
-        .await?;
-        for sid in evict {
-            self.shared.sessions.invalidate(&sid_of(sid)?);
+    async fn create_session(
+        &self,
+        session: &Session,
+        max_live: Option<usize>,
+    ) -> StoreResult<usize> {
+        let max_live = max_live.map(|n| n.min(i64::MAX as usize) as i64);
+        let rows = self
+            .query(
+                SESSION_CREATE,
+                &[
+                    &&session.sid.0[..],
+                    &session.uid.as_str(),
+                    &secs(session.created_at),
+                    &secs(session.last_used_at),
+                    &secs(session.expires_at),
+                    &secs(session.idle_expires_at),
+                    &i64::from(session.generation),
+                    &&session.current.0[..],
+                    &max_live,
+                    &self.channel,
+                ],
+            )
+            .await?;
+        for row in &rows {
+            self.shared.sessions.invalidate(&sid_of(row.get(0))?);
         }
         self.shared.sessions.invalidate(&session.sid);
-        Ok(())
+        Ok(rows.len())
     }
 
     async fn rotate(
         &self,
         sid: Sid,
-        parent: TokenHash,
+        presented: TokenHash,
         successor: TokenHash,
-        now: u64,
-        idle_expires_at: u64,
+        now_ms: u64,
+        idle_secs: u64,
     ) -> StoreResult<RotateOutcome> {
         let rows = self
             .query(
                 ROTATE,
                 &[
                     &&sid.0[..],
-                    &&parent.0[..],
+                    &&presented.0[..],
                     &&successor.0[..],
-                    &secs(now),
-                    &secs(idle_expires_at),
+                    &secs(now_ms),
+                    &secs(idle_secs),
                     &self.channel,
                 ],
             )
@@ -685,26 +685,36 @@ impl Store for PgStore {
         let session = session_from(row, 1)?;
         if rotated {
             self.shared.sessions.invalidate(&sid);
-            Ok(RotateOutcome::Rotated)
+            Ok(RotateOutcome::Rotated(session))
         } else {
             Ok(RotateOutcome::NotCurrent(Some(session)))
         }
     }
 
-    async fn touch_session(&self, sid: Sid, now: u64, idle_expires_at: u64) -> StoreResult<bool> {
+    async fn touch(
+        &self,
+        sid: Sid,
+        presented: TokenHash,
+        now_ms: u64,
+        idle_secs: u64,
+    ) -> StoreResult<Option<Session>> {
         let rows = self
             .query(
                 TOUCH,
                 &[
                     &&sid.0[..],
-                    &secs(now),
-                    &secs(idle_expires_at),
+                    &&presented.0[..],
+                    &secs(now_ms),
+                    &secs(idle_secs),
                     &self.channel,
                 ],
             )
             .await?;
-        self.shared.sessions.invalidate(&sid);
-        Ok(!rows.is_empty())
+        let touched = rows.first().map(|r| session_from(r, 0)).transpose()?;
+        if touched.is_some() {
+            self.shared.sessions.invalidate(&sid);
+        }
+        Ok(touched)
     }
 
     async fn revoke_sessions(&self, sids: &[Sid]) -> StoreResult<usize> {
@@ -764,29 +774,6 @@ impl Store for PgStore {
             .collect()
     }
 
-    async fn family(&self, sid: Sid) -> StoreResult<Option<Family>> {
-        let rows = self.query(FAMILY, &[&&sid.0[..]]).await?;
-        let Some(first) = rows.first() else {
-            return Ok(None);
-        };
-        let session = session_from(first, 0)?;
-        let mut records = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let hash: Option<&[u8]> = row.get(10);
-            let issued_at: Option<i64> = row.get(11);
-            if let (Some(hash), Some(issued_at)) = (hash, issued_at) {
-                records.push((
-                    hash_of(hash)?,
-                    RefreshRecord {
-                        sid,
-                        issued_at: unsigned(issued_at, "a bad issue time")?,
-                    },
-                ));
-            }
-        }
-        Ok(Some((session, records)))
-    }
-
     async fn restore(&self, batch: &Restore) -> StoreResult<()> {
         self.run(|mut client| async move {
             let tx = client.transaction().await.map_err(db)?;
@@ -823,26 +810,21 @@ impl Store for PgStore {
             let put_session = tx
                 .prepare_cached(
                     "INSERT INTO sessions (sid, uid, created_at, last_used_at, expires_at,
-                         idle_expires_at, revoked, current_hash, previous_hash, rotated_at_ms)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                         idle_expires_at, revoked, generation, current_hash, previous_hash,
+                         rotated_at_ms)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
                      ON CONFLICT (sid) DO UPDATE SET uid = EXCLUDED.uid,
                          created_at = EXCLUDED.created_at, last_used_at = EXCLUDED.last_used_at,
                          expires_at = EXCLUDED.expires_at, idle_expires_at = EXCLUDED.idle_expires_at,
-                         revoked = EXCLUDED.revoked, current_hash = EXCLUDED.current_hash,
+                         revoked = EXCLUDED.revoked, generation = EXCLUDED.generation,
+                         current_hash = EXCLUDED.current_hash,
                          previous_hash = EXCLUDED.previous_hash, rotated_at_ms = EXCLUDED.rotated_at_ms",
                 )
                 .await
                 .map_err(db)?;
-            let put_token = tx
-                .prepare_cached(
-                    "INSERT INTO refresh_tokens (hash, sid, issued_at) VALUES ($1, $2, $3)
-                     ON CONFLICT (hash) DO UPDATE SET sid = EXCLUDED.sid, issued_at = EXCLUDED.issued_at",
-                )
-                .await
-                .map_err(db)?;
-            for (session, records) in &batch.sessions {
+            for session in &batch.sessions {
                 let previous_hash = session.previous.map(|p| p.token.0.to_vec());
-                let rotated_at_ms = session.previous.map(|p| secs(p.at).saturating_mul(1000));
+                let rotated_at_ms = session.previous.map(|p| secs(p.rotated_at_ms));
                 tx.execute(
                     &put_session,
                     &[
@@ -853,6 +835,7 @@ impl Store for PgStore {
                         &secs(session.expires_at),
                         &secs(session.idle_expires_at),
                         &(session.state == SessionState::Revoked),
+                        &i64::from(session.generation),
                         &&session.current.0[..],
                         &previous_hash,
                         &rotated_at_ms,
@@ -860,14 +843,6 @@ impl Store for PgStore {
                 )
                 .await
                 .map_err(db)?;
-                for (hash, record) in records {
-                    tx.execute(
-                        &put_token,
-                        &[&&hash.0[..], &&session.sid.0[..], &secs(record.issued_at)],
-                    )
-                    .await
-                    .map_err(db)?;
-                }
             }
             // Whatever any instance cached may have been replaced.
             tx.execute("SELECT pg_notify($1, '*')", &[&self.channel])

@@ -9,9 +9,9 @@
 --   secret_wechat_session_keys.session_key   WeChat's session_key of an identity
 --   secret_keys.key                          signing and refresh-derivation keys
 --   secret_retired_keys.key                  signing keys kept until they retire
--- sessions.current_hash / previous_hash and refresh_tokens.hash are SHA-256 hashes of
--- refresh tokens: not tokens, but what the database needs to accept one (as sensitive
--- as the database itself, like an export with --sessions).
+-- sessions.current_hash / previous_hash are SHA-256 hashes of refresh tokens: not
+-- tokens, but what the database needs to accept one (as sensitive as the database
+-- itself, like an export with --sessions).
 
 CREATE TABLE users (
     uid       text COLLATE "C" PRIMARY KEY
@@ -35,8 +35,11 @@ CREATE TABLE secret_wechat_session_keys (
     session_key text NOT NULL
 );
 
--- One row per login. A renewal rewrites the row in place: fillfactor leaves room on
--- the page so the update is a HOT update (no index changes: no indexed column moves).
+-- One row per login, the whole state of its refresh-token family: the current token's
+-- hash, the one the last rotation retired (for the retry grace) and the generation
+-- (older tokens are recognised by it). sid = SHA-256 of the tokens' shared seed, so a
+-- token finds its row by hashing. A renewal rewrites the row in place: fillfactor
+-- leaves room on the page so the update is a HOT update (no indexed column moves).
 CREATE TABLE sessions (
     sid             bytea PRIMARY KEY CHECK (octet_length(sid) = 16),
     uid             text COLLATE "C" NOT NULL REFERENCES users (uid),
@@ -53,15 +56,6 @@ CREATE TABLE sessions (
 ) WITH (fillfactor = 70);
 -- A user's sessions in creation order: the session cap at login, `session list --uid`.
 CREATE INDEX sessions_uid_created ON sessions (uid, created_at, sid);
-
--- Every refresh token ever issued to a live session, by hash (reuse of an old token is
--- recognised by it). Deleted with its session by the sweep.
-CREATE TABLE refresh_tokens (
-    hash      bytea PRIMARY KEY CHECK (octet_length(hash) = 32),
-    sid       bytea NOT NULL CHECK (octet_length(sid) = 16),
-    issued_at bigint NOT NULL
-);
-CREATE INDEX refresh_tokens_sid ON refresh_tokens (sid);
 
 CREATE TABLE secret_keys (
     name text COLLATE "C" PRIMARY KEY,
