@@ -276,11 +276,6 @@ impl AccessTokens {
         *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
     }
 
-    /// The access-token lifetime.
-    pub fn ttl_secs(&self) -> u64 {
-        self.ttl_secs
-    }
-
     /// Issues a token for `uid`'s session `sid` at `now`, expiring after the configured
     /// lifetime or at `not_after` (the session's own expiry), whichever is first.
     pub fn issue(&self, uid: &Uid, sid: Sid, now: u64, not_after: u64) -> (String, u64) {
