@@ -440,10 +440,15 @@ async fn open_service(
     Arc<liveuser::store::AnyStore>,
     liveuser::service::Service<liveuser::store::AnyStore>,
 ) {
-    let store = Arc::new(liveuser::app::open_store(config).await.expect("open store"));
-    let service = liveuser::app::build_service(config, store.clone(), Arc::new(SystemClock))
-        .await
-        .expect("service");
+    let store = Arc::new(
+        liveuser::store::open(&config.storage)
+            .await
+            .expect("open store"),
+    );
+    let service =
+        liveuser::service::Service::from_config(config, store.clone(), Arc::new(SystemClock))
+            .await
+            .expect("service");
     (store, service)
 }
 

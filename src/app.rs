@@ -10,16 +10,13 @@ use tokio::sync::watch;
 use crate::admin::endpoint::{self, Endpoint};
 use crate::admin::{Admin, api as admin_api};
 use crate::clock::SharedClock;
-use crate::config::{Config, StorageBackend, WxMode};
+use crate::config::{Config, WxMode};
 use crate::http::observe::Observer;
 use crate::http::tls::{Tls, TlsError};
 use crate::http::{self, ConnSettings};
 use crate::metrics::Metrics;
-use crate::service::{Policy, Service};
-use crate::store::postgres::ConnectOptions;
-use crate::store::{AnyStore, PgStore, SledStore, Store, StoreError};
-use crate::token::{AccessTokens, RefreshKey, random_bytes};
-use crate::wechat::WxClient;
+use crate::service::Service;
+use crate::store::{AnyStore, Store, StoreError};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -71,80 +68,6 @@ pub fn tune_allocator() {
     }
 }
 
-/// Where `config` keeps its data, for messages: the sled directory, or the PostgreSQL
-/// hosts and database (never the URL, which may hold a password).
-pub fn storage_location(config: &Config) -> String {
-    let storage = &config.storage;
-    match storage.backend {
-        StorageBackend::Sled => storage.path.display().to_string(),
-        StorageBackend::Postgres => match ConnectOptions::parse(storage.postgres_url.expose()) {
-            Ok(options) => format!("postgres {}", options.describe()),
-            Err(_) => "postgres (storage.postgres_url is not valid)".into(),
-        },
-    }
-}
-
-/// Opens the store named by `config`: the sled database, or a pool of connections to
-/// PostgreSQL with its schema migrated to this binary's version.
-pub async fn open_store(config: &Config) -> Result<AnyStore, StartError> {
-    let storage = &config.storage;
-    let failed = |source| StartError::Store {
-        path: storage_location(config),
-        source,
-    };
-    match storage.backend {
-        StorageBackend::Sled => SledStore::open(&storage.path, storage.cache_capacity_bytes)
-            .map(|store| {
-                AnyStore::Sled(
-                    store.with_caches(storage.user_cache_entries, storage.session_cache_entries),
-                )
-            })
-            .map_err(failed),
-        StorageBackend::Postgres => {
-            let options = ConnectOptions::parse(storage.postgres_url.expose())
-                .map_err(|e| failed(StoreError::Io(format!("storage.postgres_url {e}"))))?;
-            let (store, migrated) = PgStore::open(
-                &options,
-                storage.postgres_pool_size,
-                storage.user_cache_entries,
-                storage.session_cache_entries,
-            )
-            .await
-            .map_err(failed)?;
-            tracing::info!(
-                database = %options.describe(),
-                tls = ?options.tls,
-                schema_version = migrated.to,
-                migrated_from = migrated.from,
-                "storage: PostgreSQL"
-            );
-            Ok(AnyStore::Postgres(store))
-        }
-    }
-}
-
-/// Builds the service over an open store: keys (configured or generated and stored),
-/// the WeChat client and the session policy.
-pub async fn build_service<S: Store>(
-    config: &Config,
-    store: Arc<S>,
-    clock: SharedClock,
-) -> Result<Service<S>, StoreError> {
-    let signing = crate::keys::load(store.as_ref(), &config.token, clock.now()).await?;
-    let refresh = store
-        .key_or_init(crate::keys::REFRESH_KEY, || random_bytes::<32>().to_vec())
-        .await?;
-    let t = &config.token;
-    Ok(Service::new(
-        store,
-        clock,
-        AccessTokens::with_keys(signing, &t.issuer, &t.audience, t.access_ttl_secs),
-        RefreshKey::new(refresh),
-        WxClient::from_config(&config.wx),
-        Policy::new(t, config.server.max_query_uids),
-    ))
-}
-
 /// A running server, for the binary and for tests.
 pub struct Running {
     /// The bound public address.
@@ -192,28 +115,30 @@ pub async fn start(config: &Config, clock: SharedClock) -> Result<Running, Start
     } else {
         Some(Tls::load(&config.server.tls_cert, &config.server.tls_key)?)
     };
-    let store = Arc::new(open_store(config).await?);
+    let store_error = |source| StartError::Store {
+        path: crate::store::location(&config.storage),
+        source,
+    };
+    let store = Arc::new(
+        crate::store::open(&config.storage)
+            .await
+            .map_err(store_error)?,
+    );
     let metrics = Arc::new(Metrics::new());
     metrics.set_enabled(config.server.metrics);
     {
         let metrics = metrics.clone();
         store.observe_flushes(Box::new(move |elapsed| metrics.flushed(elapsed)));
     }
-    let service = build_service(config, store.clone(), clock)
+    let service = Service::from_config(config, store.clone(), clock)
         .await
-        .map_err(|source| StartError::Store {
-            path: storage_location(config),
-            source,
-        })?
+        .map_err(store_error)?
         .with_metrics(metrics.clone());
     // Admin commands run on this database while the server is stopped compare their own
     // signing key with this record (see `keys::check_key_source`).
-    crate::keys::record_key_source(store.as_ref(), &config.token, service.now())
+    crate::keys::record_key_source(store.as_ref(), &config.token)
         .await
-        .map_err(|source| StartError::Store {
-            path: storage_location(config),
-            source,
-        })?;
+        .map_err(store_error)?;
     let service = Arc::new(service);
     let (listener, addr) = bind(config.server.listen).await?;
     // The admin API exists because sled lets one process open the database; on
@@ -269,24 +194,26 @@ pub async fn start(config: &Config, clock: SharedClock) -> Result<Running, Start
         service.clone(),
         config.server.body_limit_bytes,
         Arc::new(crate::limits::Limits::from_config(&config.limits)),
+        config.server.max_query_uids,
     );
     let public = ConnSettings {
         tls,
-        observer: Arc::new(Observer::new(
-            "public",
-            config.server.metrics.then(|| metrics.clone()),
-        )),
-        ..ConnSettings::from_config(&config.server)
+        ..ConnSettings::from_config(
+            &config.server,
+            Arc::new(Observer::new(
+                "public",
+                config.server.metrics.then(|| metrics.clone()),
+            )),
+        )
     };
     let admin = admin.map(|(listener, _, endpoint, file)| {
         let routes = admin_api::routes(
             Arc::new(Admin::new(service.clone(), config.token.clone())),
             endpoint,
+            config.storage.path.clone(),
         );
-        let settings = ConnSettings {
-            observer: Arc::new(Observer::new("admin", None)),
-            ..ConnSettings::from_config(&config.server)
-        };
+        let settings =
+            ConnSettings::from_config(&config.server, Arc::new(Observer::new("admin", None)));
         (listener, routes, settings, file)
     });
     let scheme = if public.tls.is_some() {

@@ -18,23 +18,24 @@
 //! The admin API is authenticated by a random token that the server writes beside the
 //! database at start ([`endpoint`]). Export and import ([`backup`]) stream JSON lines.
 
-pub mod api;
-pub mod backup;
-pub mod client;
-pub mod endpoint;
-pub mod ops;
-pub mod print;
+pub(crate) mod api;
+pub(crate) mod backup;
+pub(crate) mod client;
+pub(crate) mod endpoint;
+pub(crate) mod ops;
+pub(crate) mod print;
 
 use std::sync::Arc;
 
 use crate::clock::SystemClock;
 use crate::config::{Config, StorageBackend};
+use crate::service::Service;
 use crate::store::{AnyStore, StoreError};
 
-pub use self::ops::{Admin, AdminError, ErrorKind, Operation};
+pub(crate) use self::ops::{Admin, AdminError, Operation};
 
 /// Where the CLI's admin operations run.
-pub enum Backend {
+pub(crate) enum Backend {
     /// In this process, on the database opened directly (the server is stopped).
     Direct {
         /// The operations over the opened database.
@@ -60,7 +61,7 @@ impl Backend {
     /// connects to that server's admin API. With `create`, a missing database is
     /// created (import); otherwise it is an error, so a wrong `storage.path` is not
     /// mistaken for an empty database.
-    pub fn connect(config: &Config, create: bool) -> Result<Backend, AdminError> {
+    pub(crate) fn connect(config: &Config, create: bool) -> Result<Backend, AdminError> {
         let path = &config.storage.path;
         if config.storage.backend == StorageBackend::Sled && !create && !path.exists() {
             return Err(AdminError::not_found(format!(
@@ -72,40 +73,32 @@ impl Backend {
             .enable_all()
             .build()
             .map_err(|e| AdminError::internal(format!("cannot start a runtime: {e}")))?;
-        match runtime.block_on(crate::app::open_store(config)) {
+        match runtime.block_on(crate::store::open(&config.storage)) {
             Ok(store) => {
                 let store = Arc::new(store);
                 let service = runtime
-                    .block_on(crate::app::build_service(
-                        config,
-                        store,
-                        Arc::new(SystemClock),
-                    ))
+                    .block_on(Service::from_config(config, store, Arc::new(SystemClock)))
                     .map_err(AdminError::from)?;
                 Ok(Backend::Direct {
                     admin: Arc::new(Admin::new(Arc::new(service), config.token.clone())),
                     runtime,
                 })
             }
-            Err(crate::app::StartError::Store {
-                source: StoreError::Locked,
-                ..
-            }) => {
+            Err(StoreError::Locked) => {
                 let file = endpoint::path_for(path);
                 let endpoint = endpoint::Endpoint::read(&file)?;
                 Ok(Backend::Api(client::AdminClient::new(&endpoint)))
             }
-            Err(crate::app::StartError::Store { source, .. }) => Err(AdminError::from(source)),
-            Err(e) => Err(AdminError::unavailable(e.to_string())),
+            Err(e) => Err(AdminError::from(e)),
         }
     }
 
     /// Says which path this backend takes, for `-v`.
-    pub fn describe(&self, config: &Config) -> String {
+    pub(crate) fn describe(&self, config: &Config) -> String {
         match self {
             Backend::Direct { admin, .. } if admin.service().store().is_shared() => format!(
                 "connected to the database {} directly",
-                crate::app::storage_location(config)
+                crate::store::location(&config.storage)
             ),
             Backend::Direct { .. } => format!(
                 "opened the database at {} directly",
@@ -119,7 +112,7 @@ impl Backend {
     }
 
     /// Runs one operation.
-    pub fn run<O: Operation>(&self, op: O) -> Result<O::Output, AdminError> {
+    pub(crate) fn run<O: Operation>(&self, op: O) -> Result<O::Output, AdminError> {
         match self {
             Backend::Direct { admin, runtime } => runtime.block_on(op.run(admin)),
             Backend::Api(client) => client.call(&op),
@@ -128,7 +121,7 @@ impl Backend {
 
     /// Flushes the directly opened database (a no-op through the API, whose writes are
     /// durable on answer).
-    pub fn close(self) -> Result<(), AdminError> {
+    pub(crate) fn close(self) -> Result<(), AdminError> {
         if let Backend::Direct { admin, .. } = self {
             admin.service().store().flush()?;
         }

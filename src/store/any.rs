@@ -73,10 +73,6 @@ impl Store for AnyStore {
         dispatch!(self, s => s.update_user(uid, patch, now).await)
     }
 
-    async fn put_user(&self, user: &UserRecord) -> StoreResult<()> {
-        dispatch!(self, s => s.put_user(user).await)
-    }
-
     async fn list_users(&self, after: Option<&Uid>, limit: usize) -> StoreResult<Page<UserRecord>> {
         dispatch!(self, s => s.list_users(after, limit).await)
     }
@@ -169,6 +165,14 @@ impl Store for AnyStore {
         generate: impl FnOnce() -> Vec<u8> + Send,
     ) -> StoreResult<Vec<u8>> {
         dispatch!(self, s => s.key_or_init(name, generate).await)
+    }
+
+    async fn meta(&self, name: &str) -> StoreResult<Option<Vec<u8>>> {
+        dispatch!(self, s => s.meta(name).await)
+    }
+
+    async fn put_meta(&self, name: &str, value: Vec<u8>) -> StoreResult<()> {
+        dispatch!(self, s => s.put_meta(name, value).await)
     }
 
     async fn retired_keys(&self, name: &str) -> StoreResult<Vec<RetiredKey>> {

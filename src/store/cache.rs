@@ -25,7 +25,7 @@ const SHARDS: usize = 64;
 /// Slots are found by a seeded 64-bit hash of the key, stored inline in the table, so a
 /// lookup touches the table and then the slot's own key (compared in full: two keys with
 /// one hash simply take turns in the slot).
-pub struct Cache<K, V> {
+pub(super) struct Cache<K, V> {
     shards: Box<[Mutex<Shard<K, V>>]>,
     per_shard: usize,
     hasher: RandomState,
@@ -68,7 +68,7 @@ impl Hasher for Prehashed {
 
 impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
     /// A cache of about `capacity` entries; 0 disables it (every get loads).
-    pub fn new(capacity: usize) -> Self {
+    pub(super) fn new(capacity: usize) -> Self {
         // A little slack per shard, since keys never spread perfectly evenly.
         let per_shard = capacity.div_ceil(SHARDS) + capacity.div_ceil(SHARDS * 8);
         Cache {
@@ -87,7 +87,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
     }
 
     /// The cached value, or `load()`'s, which is then remembered.
-    pub fn get_or_load<E>(
+    pub(super) fn get_or_load<E>(
         &self,
         key: &K,
         load: impl FnOnce() -> Result<Option<V>, E>,
@@ -112,7 +112,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
     /// The cached value of `key` (`Some(None)`: known to be absent), or `None` on a miss.
     /// For loads that cannot run under the shard's lock (an asynchronous database): take
     /// a [`Cache::stamp`] before loading and [`Cache::fill`] after.
-    pub fn get(&self, key: &K) -> Option<Option<V>> {
+    pub(super) fn get(&self, key: &K) -> Option<Option<V>> {
         if self.per_shard == 0 {
             return None;
         }
@@ -127,7 +127,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
     }
 
     /// The invalidation count of `key`'s shard, taken before a load started.
-    pub fn stamp(&self, key: &K) -> u64 {
+    pub(super) fn stamp(&self, key: &K) -> u64 {
         if self.per_shard == 0 {
             return 0;
         }
@@ -142,7 +142,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
     /// `stamp` was taken (the load may then have read what the invalidating write
     /// replaced). Invalidations come after their write is committed, so a load stamped
     /// after one reads at least that write.
-    pub fn fill(&self, key: &K, value: Option<V>, stamp: u64) {
+    pub(super) fn fill(&self, key: &K, value: Option<V>, stamp: u64) {
         if self.per_shard == 0 {
             return;
         }
@@ -157,7 +157,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
 
     /// Forgets everything (e.g. when invalidations from other instances may have been
     /// missed).
-    pub fn clear(&self) {
+    pub(super) fn clear(&self) {
         for shard in self.shards.iter() {
             let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
             shard.map.clear();
@@ -167,7 +167,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
     }
 
     /// Forgets `key`; writers call this after their change is committed.
-    pub fn invalidate(&self, key: &K) {
+    pub(super) fn invalidate(&self, key: &K) {
         if self.per_shard == 0 {
             return;
         }

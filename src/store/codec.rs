@@ -63,7 +63,7 @@ mod tests {
             update_at: 1_700_000_000,
         });
         round_trip(Session {
-            sid: Sid(crate::token::random_bytes()),
+            sid: Sid(crate::primitives::random_bytes()),
             uid: uid.clone(),
             created_at: 1,
             last_used_at: 2,
@@ -89,7 +89,7 @@ mod tests {
         assert!(decode::<UserRecord>(&[]).is_err());
         assert!(decode::<UserRecord>(&[9, 1, 2]).is_err());
         assert!(decode::<UserRecord>(&[VERSION, 0xff, 0xff, 0xff]).is_err());
-        let mut bytes = encode(&Sid(crate::token::random_bytes()));
+        let mut bytes = encode(&Sid(crate::primitives::random_bytes()));
         bytes.push(0);
         assert!(decode::<Sid>(&bytes).is_err());
     }

@@ -31,6 +31,55 @@ pub use self::flush::FlushObserver;
 pub use self::postgres::PgStore;
 pub use self::sled::SledStore;
 
+use self::postgres::ConnectOptions;
+use crate::config::{StorageBackend, StorageConfig};
+
+/// Opens the database `[storage]` describes, with its read caches: the one way the
+/// server and the admin commands open storage. sled: the directory with its page cache;
+/// PostgreSQL: a pool of connections, the schema migrated to this binary's version.
+pub async fn open(storage: &StorageConfig) -> StoreResult<AnyStore> {
+    match storage.backend {
+        StorageBackend::Sled => {
+            SledStore::open(&storage.path, storage.cache_capacity_bytes).map(|store| {
+                AnyStore::Sled(
+                    store.with_caches(storage.user_cache_entries, storage.session_cache_entries),
+                )
+            })
+        }
+        StorageBackend::Postgres => {
+            let options = ConnectOptions::parse(storage.postgres_url.expose())
+                .map_err(|e| StoreError::Io(format!("storage.postgres_url {e}")))?;
+            let (store, migrated) = PgStore::open(
+                &options,
+                storage.postgres_pool_size,
+                storage.user_cache_entries,
+                storage.session_cache_entries,
+            )
+            .await?;
+            tracing::info!(
+                database = %options.describe(),
+                tls = ?options.tls,
+                schema_version = migrated.to,
+                migrated_from = migrated.from,
+                "storage: PostgreSQL"
+            );
+            Ok(AnyStore::Postgres(store))
+        }
+    }
+}
+
+/// Where `[storage]` keeps the data, for messages: the sled directory, or the PostgreSQL
+/// hosts and database (never the URL, which may hold a password).
+pub fn location(storage: &StorageConfig) -> String {
+    match storage.backend {
+        StorageBackend::Sled => storage.path.display().to_string(),
+        StorageBackend::Postgres => match ConnectOptions::parse(storage.postgres_url.expose()) {
+            Ok(options) => format!("postgres {}", options.describe()),
+            Err(_) => "postgres (storage.postgres_url is not valid)".into(),
+        },
+    }
+}
+
 /// A storage failure. The message never holds a token or a secret.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -113,9 +162,6 @@ pub trait Store: Send + Sync + 'static {
         patch: &UserPatch,
         now: u64,
     ) -> impl Future<Output = StoreResult<UserRecord>> + Send;
-
-    /// Replaces `uid`'s record wholesale (import).
-    fn put_user(&self, user: &UserRecord) -> impl Future<Output = StoreResult<()>> + Send;
 
     /// Up to `limit` users with uid greater than `after`, in uid order.
     fn list_users(
@@ -230,7 +276,13 @@ pub trait Store: Send + Sync + 'static {
     /// Counts users and live sessions (a full scan: call rarely).
     fn census(&self, now: u64) -> impl Future<Output = StoreResult<Census>> + Send;
 
-    // ----- keys -----
+    // ----- keys and other metadata -----
+
+    /// The metadata record `name`, if set.
+    fn meta(&self, name: &str) -> impl Future<Output = StoreResult<Option<Vec<u8>>>> + Send;
+
+    /// Sets the metadata record `name` to `value`, durably.
+    fn put_meta(&self, name: &str, value: Vec<u8>) -> impl Future<Output = StoreResult<()>> + Send;
 
     /// The stored key `name`, generating and durably storing it first if absent.
     fn key_or_init(

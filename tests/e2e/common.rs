@@ -206,7 +206,7 @@ pub fn postgres_url_for(dir: &std::path::Path) -> Option<String> {
         let schema = match pg.schemas.get(dir) {
             Some(schema) => schema.clone(),
             None => {
-                let schema = format!("lu_test_{}", liveuser::model::hex(&rand_bytes()));
+                let schema = format!("lu_test_{:016x}", u64::from_le_bytes(rand_bytes()));
                 psql(&pg.server, &format!("CREATE SCHEMA \"{schema}\""))
                     .unwrap_or_else(|e| panic!("PostgreSQL at {POSTGRES_URL_VAR}: {e}"));
                 pg.schemas.insert(dir.to_path_buf(), schema.clone());
@@ -721,11 +721,10 @@ impl Binary {
 
     /// SIGTERM, and the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap();
+        let pid = libc::pid_t::try_from(self.child.id()).expect("a pid fits pid_t");
+        // SAFETY: kill(2) only sends a signal, to our own child, which has not been
+        // waited for yet, so the pid is still its own.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "SIGTERM sent");
         self.child.wait().unwrap()
     }
 }

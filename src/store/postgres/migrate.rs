@@ -41,7 +41,7 @@ pub struct Migrated {
 }
 
 /// Brings the schema of `client`'s `search_path` to [`LATEST`], under the migration lock.
-pub async fn apply(client: &mut Client) -> StoreResult<Migrated> {
+pub(super) async fn apply(client: &mut Client) -> StoreResult<Migrated> {
     client
         .execute(
             "SELECT pg_advisory_lock($1, hashtext(current_schema()))",

@@ -520,35 +520,6 @@ impl Store for PgStore {
             .ok_or_else(|| corrupt("no row after an upsert"))?
     }
 
-    async fn put_user(&self, user: &UserRecord) -> StoreResult<()> {
-        self.run(|client| async move {
-            let statement = client.prepare_cached(USER_PUT).await.map_err(db)?;
-            client
-                .execute(
-                    &statement,
-                    &[
-                        &user.uid.as_str(),
-                        &user.name,
-                        &user.agent,
-                        &user.avatar,
-                        &secs(user.update_at),
-                    ],
-                )
-                .await
-                .map_err(db)?;
-            client
-                .execute(
-                    "SELECT pg_notify($1, 'u' || $2)",
-                    &[&self.channel, &user.uid.as_str()],
-                )
-                .await
-                .map_err(db)
-        })
-        .await?;
-        self.shared.users.invalidate(&user.uid);
-        Ok(())
-    }
-
     async fn list_users(&self, after: Option<&Uid>, limit: usize) -> StoreResult<Page<UserRecord>> {
         let rows = self
             .query(
@@ -888,6 +859,23 @@ impl Store for PgStore {
         Err(StoreError::Io(format!(
             "the key {name} kept changing while it was read"
         )))
+    }
+
+    async fn meta(&self, name: &str) -> StoreResult<Option<Vec<u8>>> {
+        let rows = self
+            .query("SELECT value FROM meta WHERE name = $1", &[&name])
+            .await?;
+        Ok(rows.first().map(|r| r.get(0)))
+    }
+
+    async fn put_meta(&self, name: &str, value: Vec<u8>) -> StoreResult<()> {
+        self.query(
+            "INSERT INTO meta (name, value) VALUES ($1, $2)
+             ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+            &[&name, &value],
+        )
+        .await?;
+        Ok(())
     }
 
     async fn retired_keys(&self, name: &str) -> StoreResult<Vec<RetiredKey>> {

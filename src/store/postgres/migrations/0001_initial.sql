@@ -57,6 +57,13 @@ CREATE TABLE sessions (
 -- A user's sessions in creation order: the session cap at login, `session list --uid`.
 CREATE INDEX sessions_uid_created ON sessions (uid, created_at, sid);
 
+-- Small records about the database itself (e.g. how the servers sign: `generated`, or
+-- `configured:<kid>`, never a secret).
+CREATE TABLE meta (
+    name  text COLLATE "C" PRIMARY KEY,
+    value bytea NOT NULL
+);
+
 CREATE TABLE secret_keys (
     name text COLLATE "C" PRIMARY KEY,
     key  bytea NOT NULL
