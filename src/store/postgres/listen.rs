@@ -1,15 +1,22 @@
 //! Cache invalidation across instances: LISTEN/NOTIFY on one dedicated connection.
 //!
-//! Every write that changes a cached record (a session, a user) or the keys calls
-//! `pg_notify` in its own statement, so the notification is sent exactly when the write
-//! commits, to every instance on the database (the writer's own included). Payloads:
+//! PostgreSQL serialises the commits of transactions that notify (a database-wide lock
+//! held through the commit's WAL flush), so a notification in every renewal would turn
+//! group commit off and cap renewals at one disk flush each. Notifications are therefore
+//! sent only where they are needed, in the way each change needs:
 //!
-//! | payload       | meaning                                  |
-//! |---------------|------------------------------------------|
-//! | `s<sid hex>`  | session `sid` changed (revoked, renewed) |
-//! | `u<uid>`      | user `uid` changed                       |
-//! | `k`           | the signing keys changed (rotation)      |
-//! | `*`           | anything may have changed (import)       |
+//! | payload             | sent by                                        | how                        |
+//! |---------------------|------------------------------------------------|----------------------------|
+//! | `s<sid hex>`        | revocation (reuse, eviction at login, operator) | in the revoking statement: delivered exactly at its commit |
+//! | `U<uid>,<uid>,…`    | profile writes (AddUser, `user put`)           | batched by the writing instance, at most every [`BATCH_WINDOW`] after the commit |
+//! | `k`                 | signing-key rotation                           | in its transaction         |
+//! | `*`                 | import                                         | in its transaction         |
+//!
+//! Renewals notify nothing: a renewal only moves a session's idle expiry later (and
+//! changes its token hashes, which no cached read uses), so a cached copy elsewhere can
+//! only look *more* expired than the session is; such a copy is re-read from the
+//! database before it is believed ([`Shared::stale`]). A session becomes unusable
+//! earlier only by revocation, which is notified transactionally.
 //!
 //! The caches are only as good as this connection. While it is down — and from the
 //! moment it is lost until it is listening again — the caches are emptied and bypassed:
@@ -37,6 +44,10 @@ const HEARTBEAT: Duration = Duration::from_millis(300);
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(700);
 /// Pause between reconnection attempts.
 const RETRY: Duration = Duration::from_millis(250);
+/// How long profile invalidations are gathered before one notification carries them.
+pub(super) const BATCH_WINDOW: Duration = Duration::from_millis(5);
+/// Longest notification payload sent (PostgreSQL's limit is 8000 bytes).
+const PAYLOAD_MAX: usize = 7000;
 
 /// What the listener and the store share: the caches and whether they can be trusted.
 pub(super) struct Shared {
@@ -65,6 +76,16 @@ impl Shared {
     /// after which a change may have been missed).
     pub(super) fn key_changes(&self) -> watch::Receiver<u64> {
         self.keys.subscribe()
+    }
+
+    /// Whether a cached session must be re-read before it is believed: it looks expired
+    /// by the wall clock but is not revoked (a renewal on another instance may have moved
+    /// its idle expiry later without telling this one).
+    pub(super) fn stale(session: &Session) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        session.state == crate::model::SessionState::Active && !session.is_live(now)
     }
 
     pub(super) fn clear(&self) {
@@ -96,6 +117,14 @@ impl Shared {
                 Ok(uid) => self.users.invalidate(&uid),
                 Err(_) => self.clear(),
             },
+            "U" => {
+                for uid in rest.split(',') {
+                    match Uid::parse(uid) {
+                        Ok(uid) => self.users.invalidate(&uid),
+                        Err(_) => return self.clear(),
+                    }
+                }
+            }
             "k" => self.keys.send_modify(|n| *n += 1),
             _ => self.clear(),
         }
@@ -176,6 +205,42 @@ async fn listen_once(
     }
 }
 
+/// Sends the invalidations of profiles this instance wrote, gathered for at most
+/// [`BATCH_WINDOW`] into one notification, so profile writes never wait for the
+/// notification lock. Best effort: if this instance dies between a write's commit and
+/// the notification, other instances may serve the previous profile from their caches
+/// until it is evicted or they reconnect.
+pub(super) async fn notify_users(
+    pool: deadpool_postgres::Pool,
+    channel: String,
+    mut changed: tokio::sync::mpsc::UnboundedReceiver<Uid>,
+) {
+    while let Some(first) = changed.recv().await {
+        tokio::time::sleep(BATCH_WINDOW).await;
+        let mut payload = format!("U{first}");
+        while payload.len() < PAYLOAD_MAX {
+            match changed.try_recv() {
+                Ok(uid) => {
+                    payload.push(',');
+                    payload.push_str(uid.as_str());
+                }
+                Err(_) => break,
+            }
+        }
+        let sent = match pool.get().await {
+            Ok(client) => client
+                .execute("SELECT pg_notify($1, $2)", &[&channel, &payload])
+                .await
+                .map(|_| ())
+                .map_err(|e| super::describe_error(&e)),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, "could not tell the other instances of changed profiles");
+        }
+    }
+}
+
 /// `"name"`, with inner quotes doubled.
 pub(super) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
@@ -205,7 +270,7 @@ mod tests {
         shared.notified(&format!("s{sid}"));
         assert_eq!(shared.sessions.get(&sid), None);
         assert_eq!(shared.users.get(&uid), Some(None));
-        shared.notified("uu1");
+        shared.notified("Ux,uu1");
         assert_eq!(shared.users.get(&uid), None);
         shared.users.fill(&uid, None, shared.users.stamp(&uid));
         shared.notified("s-not-hex");

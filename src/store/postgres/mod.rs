@@ -15,9 +15,9 @@
 //! committed version (not the statement's older snapshot), so a loser decides on the
 //! session as the winner left it.
 //!
-//! The read caches (users, sessions) are those of the sled backend, kept exact across
-//! instances by LISTEN/NOTIFY ([`listen`]): they are bypassed whenever the listening
-//! connection is down. The database being unreachable is an [`StoreError::Io`] (HTTP
+//! The read caches (users, sessions) are those of the sled backend, kept right across
+//! instances by LISTEN/NOTIFY ([`listen`], which says what is notified how, and why a
+//! renewal notifies nothing): they are bypassed whenever the listening connection is down. The database being unreachable is an [`StoreError::Io`] (HTTP
 //! 503), after at most [`CALL_TIMEOUT`]; the pool reconnects by itself when it is back.
 
 mod connect;
@@ -70,6 +70,9 @@ pub struct PgStore {
     channel: String,
     described: String,
     listener: tokio::task::JoinHandle<()>,
+    /// Profiles written here, for the other instances to forget (see [`listen`]).
+    changed_users: tokio::sync::mpsc::UnboundedSender<Uid>,
+    notifier: tokio::task::JoinHandle<()>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -83,6 +86,7 @@ impl std::fmt::Debug for PgStore {
 impl Drop for PgStore {
     fn drop(&mut self) {
         self.listener.abort();
+        self.notifier.abort();
         self.pool.close();
     }
 }
@@ -192,7 +196,7 @@ VALUES ($1, coalesce($2, ''), coalesce($3, ''), coalesce($4, ''), $5)
 ON CONFLICT (uid) DO UPDATE SET
     name = coalesce($2, u.name), agent = coalesce($3, u.agent),
     avatar = coalesce($4, u.avatar), update_at = $5
-RETURNING uid, name, agent, avatar, update_at, pg_notify($6, 'u' || uid)::text";
+RETURNING uid, name, agent, avatar, update_at";
 
 const USER_PUT: &str = "\
 INSERT INTO users (uid, name, agent, avatar, update_at) VALUES ($1, $2, $3, $4, $5)
@@ -227,7 +231,7 @@ WITH ident AS (
     ON CONFLICT (openid) DO UPDATE SET session_key = EXCLUDED.session_key
         WHERE k.session_key IS DISTINCT FROM EXCLUDED.session_key
 )
-SELECT uid, (SELECT count(pg_notify($6, 'u' || uid)::text) FROM created) FROM found";
+SELECT uid FROM found";
 
 const SESSION_GET: &str = concat!("SELECT ", session_cols!(), " FROM sessions WHERE sid = $1");
 
@@ -275,7 +279,7 @@ const ROTATE: &str = concat!(
         AND $4::bigint / 1000 < expires_at AND $4::bigint / 1000 < idle_expires_at
     RETURNING ",
     session_cols!(),
-    ", pg_notify($6, 's' || encode(sid, 'hex'))::text
+    "
 ), stored AS (
     SELECT ",
     session_cols!(),
@@ -296,8 +300,7 @@ const TOUCH: &str = concat!(
 WHERE sid = $1 AND current_hash = $2 AND NOT revoked
     AND $3::bigint / 1000 < expires_at AND $3::bigint / 1000 < idle_expires_at
 RETURNING ",
-    session_cols!(),
-    ", pg_notify($5, 's' || encode(sid, 'hex'))::text"
+    session_cols!()
 );
 
 const REVOKE: &str = "\
@@ -396,6 +399,8 @@ impl PgStore {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+        let (changed_users, changed) = tokio::sync::mpsc::unbounded_channel();
+        let notifier = tokio::spawn(listen::notify_users(pool.clone(), channel.clone(), changed));
         Ok((
             PgStore {
                 pool,
@@ -403,6 +408,8 @@ impl PgStore {
                 channel,
                 described,
                 listener,
+                changed_users,
+                notifier,
             },
             migrated,
         ))
@@ -510,11 +517,11 @@ impl Store for PgStore {
                     &patch.agent.as_deref(),
                     &patch.avatar.as_deref(),
                     &secs(now),
-                    &self.channel,
                 ],
             )
             .await?;
         self.shared.users.invalidate(uid);
+        let _ = self.changed_users.send(uid.clone());
         rows.first()
             .map(user_from)
             .ok_or_else(|| corrupt("no row after an upsert"))?
@@ -551,7 +558,6 @@ impl Store for PgStore {
                         &candidate.unionid.as_deref(),
                         &candidate.session_key.expose().as_str(),
                         &secs(now),
-                        &self.channel,
                     ],
                 )
                 .await?;
@@ -571,8 +577,10 @@ impl Store for PgStore {
         if !self.shared.listening() {
             return self.load_session(sid).await;
         }
-        if let Some(hit) = cache.get(&sid) {
-            return Ok(hit);
+        match cache.get(&sid) {
+            Some(Some(session)) if Shared::stale(&session) => {}
+            Some(hit) => return Ok(hit),
+            None => {}
         }
         let stamp = cache.stamp(&sid);
         let loaded = self.load_session(sid).await?;
@@ -645,7 +653,6 @@ impl Store for PgStore {
                     &&successor.0[..],
                     &secs(now_ms),
                     &secs(idle_secs),
-                    &self.channel,
                 ],
             )
             .await?;
@@ -677,7 +684,6 @@ impl Store for PgStore {
                     &&presented.0[..],
                     &secs(now_ms),
                     &secs(idle_secs),
-                    &self.channel,
                 ],
             )
             .await?;
