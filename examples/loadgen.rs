@@ -279,9 +279,13 @@ fn main() {
             &args.postgres_url,
             &format!(
                 "CREATE TABLE {schema}.pgbench_one (id integer PRIMARY KEY, n bigint NOT NULL);
-                 INSERT INTO {schema}.pgbench_one SELECT g, 0 FROM generate_series(1, 100000) g;
-                 VACUUM ANALYZE {schema}.pgbench_one;"
+                 INSERT INTO {schema}.pgbench_one SELECT g, 0 FROM generate_series(1, 100000) g;"
             ),
+        );
+        // VACUUM cannot run in the transaction psql makes of several statements.
+        psql(
+            &args.postgres_url,
+            &format!("VACUUM ANALYZE {schema}.pgbench_one"),
         );
     }
     let users = Arc::new(users);
