@@ -217,7 +217,7 @@ pub async fn start(config: &Config, clock: SharedClock) -> Result<Running, Start
             "public",
             config.server.metrics.then(|| metrics.clone()),
         )),
-        ..ConnSettings::from_config(&config.server)
+        ..ConnSettings::from_config(config)
     };
     let admin_routes = admin_api::routes(
         Arc::new(Admin::new(service.clone(), config.token.clone())),
@@ -225,7 +225,7 @@ pub async fn start(config: &Config, clock: SharedClock) -> Result<Running, Start
     );
     let admin_settings = ConnSettings {
         observer: Arc::new(Observer::new("admin", None)),
-        ..ConnSettings::from_config(&config.server)
+        ..ConnSettings::from_config(config)
     };
     let scheme = if public.tls.is_some() {
         "https"
