@@ -12,6 +12,7 @@ pub mod meta;
 pub mod observe;
 pub mod per_address;
 pub mod routes;
+mod strict;
 pub mod tls;
 pub mod wire;
 

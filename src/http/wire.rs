@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
+use super::strict;
 use crate::model::{Uid, UserPatch, UserRecord};
 use crate::service::Grant;
 
@@ -49,10 +50,11 @@ fn req_string<'a>(obj: &'a Object, field: &str) -> Result<&'a str, ApiError> {
 }
 
 /// The typed decoder, for bodies that are JSON objects (serde would also read a JSON
-/// array into a struct, which the protocol does not allow).
+/// array into a struct, which the protocol does not allow) nested no deeper than the
+/// other path allows (serde skips unknown fields without counting their depth).
 fn fast<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Option<T> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace())?;
-    if *first != b'{' {
+    if *first != b'{' || !strict::within_depth(body) {
         return None;
     }
     serde_json::from_slice(body).ok()

@@ -307,3 +307,53 @@ fn header_values_that_are_not_visible_ascii_get_json_errors() {
     ));
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
+
+#[test]
+fn nesting_128_levels_deep_is_malformed_even_inside_an_unknown_field() {
+    let app = TestApp::spawn();
+    let login = app.login_ok("alice");
+    let token = login.str("access_token");
+    let bearer = |h: &mut Vec<(&'static str, String)>| {
+        h.push(("authorization", format!("Bearer {token}")));
+    };
+    let nested = |levels: usize| format!("{}{}", "[".repeat(levels), "]".repeat(levels));
+    // (path, body with the nested value at X, how deep X already is)
+    let cases = [
+        ("/liveuser/Wx/Login", r#"{"code":"alice","x":X}"#, 1),
+        (
+            "/liveuser/Wx/RenewToken",
+            r#"{"refresh_token":"lvrt_x","x":X}"#,
+            1,
+        ),
+        ("/liveuser/User/QueryUser", r#"{"uids":["u"],"x":X}"#, 1),
+        (
+            "/liveuser/User/AddUser",
+            r#"{"user":{"name":"A"},"x":X}"#,
+            1,
+        ),
+        (
+            "/liveuser/User/AddUser",
+            r#"{"user":{"name":"A","x":X}}"#,
+            2,
+        ),
+    ];
+    for (path, template, outer) in cases {
+        let mut headers = json_header();
+        bearer(&mut headers);
+        for levels in [30_000, 128 - outer] {
+            let body = template.replace('X', &nested(levels));
+            let r = app.raw("POST", path, &headers, body.as_bytes());
+            assert_eq!(
+                (r.status, r.code()),
+                (400, "malformed"),
+                "{path}, {} levels in all: {}",
+                outer + levels,
+                r.text
+            );
+        }
+        // One level less is still JSON liveuser reads (and the unknown field is ignored).
+        let body = template.replace('X', &nested(127 - outer));
+        let r = app.raw("POST", path, &headers, body.as_bytes());
+        assert_ne!(r.code(), "malformed", "{path}: {}", r.text);
+    }
+}
