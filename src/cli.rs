@@ -668,10 +668,11 @@ fn serve(config: Config) -> Result<(), CliError> {
         .build()
         .map_err(|e| CliError::Other(format!("cannot start the async runtime: {e}")))?;
     runtime.block_on(async {
+        let signal = crate::app::termination_signal();
         let running = crate::app::start(&config, Arc::new(SystemClock)).await?;
         let stop = running.stopper();
         tokio::spawn(async move {
-            crate::app::termination_signal().await;
+            signal.await;
             let _ = stop.send(true);
         });
         running.wait().await;
