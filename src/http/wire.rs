@@ -19,11 +19,15 @@ use crate::service::Grant;
 type Object = Map<String, Value>;
 
 /// Parses a body that must be a JSON object. Not JSON (including invalid UTF-8 and
-/// nesting past serde_json's depth limit) is `malformed`; JSON that is not an object is
+/// nesting past serde_json's depth limit) is `malformed`; JSON that is not an object, or
+/// an object with one of the `read` fields (dotted paths, `user.name`) given twice, is
 /// `invalid_argument`.
-pub fn object(body: &[u8]) -> Result<Object, ApiError> {
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(map)) => Ok(map),
+pub fn object(body: &[u8], read: &[&str]) -> Result<Object, ApiError> {
+    match strict::parse(body, read) {
+        Ok((_, Some(field))) => Err(ApiError::invalid_argument(format!(
+            "{field} must appear only once"
+        ))),
+        Ok((Value::Object(map), None)) => Ok(map),
         Ok(_) => Err(ApiError::invalid_argument(
             "the request body must be a JSON object",
         )),
@@ -32,6 +36,13 @@ pub fn object(body: &[u8]) -> Result<Object, ApiError> {
         ))),
     }
 }
+
+/// The fields each request reads, for [`object`]'s check of repeated fields. The typed
+/// decoders refuse a repeat of these by themselves (serde's derived structs do).
+const LOGIN_FIELDS: &[&str] = &["code"];
+const RENEW_FIELDS: &[&str] = &["refresh_token"];
+const ADD_USER_FIELDS: &[&str] = &["user", "user.uid", "user.name", "user.agent", "user.avatar"];
+const QUERY_USER_FIELDS: &[&str] = &["uids"];
 
 /// An optional string field; `null` counts as absent.
 fn opt_string<'a>(obj: &'a Object, field: &str, path: &str) -> Result<Option<&'a str>, ApiError> {
@@ -102,7 +113,7 @@ pub fn login(body: &[u8]) -> Result<String, ApiError> {
     if let Some(req) = fast::<LoginBody>(body) {
         return Ok(req.code.into_owned());
     }
-    Ok(req_string(&object(body)?, "code")?.to_string())
+    Ok(req_string(&object(body, LOGIN_FIELDS)?, "code")?.to_string())
 }
 
 /// `Wx.RenewToken`: `{"refresh_token": string}`.
@@ -110,7 +121,7 @@ pub fn renew(body: &[u8]) -> Result<String, ApiError> {
     if let Some(req) = fast::<RenewBody>(body) {
         return Ok(req.refresh_token.into_owned());
     }
-    Ok(req_string(&object(body)?, "refresh_token")?.to_string())
+    Ok(req_string(&object(body, RENEW_FIELDS)?, "refresh_token")?.to_string())
 }
 
 /// `User.AddUser`: `{"user": UserRecord}`; an empty or missing uid means "myself", and
@@ -129,7 +140,7 @@ pub fn add_user(body: &[u8]) -> Result<(Option<Uid>, UserPatch), ApiError> {
             },
         );
     }
-    let obj = object(body)?;
+    let obj = object(body, ADD_USER_FIELDS)?;
     let user = match obj.get("user") {
         Some(Value::Object(user)) => user,
         None | Some(Value::Null) => return Err(ApiError::invalid_argument("user is required")),
@@ -170,7 +181,7 @@ pub fn query_user(body: &[u8]) -> Result<Vec<Uid>, ApiError> {
             })
             .collect();
     }
-    let obj = object(body)?;
+    let obj = object(body, QUERY_USER_FIELDS)?;
     let uids = match obj.get("uids") {
         Some(Value::Array(uids)) => uids,
         None | Some(Value::Null) => return Err(ApiError::invalid_argument("uids is required")),
@@ -345,6 +356,18 @@ mod tests {
         assert_eq!(
             err(query_user(br#"{"uids": [""]}"#)).1,
             "uids[0] must be 1 to 64 characters"
+        );
+    }
+
+    #[test]
+    fn the_typed_decoder_gives_up_on_a_repeated_field() {
+        assert!(fast::<QueryUserBody>(br#"{"uids":["a"],"uids":["b"]}"#).is_none());
+        assert!(fast::<UserBody>(br#"{"name":"a","name":"b"}"#).is_none());
+        assert!(fast::<AddUserBody>(br#"{"user":{},"user":{}}"#).is_none());
+        assert!(fast::<LoginBody>(br#"{"code":"a","c\u006fde":"b"}"#).is_none());
+        assert_eq!(
+            err(query_user(br#"{"uids":["a"],"uids":["b"]}"#)).1,
+            "uids must appear only once"
         );
     }
 
