@@ -123,73 +123,84 @@ fn path(name: &'static str) -> impl Filter<Extract = (), Error = Rejection> + Cl
         .and(warp::post())
 }
 
+/// An operation's request body, at most [`OP_BODY_LIMIT`] bytes, with a
+/// `Content-Length` or chunked (warp's `content_length_limit` refuses a body without a
+/// length with a rejection that ended as a 500).
+fn op_body() -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
+    header_value("content-length")
+        .and(warp::body::stream())
+        .and_then(|length: Option<HeaderValue>, stream| async move {
+            let too_large = |limit| {
+                AdminError::invalid(format!(
+                    "the request body is too large (at most {limit} bytes)"
+                ))
+            };
+            read_body(length.as_ref(), stream, OP_BODY_LIMIT, too_large)
+                .await
+                .map_err(|e| warp::reject::custom(Refused(e)))
+        })
+}
+
 fn op<O: Operation, S: Store>(
     admin: Arc<Admin<S>>,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    path(O::PATH)
-        .and(warp::body::content_length_limit(OP_BODY_LIMIT))
-        .and(warp::body::bytes())
-        .then(move |body: Bytes| {
-            let admin = admin.clone();
-            async move {
-                let result = match serde_json::from_slice::<O>(&body) {
-                    Ok(op) => op.run(&admin).await,
-                    Err(e) => Err(AdminError::invalid(format!("bad request body: {e}"))),
-                };
-                answer(result)
-            }
-        })
+    path(O::PATH).and(op_body()).then(move |body: Bytes| {
+        let admin = admin.clone();
+        async move {
+            let result = match serde_json::from_slice::<O>(&body) {
+                Ok(op) => op.run(&admin).await,
+                Err(e) => Err(AdminError::invalid(format!("bad request body: {e}"))),
+            };
+            answer(result)
+        }
+    })
 }
 
 fn export<S: Store>(
     admin: Arc<Admin<S>>,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    path("export")
-        .and(warp::body::content_length_limit(OP_BODY_LIMIT))
-        .and(warp::body::bytes())
-        .map(move |body: Bytes| {
-            let request = if body.is_empty() {
-                ExportRequest::default()
-            } else {
-                match serde_json::from_slice::<ExportRequest>(&body) {
-                    Ok(r) => r,
+    path("export").and(op_body()).map(move |body: Bytes| {
+        let request = if body.is_empty() {
+            ExportRequest::default()
+        } else {
+            match serde_json::from_slice::<ExportRequest>(&body) {
+                Ok(r) => r,
+                Err(e) => {
+                    return error(&AdminError::invalid(format!("bad request body: {e}")));
+                }
+            }
+        };
+        let service = admin.service().clone();
+        let mut exporter = Exporter::new(service.store().clone(), service.now(), request.sessions);
+        // The export runs in its own task, a chunk ahead of the client; a client that
+        // goes away closes the channel and ends the task.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+        tokio::spawn(async move {
+            loop {
+                let chunk = match exporter.next_chunk().await {
+                    Ok(Some(chunk)) => Ok(chunk),
+                    Ok(None) => break,
                     Err(e) => {
-                        return error(&AdminError::invalid(format!("bad request body: {e}")));
+                        tracing::error!(error = %e, "export failed");
+                        Err(std::io::Error::other("export failed"))
                     }
+                };
+                let failed = chunk.is_err();
+                if tx.send(chunk).await.is_err() || failed {
+                    break;
                 }
-            };
-            let service = admin.service().clone();
-            let mut exporter =
-                Exporter::new(service.store().clone(), service.now(), request.sessions);
-            // The export runs in its own task, a chunk ahead of the client; a client that
-            // goes away closes the channel and ends the task.
-            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
-            tokio::spawn(async move {
-                loop {
-                    let chunk = match exporter.next_chunk().await {
-                        Ok(Some(chunk)) => Ok(chunk),
-                        Ok(None) => break,
-                        Err(e) => {
-                            tracing::error!(error = %e, "export failed");
-                            Err(std::io::Error::other("export failed"))
-                        }
-                    };
-                    let failed = chunk.is_err();
-                    if tx.send(chunk).await.is_err() || failed {
-                        break;
-                    }
-                }
-            });
-            let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-                rx.recv().await.map(|item| (item, rx))
-            });
-            let mut response = warp::reply::Reply::into_response(warp::reply::stream(stream));
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/x-ndjson"),
-            );
-            response
-        })
+            }
+        });
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        let mut response = warp::reply::Reply::into_response(warp::reply::stream(stream));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-ndjson"),
+        );
+        response
+    })
 }
 
 fn import<S: Store>(
@@ -203,7 +214,20 @@ fn import<S: Store>(
             move |query: ImportQuery, length: Option<HeaderValue>, stream| {
                 let admin = admin.clone();
                 async move {
-                    let body = match read_import(length.as_ref(), stream, IMPORT_BODY_LIMIT).await {
+                    let too_large = |limit| {
+                        AdminError::invalid(format!(
+                            "the file is larger than {limit} bytes, the most the running \
+                             server imports; stop the server and import it directly"
+                        ))
+                    };
+                    let body = match read_body(
+                        length.as_ref(),
+                        stream,
+                        IMPORT_BODY_LIMIT,
+                        too_large,
+                    )
+                    .await
+                    {
                         Ok(body) => body,
                         Err(e) => return error(&e),
                     };
@@ -235,19 +259,15 @@ fn import<S: Store>(
         )
 }
 
-/// The import body, at most `limit` bytes: refused at once by its `Content-Length`, or as
-/// soon as a chunked body passes the limit.
-async fn read_import<B: Buf>(
+/// A request body, at most `limit` bytes: refused at once by its `Content-Length`, or
+/// as soon as a chunked body passes the limit, with `too_large(limit)`.
+async fn read_body<B: Buf>(
     length: Option<&HeaderValue>,
     stream: impl Stream<Item = Result<B, warp::Error>>,
     limit: u64,
+    too_large: impl Fn(u64) -> AdminError,
 ) -> Result<Bytes, AdminError> {
-    let too_large = || {
-        AdminError::invalid(format!(
-            "the file is larger than {limit} bytes, the most the running server imports; \
-             stop the server and import it directly"
-        ))
-    };
+    let too_large = || too_large(limit);
     let declared = length
         .and_then(|l| l.to_str().ok())
         .and_then(|l| l.trim().parse::<u64>().ok());
@@ -258,8 +278,8 @@ async fn read_import<B: Buf>(
     // The declared length is a hint, not a promise: reserve at most 64 MiB up front.
     let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(64 << 20) as usize);
     while let Some(chunk) = stream.next().await {
-        let chunk =
-            chunk.map_err(|e| AdminError::invalid(format!("the file could not be read: {e}")))?;
+        let chunk = chunk
+            .map_err(|e| AdminError::invalid(format!("the request body could not be read: {e}")))?;
         if (buf.len() + chunk.remaining()) as u64 > limit {
             return Err(too_large());
         }
@@ -348,20 +368,24 @@ mod tests {
             .block_on(f)
     }
 
+    fn too_large(limit: u64) -> AdminError {
+        AdminError::invalid(format!("larger than {limit} bytes"))
+    }
+
     #[test]
-    fn an_import_body_is_read_up_to_the_limit_and_refused_past_it() {
-        let read = block_on(read_import(None, chunks(&[400, 600]), 1000)).unwrap();
+    fn a_body_is_read_up_to_the_limit_and_refused_past_it() {
+        let read = block_on(read_body(None, chunks(&[400, 600]), 1000, too_large)).unwrap();
         assert_eq!(read.len(), 1000);
-        let err = block_on(read_import(None, chunks(&[400, 600, 1]), 1000)).unwrap_err();
+        let err = block_on(read_body(None, chunks(&[400, 600, 1]), 1000, too_large)).unwrap_err();
         assert_eq!(err.code, ErrorKind::InvalidArgument);
-        assert!(err.msg.contains("stop the server"), "{err}");
+        assert!(err.msg.contains("larger than 1000 bytes"), "{err}");
     }
 
     #[test]
     fn a_declared_length_over_the_limit_is_refused_before_reading() {
         let declared = HeaderValue::from_static("1001");
         let never = futures_util::stream::pending::<Result<Bytes, warp::Error>>();
-        let err = block_on(read_import(Some(&declared), never, 1000)).unwrap_err();
+        let err = block_on(read_body(Some(&declared), never, 1000, too_large)).unwrap_err();
         assert!(err.msg.contains("larger than 1000 bytes"), "{err}");
     }
 }
