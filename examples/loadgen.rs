@@ -278,10 +278,11 @@ async fn open_service(
     Arc<liveuser::store::SledStore>,
     liveuser::service::Service<liveuser::store::SledStore>,
 ) {
-    let store = Arc::new(liveuser::app::open_store(config).expect("open store"));
-    let service = liveuser::app::build_service(config, store.clone(), Arc::new(SystemClock))
-        .await
-        .expect("service");
+    let store = Arc::new(liveuser::store::open(&config.storage).expect("open store"));
+    let service =
+        liveuser::service::Service::from_config(config, store.clone(), Arc::new(SystemClock))
+            .await
+            .expect("service");
     (store, service)
 }
 

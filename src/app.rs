@@ -15,10 +15,8 @@ use crate::http::observe::Observer;
 use crate::http::tls::{Tls, TlsError};
 use crate::http::{self, ConnSettings};
 use crate::metrics::Metrics;
-use crate::service::{Policy, Service};
+use crate::service::Service;
 use crate::store::{SledStore, Store, StoreError};
-use crate::token::{AccessTokens, RefreshKey, random_bytes};
-use crate::wechat::WxClient;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -70,39 +68,6 @@ pub fn tune_allocator() {
     }
 }
 
-/// Opens the store named by `config`.
-pub fn open_store(config: &Config) -> Result<SledStore, StartError> {
-    let storage = &config.storage;
-    SledStore::open(&storage.path, storage.cache_capacity_bytes)
-        .map(|store| store.with_caches(storage.user_cache_entries, storage.session_cache_entries))
-        .map_err(|source| StartError::Store {
-            path: storage.path.display().to_string(),
-            source,
-        })
-}
-
-/// Builds the service over an open store: keys (configured or generated and stored),
-/// the WeChat client and the session policy.
-pub async fn build_service<S: Store>(
-    config: &Config,
-    store: Arc<S>,
-    clock: SharedClock,
-) -> Result<Service<S>, StoreError> {
-    let signing = crate::keys::load(store.as_ref(), &config.token, clock.now()).await?;
-    let refresh = store
-        .key_or_init(crate::keys::REFRESH_KEY, || random_bytes::<32>().to_vec())
-        .await?;
-    let t = &config.token;
-    Ok(Service::new(
-        store,
-        clock,
-        AccessTokens::with_keys(signing, &t.issuer, &t.audience, t.access_ttl_secs),
-        RefreshKey::new(refresh),
-        WxClient::from_config(&config.wx),
-        Policy::new(t, config.server.max_query_uids),
-    ))
-}
-
 /// A running server, for the binary and for tests.
 pub struct Running {
     /// The bound public address.
@@ -149,28 +114,26 @@ pub async fn start(config: &Config, clock: SharedClock) -> Result<Running, Start
     } else {
         Some(Tls::load(&config.server.tls_cert, &config.server.tls_key)?)
     };
-    let store = Arc::new(open_store(config)?);
+    let store_error = |source| StartError::Store {
+        path: config.storage.path.display().to_string(),
+        source,
+    };
+    let store = Arc::new(crate::store::open(&config.storage).map_err(store_error)?);
     let metrics = Arc::new(Metrics::new());
     metrics.set_enabled(config.server.metrics);
     {
         let metrics = metrics.clone();
         store.observe_flushes(Box::new(move |elapsed| metrics.flushed(elapsed)));
     }
-    let service = build_service(config, store.clone(), clock)
+    let service = Service::from_config(config, store.clone(), clock)
         .await
-        .map_err(|source| StartError::Store {
-            path: config.storage.path.display().to_string(),
-            source,
-        })?
+        .map_err(store_error)?
         .with_metrics(metrics.clone());
     // Admin commands run on this database while the server is stopped compare their own
     // signing key with this record (see `keys::check_key_source`).
-    crate::keys::record_key_source(store.as_ref(), &config.token, service.now())
+    crate::keys::record_key_source(store.as_ref(), &config.token)
         .await
-        .map_err(|source| StartError::Store {
-            path: config.storage.path.display().to_string(),
-            source,
-        })?;
+        .map_err(store_error)?;
     let service = Arc::new(service);
     let (listener, addr) = bind(config.server.listen).await?;
     let (admin_listener, admin_addr) = bind(config.server.admin_listen).await?;
@@ -210,23 +173,24 @@ pub async fn start(config: &Config, clock: SharedClock) -> Result<Running, Start
         service.clone(),
         config.server.body_limit_bytes,
         Arc::new(crate::limits::Limits::from_config(&config.limits)),
+        config.server.max_query_uids,
     );
     let public = ConnSettings {
         tls,
-        observer: Arc::new(Observer::new(
-            "public",
-            config.server.metrics.then(|| metrics.clone()),
-        )),
-        ..ConnSettings::from_config(config)
+        ..ConnSettings::from_config(
+            config,
+            Arc::new(Observer::new(
+                "public",
+                config.server.metrics.then(|| metrics.clone()),
+            )),
+        )
     };
     let admin_routes = admin_api::routes(
         Arc::new(Admin::new(service.clone(), config.token.clone())),
         endpoint,
+        config.storage.path.clone(),
     );
-    let admin_settings = ConnSettings {
-        observer: Arc::new(Observer::new("admin", None)),
-        ..ConnSettings::from_config(config)
-    };
+    let admin_settings = ConnSettings::from_config(config, Arc::new(Observer::new("admin", None)));
     let scheme = if public.tls.is_some() {
         "https"
     } else {

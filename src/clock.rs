@@ -26,7 +26,8 @@ impl Clock for SystemClock {
     }
 }
 
-/// The system clock plus an offset that tests move forward or back.
+/// The system clock plus an offset that tests move forward or back. For tests only.
+#[doc(hidden)]
 #[derive(Debug, Default)]
 pub struct OffsetClock {
     offset_secs: AtomicI64,

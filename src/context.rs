@@ -15,7 +15,7 @@ tokio::task_local! {
 }
 
 /// Runs `work` with a fresh context; returns its output and the uid noted during it.
-pub async fn scope<F: Future>(work: F) -> (F::Output, Option<Uid>) {
+pub(crate) async fn scope<F: Future>(work: F) -> (F::Output, Option<Uid>) {
     UID.scope(RefCell::new(None), async move {
         let out = work.await;
         let uid = UID.with(|u| u.borrow_mut().take());
@@ -25,7 +25,7 @@ pub async fn scope<F: Future>(work: F) -> (F::Output, Option<Uid>) {
 }
 
 /// Notes the uid of the request being served.
-pub fn note_uid(uid: &Uid) {
+pub(crate) fn note_uid(uid: &Uid) {
     let _ = UID.try_with(|u| *u.borrow_mut() = Some(uid.clone()));
 }
 

@@ -10,8 +10,7 @@
 //! - **Generated** (no `token.secret`): the key lives in the `meta` tree.
 //!   [`rotate_signing_key`] makes a new one and keeps the old one, with its retire time,
 //!   in the same transaction. `liveuser token rotate-key` calls it on a stopped server's
-//!   database, or through the admin API on a running server, where
-//!   [`Service::rotate_signing_key`](crate::service::Service::rotate_signing_key) calls it
+//!   database, or through the admin API on a running server, where the service calls it
 //!   and swaps the new keys in at once.
 //!
 //! Every server start records which of the two it uses ([`record_key_source`]), so an
@@ -22,22 +21,23 @@
 //! verifies only tokens that expire before it retires (see [`KeyRing`]).
 
 use crate::config::TokenConfig;
+use crate::primitives::random_bytes;
 use crate::store::{Store, StoreError};
-use crate::token::{KeyRing, kid_of, random_bytes};
+use crate::token::{KeyRing, kid_of};
 
 /// Name of the generated signing key in the `meta` tree.
-pub const SIGNING_KEY: &str = "signing_key";
+pub(crate) const SIGNING_KEY: &str = "signing_key";
 /// Name of the generated key that derives rotated refresh tokens.
-pub const REFRESH_KEY: &str = "refresh_key";
+pub(crate) const REFRESH_KEY: &str = "refresh_key";
 /// Prefix of the record of when a configured `token.previous_secret` was first seen.
 const PREVIOUS_SEEN: &str = "previous_secret_seen:";
+/// What admin commands of earlier versions wrote as [`KEY_SOURCE`] when they found no
+/// record; like no record, it says nothing.
+const SOURCE_UNKNOWN: &[u8] = b"unknown";
 /// Name of the record, written at every server start, of how the server signs:
 /// `generated`, or `configured:<kid>` with the kid of `token.secret` (the kid every
 /// access token already shows; never the secret).
-pub const KEY_SOURCE: &str = "signing_key_source";
-/// [`KEY_SOURCE`] as written by an admin command that found no record (a database no
-/// server of this version has served yet): it says nothing.
-const SOURCE_UNKNOWN: &[u8] = b"unknown";
+pub(crate) const KEY_SOURCE: &str = "signing_key_source";
 
 /// Why a signing-key rotation was refused.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -68,9 +68,16 @@ pub struct KeyRotation {
     pub retire_at: u64,
 }
 
+/// The key that derives rotated refresh tokens, generated and stored at first start.
+pub(crate) async fn refresh_key<S: Store>(store: &S) -> Result<Vec<u8>, StoreError> {
+    store
+        .key_or_init(REFRESH_KEY, || random_bytes::<32>().to_vec())
+        .await
+}
+
 /// The keys in force at `now` for `token`, generating and storing a signing key on first
 /// start when none is configured.
-pub async fn load<S: Store>(
+pub(crate) async fn load<S: Store>(
     store: &S,
     token: &TokenConfig,
     now: u64,
@@ -123,9 +130,8 @@ pub async fn load<S: Store>(
 /// it signed until `now + token.access_ttl_secs`. Refused when `token.secret` is set.
 ///
 /// Works on any open store: the CLI's (server stopped) or the running server's, through
-/// [`Service::rotate_signing_key`](crate::service::Service::rotate_signing_key), which
-/// also puts the new keys in force.
-pub async fn rotate_signing_key<S: Store>(
+/// the service's `rotate_signing_key`, which also puts the new keys in force.
+pub(crate) async fn rotate_signing_key<S: Store>(
     store: &S,
     token: &TokenConfig,
     now: u64,
@@ -164,17 +170,13 @@ fn source_of(token: &TokenConfig) -> Vec<u8> {
 
 /// Records how the server signs (called at every server start), so that admin commands
 /// run on the stopped server's database can tell whether they sign the same way.
-pub async fn record_key_source<S: Store>(
+pub(crate) async fn record_key_source<S: Store>(
     store: &S,
     token: &TokenConfig,
-    now: u64,
 ) -> Result<(), StoreError> {
     let mine = source_of(token);
-    let recorded = store.key_or_init(KEY_SOURCE, || mine.clone()).await?;
-    if recorded != mine {
-        // `rotate_key` is how the store replaces a record in the meta tree; the replaced
-        // record is kept as retired at `now` and dropped at the next change.
-        store.rotate_key(KEY_SOURCE, mine, now, now).await?;
+    if store.meta(KEY_SOURCE).await?.as_deref() != Some(&mine[..]) {
+        store.put_meta(KEY_SOURCE, mine).await?;
     }
     Ok(())
 }
@@ -187,10 +189,15 @@ pub async fn record_key_source<S: Store>(
 /// generated in the database — one the server refuses. A command that carries the new
 /// `token.secret` of a configured rotation (the recorded one moved to
 /// `token.previous_secret`) is accepted: the server will sign with it after its restart.
-pub async fn check_key_source<S: Store>(store: &S, token: &TokenConfig) -> Result<(), KeyError> {
-    let recorded = store
-        .key_or_init(KEY_SOURCE, || SOURCE_UNKNOWN.to_vec())
-        .await?;
+pub(crate) async fn check_key_source<S: Store>(
+    store: &S,
+    token: &TokenConfig,
+) -> Result<(), KeyError> {
+    // Only reads: a database no server of this version has served has no record, and
+    // then there is nothing to compare with.
+    let Some(recorded) = store.meta(KEY_SOURCE).await? else {
+        return Ok(());
+    };
     if recorded == SOURCE_UNKNOWN || recorded == source_of(token) {
         return Ok(());
     }
@@ -229,99 +236,86 @@ mod tests {
         }
     }
 
-    fn block_on<F: std::future::Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(f)
-    }
-
-    #[test]
-    fn a_generated_key_rotates_and_the_old_one_retires_after_the_access_ttl() {
+    #[tokio::test]
+    async fn a_generated_key_rotates_and_the_old_one_retires_after_the_access_ttl() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(&dir.path().join("db"), 1 << 20).unwrap();
         let token = generated();
-        block_on(async {
-            let before = load(&store, &token, 1000).await.unwrap();
-            let again = load(&store, &token, 1000).await.unwrap();
-            assert_eq!(before.current_kid(), again.current_kid(), "the key is kept");
+        let before = load(&store, &token, 1000).await.unwrap();
+        let again = load(&store, &token, 1000).await.unwrap();
+        assert_eq!(before.current_kid(), again.current_kid(), "the key is kept");
 
-            let rotation = rotate_signing_key(&store, &token, 2000).await.unwrap();
-            assert_eq!(rotation.previous_kid.as_deref(), Some(before.current_kid()));
-            assert_eq!(rotation.retire_at, 2600);
+        let rotation = rotate_signing_key(&store, &token, 2000).await.unwrap();
+        assert_eq!(rotation.previous_kid.as_deref(), Some(before.current_kid()));
+        assert_eq!(rotation.retire_at, 2600);
 
-            let after = load(&store, &token, 2000).await.unwrap();
-            assert_eq!(after.current_kid(), rotation.kid);
-            assert_eq!(
-                after.previous_kids(),
-                vec![(before.current_kid().to_string(), 2600)]
-            );
-            let retired = load(&store, &token, 2600).await.unwrap();
-            assert!(retired.previous_kids().is_empty());
-        });
+        let after = load(&store, &token, 2000).await.unwrap();
+        assert_eq!(after.current_kid(), rotation.kid);
+        assert_eq!(
+            after.previous_kids(),
+            vec![(before.current_kid().to_string(), 2600)]
+        );
+        let retired = load(&store, &token, 2600).await.unwrap();
+        assert!(retired.previous_kids().is_empty());
     }
 
-    #[test]
-    fn rotating_twice_keeps_both_old_keys_until_each_retires() {
+    #[tokio::test]
+    async fn rotating_twice_keeps_both_old_keys_until_each_retires() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(&dir.path().join("db"), 1 << 20).unwrap();
         let token = generated();
-        block_on(async {
-            let k0 = load(&store, &token, 0).await.unwrap();
-            let r1 = rotate_signing_key(&store, &token, 100).await.unwrap();
-            let r2 = rotate_signing_key(&store, &token, 200).await.unwrap();
-            assert_eq!(r2.previous_kid.as_deref(), Some(r1.kid.as_str()));
-            let ring = load(&store, &token, 300).await.unwrap();
-            assert_eq!(
-                ring.previous_kids(),
-                vec![(k0.current_kid().to_string(), 700), (r1.kid.clone(), 800)]
-            );
-            // A rotation after the first old key retired drops it from storage.
-            let _ = rotate_signing_key(&store, &token, 750).await.unwrap();
-            assert_eq!(store.retired_keys(SIGNING_KEY).await.unwrap().len(), 2);
-        });
+        let k0 = load(&store, &token, 0).await.unwrap();
+        let r1 = rotate_signing_key(&store, &token, 100).await.unwrap();
+        let r2 = rotate_signing_key(&store, &token, 200).await.unwrap();
+        assert_eq!(r2.previous_kid.as_deref(), Some(r1.kid.as_str()));
+        let ring = load(&store, &token, 300).await.unwrap();
+        assert_eq!(
+            ring.previous_kids(),
+            vec![(k0.current_kid().to_string(), 700), (r1.kid.clone(), 800)]
+        );
+        // A rotation after the first old key retired drops it from storage.
+        let _ = rotate_signing_key(&store, &token, 750).await.unwrap();
+        assert_eq!(store.retired_keys(SIGNING_KEY).await.unwrap().len(), 2);
     }
 
-    #[test]
-    fn a_command_that_would_sign_unlike_the_server_is_refused() {
+    #[tokio::test]
+    async fn a_command_that_would_sign_unlike_the_server_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(&dir.path().join("db"), 1 << 20).unwrap();
         let secret = |s: &str| TokenConfig {
             secret: Secret::new(s.repeat(32)),
             ..TokenConfig::default()
         };
-        block_on(async {
-            // No server has recorded anything yet: nothing to compare with.
-            check_key_source(&store, &generated()).await.unwrap();
-            check_key_source(&store, &secret("a")).await.unwrap();
+        // No server has recorded anything yet: nothing to compare with.
+        check_key_source(&store, &generated()).await.unwrap();
+        check_key_source(&store, &secret("a")).await.unwrap();
 
-            record_key_source(&store, &secret("a"), 10).await.unwrap();
-            check_key_source(&store, &secret("a")).await.unwrap();
-            let err = check_key_source(&store, &generated()).await.unwrap_err();
-            assert!(err.to_string().contains("runs without it"), "{err}");
-            let err = check_key_source(&store, &secret("b")).await.unwrap_err();
-            assert!(err.to_string().contains("different token.secret"), "{err}");
-            assert!(
-                !err.to_string().contains(&"a".repeat(32)),
-                "never the secret"
-            );
-            // The new secret of a configured rotation, before the server's restart.
-            let rotating = TokenConfig {
-                previous_secret: Secret::new("a".repeat(32)),
-                ..secret("b")
-            };
-            check_key_source(&store, &rotating).await.unwrap();
+        record_key_source(&store, &secret("a")).await.unwrap();
+        check_key_source(&store, &secret("a")).await.unwrap();
+        let err = check_key_source(&store, &generated()).await.unwrap_err();
+        assert!(err.to_string().contains("runs without it"), "{err}");
+        let err = check_key_source(&store, &secret("b")).await.unwrap_err();
+        assert!(err.to_string().contains("different token.secret"), "{err}");
+        assert!(
+            !err.to_string().contains(&"a".repeat(32)),
+            "never the secret"
+        );
+        // The new secret of a configured rotation, before the server's restart.
+        let rotating = TokenConfig {
+            previous_secret: Secret::new("a".repeat(32)),
+            ..secret("b")
+        };
+        check_key_source(&store, &rotating).await.unwrap();
 
-            // The server changes to a generated key; the record follows.
-            record_key_source(&store, &generated(), 20).await.unwrap();
-            check_key_source(&store, &generated()).await.unwrap();
-            let err = check_key_source(&store, &secret("a")).await.unwrap_err();
-            assert!(err.to_string().contains("generated"), "{err}");
-        });
+        // The server changes to a generated key; the record follows.
+        record_key_source(&store, &generated()).await.unwrap();
+        check_key_source(&store, &generated()).await.unwrap();
+        let err = check_key_source(&store, &secret("a")).await.unwrap_err();
+        assert!(err.to_string().contains("generated"), "{err}");
     }
 
-    #[test]
-    fn a_configured_secret_is_not_rotated_here_and_its_previous_secret_retires() {
+    #[tokio::test]
+    async fn a_configured_secret_is_not_rotated_here_and_its_previous_secret_retires() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(&dir.path().join("db"), 1 << 20).unwrap();
         let token = TokenConfig {
@@ -330,19 +324,17 @@ mod tests {
             previous_secret: Secret::new("o".repeat(32)),
             ..TokenConfig::default()
         };
-        block_on(async {
-            assert!(matches!(
-                rotate_signing_key(&store, &token, 0).await,
-                Err(KeyError::Configured)
-            ));
-            let ring = load(&store, &token, 1000).await.unwrap();
-            assert_eq!(ring.current_kid(), kid_of(&[b'n'; 32]));
-            assert_eq!(ring.previous_kids(), vec![(kid_of(&[b'o'; 32]), 1600)]);
-            // The retire time counts from the first start that saw the previous secret.
-            let later = load(&store, &token, 1500).await.unwrap();
-            assert_eq!(later.previous_kids(), vec![(kid_of(&[b'o'; 32]), 1600)]);
-            let retired = load(&store, &token, 1600).await.unwrap();
-            assert!(retired.previous_kids().is_empty());
-        });
+        assert!(matches!(
+            rotate_signing_key(&store, &token, 0).await,
+            Err(KeyError::Configured)
+        ));
+        let ring = load(&store, &token, 1000).await.unwrap();
+        assert_eq!(ring.current_kid(), kid_of(&[b'n'; 32]));
+        assert_eq!(ring.previous_kids(), vec![(kid_of(&[b'o'; 32]), 1600)]);
+        // The retire time counts from the first start that saw the previous secret.
+        let later = load(&store, &token, 1500).await.unwrap();
+        assert_eq!(later.previous_kids(), vec![(kid_of(&[b'o'; 32]), 1600)]);
+        let retired = load(&store, &token, 1600).await.unwrap();
+        assert!(retired.previous_kids().is_empty());
     }
 }

@@ -1,41 +1,54 @@
 //! liveuser: a self-hosted, single-binary user and login-state service for WeChat
 //! mini-programs.
 //!
-//! A mini-program sends its `wx.login()` code to [`Wx.Login`](http::routes::login) and
-//! gets liveuser's own access token (a JWT) and refresh token; with them it writes and
-//! reads user profiles. Modules, from the edge inwards:
+//! A mini-program sends its `wx.login()` code to `Wx.Login` and gets liveuser's own
+//! access token (a JWT) and refresh token; with them it writes and reads user profiles.
 //!
-//! - [`cli`]: the command line (`serve` and the admin subcommands).
-//! - [`admin`]: the admin operations, their HTTP API, export and import.
-//! - [`config`]: `liveuser.toml` and `LIVEUSER_*` overrides.
-//! - [`app`]: wiring a configuration into a running server.
-//! - [`http`]: the server loop (TLS, access log), the routes, JSON decoding and the error body.
-//! - [`metrics`], [`openapi`]: `GET /metrics` and `GET /liveuser/openapi.json`.
-//! - [`service`]: the four methods as plain Rust — login, rotation, access checks.
-//! - [`token`]: access tokens (HS256 JWT, signed by a key ring) and refresh tokens.
-//! - [`keys`]: where signing keys come from, and their rotation.
-//! - [`limits`]: per-client-address rate limits on Login and RenewToken.
-//! - [`wechat`]: the `jscode2session` exchange, real or mocked.
-//! - [`store`]: the storage interface and its sled backend (codec, group commit).
-//! - [`model`]: validated identifiers and the records.
-//! - [`clock`], [`secret`], [`logging`], [`context`]: injected time, secret wrapper, log
-//!   setup, the per-request context of the access log.
+//! The modules form layers; each imports only from layers below it (no cycles):
+//!
+//! 1. [`cli`] (the command line) → `admin` (operations, their HTTP API and client,
+//!    export/import) and [`app`] (wiring a configuration into a running server);
+//! 2. `http` (server loop, routes, JSON, the one list of error codes, the OpenAPI
+//!    document) → `limits` (rate limits), `metrics`;
+//! 3. [`service`] (the four methods: login, rotation, access checks) → `keys` (signing
+//!    keys and their rotation), [`token`] (JWTs, refresh tokens), [`wechat`] (the code
+//!    exchange), `context` (the access log's per-request uid);
+//! 4. [`store`] (the `Store` trait, the sled backend, codec, group commit, caches) →
+//!    [`model`] (validated identifiers and records), [`config`] (`liveuser.toml` and
+//!    `LIVEUSER_*`);
+//! 5. leaves: `primitives` (randomness, SHA-256, hex), [`secret`], [`clock`];
+//!    [`logging`] reads only `config`.
+//!
+//! The public modules are what an embedder or a test needs: configure, open storage,
+//! build the service, start the server. Everything else is crate-private, so the
+//! compiler reports dead code (`unreachable_pub` is on). The test clock
+//! ([`clock::OffsetClock`]) and the decoding entry points for the fuzz targets
+//! (`fuzzing`) are public only for the tests and hidden from the documentation.
+#![warn(unreachable_pub)]
 
-pub mod admin;
+mod admin;
 pub mod app;
 pub mod cli;
 pub mod clock;
 pub mod config;
-pub mod context;
-pub mod http;
-pub mod keys;
-pub mod limits;
+mod context;
+mod http;
+mod keys;
+mod limits;
 pub mod logging;
-pub mod metrics;
+mod metrics;
 pub mod model;
-pub mod openapi;
+mod primitives;
 pub mod secret;
 pub mod service;
 pub mod store;
 pub mod token;
 pub mod wechat;
+
+/// Request decoding and the error vocabulary, for the fuzz targets (`fuzz/`) and the
+/// property tests only: not part of the API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::http::error::{ApiError, ErrorCode};
+    pub use crate::http::wire::{add_user, login, query_user, renew};
+}

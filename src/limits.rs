@@ -56,7 +56,7 @@ struct Bucket {
 
 /// One token bucket per client address, in a bounded table.
 #[derive(Debug)]
-pub struct RateLimiter {
+pub(crate) struct RateLimiter {
     per_min: u32,
     max_addresses: usize,
     buckets: Mutex<HashMap<ClientKey, Bucket>>,
@@ -65,7 +65,7 @@ pub struct RateLimiter {
 impl RateLimiter {
     /// `per_min` calls per minute per address (0: no limit), tracking at most
     /// `max_addresses` addresses.
-    pub fn new(per_min: u32, max_addresses: usize) -> Self {
+    pub(crate) fn new(per_min: u32, max_addresses: usize) -> Self {
         RateLimiter {
             per_min,
             max_addresses: max_addresses.max(1),
@@ -74,12 +74,12 @@ impl RateLimiter {
     }
 
     /// Takes one call from `addr`'s bucket now; `Err(secs)` to wait if it is empty.
-    pub fn check(&self, addr: IpAddr) -> Result<(), u64> {
+    pub(crate) fn check(&self, addr: IpAddr) -> Result<(), u64> {
         self.check_at(addr, Instant::now())
     }
 
     /// [`RateLimiter::check`] at a given instant (tests move time without sleeping).
-    pub fn check_at(&self, addr: IpAddr, now: Instant) -> Result<(), u64> {
+    pub(crate) fn check_at(&self, addr: IpAddr, now: Instant) -> Result<(), u64> {
         if self.per_min == 0 {
             return Ok(());
         }
@@ -109,7 +109,8 @@ impl RateLimiter {
     }
 
     /// How many addresses are tracked now.
-    pub fn tracked(&self) -> usize {
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
         self.buckets.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
@@ -142,7 +143,7 @@ impl RateLimiter {
 /// The limits of the public API: one limiter per limited method, and who may speak
 /// for a client through `X-Forwarded-For`.
 #[derive(Debug)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// `Wx.Login`.
     pub login: RateLimiter,
     /// `Wx.RenewToken`.
@@ -152,7 +153,7 @@ pub struct Limits {
 
 impl Limits {
     /// The limits `[limits]` describes.
-    pub fn from_config(limits: &LimitsConfig) -> Self {
+    pub(crate) fn from_config(limits: &LimitsConfig) -> Self {
         Limits {
             login: RateLimiter::new(limits.login_per_min, limits.max_tracked_addresses),
             renew: RateLimiter::new(limits.renew_per_min, limits.max_tracked_addresses),
@@ -165,22 +166,13 @@ impl Limits {
         }
     }
 
-    /// No limits at all.
-    pub fn off() -> Self {
-        Self::from_config(&LimitsConfig {
-            login_per_min: 0,
-            renew_per_min: 0,
-            ..LimitsConfig::default()
-        })
-    }
-
     fn is_trusted(&self, addr: IpAddr) -> bool {
         self.trusted_proxies.contains(&canonical(addr))
     }
 
     /// The client behind a request from `peer` carrying these `X-Forwarded-For` values
     /// (in header order).
-    pub fn client_addr<'a>(
+    pub(crate) fn client_addr<'a>(
         &self,
         peer: IpAddr,
         forwarded_for: impl IntoIterator<Item = &'a str>,

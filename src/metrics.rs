@@ -22,10 +22,8 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::wechat::WxError;
-
 /// The shortest time between two background counts of users and sessions.
-pub const CENSUS_INTERVAL: Duration = Duration::from_secs(60);
+pub(crate) const CENSUS_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Latency buckets in seconds: 0.5 ms to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -185,23 +183,11 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// Records one exchange with the real WeChat.
-    pub fn wechat_call<T>(&self, result: &Result<T, WxError>, elapsed: Duration) {
-        let (outcome, errcode) = match result {
-            Ok(_) => ("ok", "0"),
-            Err(e) => {
-                let outcome = match e {
-                    WxError::InvalidCode(_) => "invalid_code",
-                    WxError::RateLimited => "rate_limited",
-                    WxError::HighRisk => "high_risk",
-                    WxError::Unavailable(_) => "unavailable",
-                    WxError::NotConfigured => "not_configured",
-                };
-                (outcome, errcode_label(e.errcode()))
-            }
-        };
+    /// Records one exchange with the real WeChat: how it ended (`ok` or the failure's
+    /// kind) and WeChat's errcode, if it gave one.
+    pub fn wechat_call(&self, outcome: &'static str, errcode: Option<i64>, elapsed: Duration) {
         self.wechat_calls
-            .with_label_values(&[outcome, errcode])
+            .with_label_values(&[outcome, errcode_label(errcode)])
             .inc();
         self.wechat_seconds
             .with_label_values(&[outcome])
@@ -292,7 +278,7 @@ fn status_label(status: u16) -> &'static str {
 }
 
 /// The media type of the text exposition format.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// The `errcode` label of a WeChat call. WeChat's errcode is any integer the upstream
 /// chooses; as a label it would make a new time series per value, so only the codes
@@ -337,12 +323,9 @@ mod tests {
     #[test]
     fn wechat_calls_are_labelled_with_outcome_and_errcode() {
         let m = Metrics::new();
-        m.wechat_call::<()>(&Err(WxError::InvalidCode(40163)), Duration::ZERO);
-        m.wechat_call::<()>(
-            &Err(WxError::Unavailable("errcode 40001".into())),
-            Duration::ZERO,
-        );
-        m.wechat_call(&Ok(()), Duration::ZERO);
+        m.wechat_call("invalid_code", Some(40163), Duration::ZERO);
+        m.wechat_call("unavailable", Some(40001), Duration::ZERO);
+        m.wechat_call("ok", Some(0), Duration::ZERO);
         let text = String::from_utf8(m.render()).unwrap();
         assert!(
             text.contains(
@@ -363,21 +346,13 @@ mod tests {
     fn unknown_wechat_errcodes_share_one_label_so_the_series_stay_few() {
         let m = Metrics::new();
         for code in [40001, 40125, -2, i64::MIN, i64::MAX, 99_999_999] {
-            m.wechat_call::<()>(
-                &Err(WxError::Unavailable(format!("errcode {code}"))),
-                Duration::ZERO,
-            );
+            m.wechat_call("unavailable", Some(code), Duration::ZERO);
         }
-        m.wechat_call::<()>(
-            &Err(WxError::Unavailable(
-                "WeChat answered errcode -1 (system busy) twice".into(),
-            )),
-            Duration::ZERO,
-        );
-        m.wechat_call::<()>(&Err(WxError::InvalidCode(40029)), Duration::ZERO);
-        m.wechat_call::<()>(&Err(WxError::RateLimited), Duration::ZERO);
-        m.wechat_call::<()>(&Err(WxError::HighRisk), Duration::ZERO);
-        m.wechat_call::<()>(&Err(WxError::NotConfigured), Duration::ZERO);
+        m.wechat_call("unavailable", Some(-1), Duration::ZERO);
+        m.wechat_call("invalid_code", Some(40029), Duration::ZERO);
+        m.wechat_call("rate_limited", Some(45011), Duration::ZERO);
+        m.wechat_call("high_risk", Some(40226), Duration::ZERO);
+        m.wechat_call("not_configured", None, Duration::ZERO);
         let text = String::from_utf8(m.render()).unwrap();
         let series: Vec<&str> = text
             .lines()

@@ -7,6 +7,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::primitives::{hex, random_bytes, unhex};
 use crate::secret::Secret;
 
 /// Longest uid, in characters.
@@ -41,7 +42,7 @@ impl Uid {
     /// A fresh random uid (96 bits from the OS CSPRNG, as 24 hex digits). Never derived
     /// from the openid, so a uid seen by other users reveals nothing about WeChat ids.
     pub fn generate() -> Uid {
-        Uid(hex(&crate::token::random_bytes::<12>()))
+        Uid(hex(&random_bytes::<12>()))
     }
 
     /// The uid as text.
@@ -155,7 +156,7 @@ pub struct Sid(pub [u8; 16]);
 impl Sid {
     /// A fresh random session id.
     pub fn generate() -> Sid {
-        Sid(crate::token::random_bytes::<16>())
+        Sid(random_bytes::<16>())
     }
 
     /// Parses the 32-hex-digit form.
@@ -304,28 +305,6 @@ pub struct RetiredKey {
     pub retire_at: u64,
 }
 
-/// Lowercase hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[(b >> 4) as usize] as char);
-        out.push(DIGITS[(b & 15) as usize] as char);
-    }
-    out
-}
-
-/// Bytes of a hex string (either case), or `None`.
-pub fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -448,6 +427,5 @@ mod tests {
         let sid = Sid::generate();
         assert_eq!(Sid::parse(&sid.to_string()), Some(sid));
         assert_eq!(Sid::parse("zz"), None);
-        assert_eq!(unhex("0aFF"), Some(vec![10, 255]));
     }
 }

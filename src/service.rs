@@ -10,19 +10,19 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use tokio::sync::OnceCell;
 
 use crate::clock::SharedClock;
-use crate::config::TokenConfig;
+use crate::config::{Config, TokenConfig};
 use crate::keys::{KeyError, KeyRotation};
 use crate::metrics::Metrics;
 use crate::model::{
     Identity, Session, SessionState, Sid, Standing, Uid, UserPatch, UserRecord, check_text,
 };
+use crate::primitives::sha256;
 use crate::store::{RotateOutcome, Store, StoreError};
-use crate::token::{AccessTokens, RefreshKey, RefreshToken, sha256};
+use crate::token::{AccessTokens, RefreshKey, RefreshToken};
 use crate::wechat::{WxClient, WxError};
 
 /// How long a login code stays idempotent: WeChat codes live five minutes.
@@ -169,8 +169,34 @@ impl<S: Store> Service<S> {
         }
     }
 
-    /// Records into `metrics` instead of a private, unserved set.
+    /// The service `config` describes over an open store: the signing keys (configured,
+    /// or generated and kept in the store), the key that derives rotated refresh tokens,
+    /// the WeChat client and the session policy. The server and the admin commands that
+    /// open the database themselves build it here, alike.
+    pub async fn from_config(
+        config: &Config,
+        store: Arc<S>,
+        clock: SharedClock,
+    ) -> std::result::Result<Self, StoreError> {
+        let signing = crate::keys::load(store.as_ref(), &config.token, clock.now()).await?;
+        let refresh = crate::keys::refresh_key(store.as_ref()).await?;
+        let t = &config.token;
+        Ok(Service::new(
+            store,
+            clock,
+            AccessTokens::with_keys(signing, &t.issuer, &t.audience, t.access_ttl_secs),
+            RefreshKey::new(refresh),
+            WxClient::from_config(&config.wx),
+            Policy::new(t, config.server.max_query_uids),
+        ))
+    }
+
+    /// Records into `metrics` instead of a private, unserved set, WeChat calls included.
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        let calls = metrics.clone();
+        self.wx.observe(Box::new(move |outcome, errcode, elapsed| {
+            calls.wechat_call(outcome, errcode, elapsed);
+        }));
         self.metrics = metrics;
         self
     }
@@ -207,12 +233,7 @@ impl<S: Store> Service<S> {
         let uid = self
             .codes
             .resolve(code, now, || async {
-                let started = Instant::now();
-                let exchanged = self.wx.exchange(code).await;
-                if matches!(self.wx, WxClient::Real(_)) {
-                    self.metrics.wechat_call(&exchanged, started.elapsed());
-                }
-                let identity = exchanged?;
+                let identity = self.wx.exchange(code).await?;
                 let candidate = Identity {
                     uid: Uid::generate(),
                     unionid: identity.unionid,
@@ -454,11 +475,6 @@ impl<S: Store> Service<S> {
         Ok(())
     }
 
-    /// The access-token issuer and verifier.
-    pub fn access_tokens(&self) -> &AccessTokens {
-        &self.access
-    }
-
     /// Removes dead sessions and forgotten login codes; returns the sessions removed.
     pub async fn sweep(&self) -> Result<usize> {
         let now = self.now();
@@ -481,18 +497,8 @@ impl<S: Store> Service<S> {
     }
 }
 
-/// `uids` with repeats removed, first occurrence kept, order kept. A short list (the
-/// usual QueryUser) is checked pairwise, cheaper than hashing every uid.
+/// `uids` with repeats removed, first occurrence kept, order kept.
 fn first_occurrences(uids: &[Uid]) -> Vec<Uid> {
-    if uids.len() <= 32 {
-        let mut unique: Vec<Uid> = Vec::with_capacity(uids.len());
-        for uid in uids {
-            if !unique.contains(uid) {
-                unique.push(uid.clone());
-            }
-        }
-        return unique;
-    }
     let mut seen = HashSet::with_capacity(uids.len());
     uids.iter().filter(|u| seen.insert(*u)).cloned().collect()
 }

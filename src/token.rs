@@ -17,32 +17,15 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, KeyInit, Mac};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use rand::TryRng;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 
-use crate::model::{Sid, TokenHash, Uid, hex};
+use crate::model::{Sid, TokenHash, Uid};
+use crate::primitives::{hex, random_bytes, sha256};
 use crate::secret::Secret;
 
 /// Prefix of every refresh token ("liveuser refresh token").
 pub const REFRESH_PREFIX: &str = "lvrt_";
-
-/// `N` bytes from the operating system's CSPRNG.
-///
-/// # Panics
-/// If the OS has no entropy source; nothing sensible can run without one.
-pub fn random_bytes<const N: usize>() -> [u8; N] {
-    let mut out = [0u8; N];
-    rand::rngs::SysRng
-        .try_fill_bytes(&mut out)
-        .expect("the operating system's random number generator failed");
-    out
-}
-
-/// SHA-256 of `data`.
-pub fn sha256(data: &[u8]) -> [u8; 32] {
-    Sha256::digest(data).into()
-}
 
 /// A refresh token in plaintext. Held only in memory, on its way to or from a client.
 #[derive(Clone, PartialEq, Eq)]
@@ -291,11 +274,6 @@ impl AccessTokens {
     /// Replaces the keys (after a rotation); tokens issued from now on carry the new kid.
     pub fn set_keys(&self, keys: KeyRing) {
         *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
-    }
-
-    /// The access-token lifetime.
-    pub fn ttl_secs(&self) -> u64 {
-        self.ttl_secs
     }
 
     /// Issues a token for `uid`'s session `sid` at `now`, expiring after the configured

@@ -9,16 +9,15 @@
 //! query string: no error built here contains the URL or the underlying ureq error text,
 //! because those could carry it.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 
 use crate::config::{WxConfig, WxMode};
-use crate::model::hex;
+use crate::primitives::{hex, random_bytes, sha256};
 use crate::secret::Secret;
-use crate::token::{random_bytes, sha256};
 
 /// What a successful exchange yields.
 #[derive(Debug, Clone)]
@@ -45,10 +44,40 @@ pub enum WxError {
     HighRisk,
     /// Unreachable, timed out, garbage, HTTP error, -1 twice, or an unknown errcode.
     #[error("WeChat is unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(Unavailable),
     /// Real mode without appid or secret.
     #[error("WeChat is not configured (wx.appid and wx.secret must be set)")]
     NotConfigured,
+}
+
+/// Why WeChat is unavailable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Unavailable {
+    /// An errcode liveuser does not act on.
+    #[error("errcode {0}")]
+    Errcode(i64),
+    /// -1 ("system busy") on the call and on its one retry.
+    #[error("WeChat answered errcode -1 (system busy) twice")]
+    Busy,
+    /// An HTTP status other than 200.
+    #[error("HTTP status {0}")]
+    Status(u16),
+    /// A 200 answer that is not JSON.
+    #[error("the answer is not JSON")]
+    NotJson,
+    /// A JSON answer without an errcode and without an openid.
+    #[error("the answer has no openid")]
+    NoOpenid,
+    /// The request failed on the way (a category, never the client's own error text,
+    /// which can quote the URL and with it the secret).
+    #[error("{0}")]
+    Transport(&'static str),
+    /// Every exchange slot stayed taken for `wx.timeout_ms`.
+    #[error("too many exchanges with WeChat are in progress")]
+    NoSlot,
+    /// The blocking task of the exchange ended without an answer.
+    #[error("the exchange was aborted")]
+    Aborted,
 }
 
 impl WxError {
@@ -58,19 +87,27 @@ impl WxError {
             WxError::InvalidCode(code) => Some(*code),
             WxError::RateLimited => Some(45011),
             WxError::HighRisk => Some(40226),
-            // The message is built here with "errcode N" where WeChat gave one.
-            WxError::Unavailable(msg) => {
-                let rest = &msg[msg.find("errcode ")? + "errcode ".len()..];
-                let end = rest
-                    .char_indices()
-                    .find(|&(i, c)| !(c.is_ascii_digit() || (i == 0 && c == '-')))
-                    .map_or(rest.len(), |(i, _)| i);
-                rest[..end].parse().ok()
-            }
-            WxError::NotConfigured => None,
+            WxError::Unavailable(Unavailable::Errcode(code)) => Some(*code),
+            WxError::Unavailable(Unavailable::Busy) => Some(-1),
+            WxError::Unavailable(_) | WxError::NotConfigured => None,
+        }
+    }
+
+    /// The outcome label of the metrics.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            WxError::InvalidCode(_) => "invalid_code",
+            WxError::RateLimited => "rate_limited",
+            WxError::HighRisk => "high_risk",
+            WxError::Unavailable(_) => "unavailable",
+            WxError::NotConfigured => "not_configured",
         }
     }
 }
+
+/// Told how each exchange with the real WeChat ended (`"ok"` or [`WxError::outcome`]),
+/// WeChat's errcode (0 on success) and how long it took: the metrics.
+pub type CallObserver = Box<dyn Fn(&'static str, Option<i64>, Duration) + Send + Sync>;
 
 /// How a single call ended, before the retry policy.
 enum Attempt {
@@ -88,7 +125,6 @@ pub enum WxClient {
 }
 
 /// The real client's settings.
-#[derive(Debug)]
 pub struct RealClient {
     agent: ureq::Agent,
     url: String,
@@ -98,6 +134,16 @@ pub struct RealClient {
     slots: Arc<Semaphore>,
     /// How long a Login waits for a slot (`wx.timeout_ms`).
     slot_wait: Duration,
+    observer: OnceLock<CallObserver>,
+}
+
+impl std::fmt::Debug for RealClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RealClient")
+            .field("url", &self.url)
+            .field("appid", &self.appid)
+            .finish_non_exhaustive()
+    }
 }
 
 /// WeChat's answer; every field optional because errors and successes share the shape.
@@ -128,8 +174,17 @@ impl WxClient {
                     secret: wx.secret.clone(),
                     slots: Arc::new(Semaphore::new(wx.max_concurrent)),
                     slot_wait: Duration::from_millis(wx.timeout_ms),
+                    observer: OnceLock::new(),
                 }))
             }
+        }
+    }
+
+    /// Reports every exchange with the real WeChat to `observer` (the first observer set
+    /// stays); mock mode calls no one and reports nothing.
+    pub fn observe(&self, observer: CallObserver) {
+        if let WxClient::Real(client) = self {
+            let _ = client.observer.set(observer);
         }
     }
 
@@ -138,30 +193,39 @@ impl WxClient {
         match self {
             WxClient::Mock => Ok(mock_identity(code)),
             WxClient::Real(client) => {
-                if client.appid.is_empty() || client.secret.expose().is_empty() {
-                    return Err(WxError::NotConfigured);
+                let started = Instant::now();
+                let result = client.exchange(code).await;
+                if let Some(observe) = client.observer.get() {
+                    match &result {
+                        Ok(_) => observe("ok", Some(0), started.elapsed()),
+                        Err(e) => observe(e.outcome(), e.errcode(), started.elapsed()),
+                    }
                 }
-                let permit =
-                    tokio::time::timeout(client.slot_wait, client.slots.clone().acquire_owned())
-                        .await;
-                let Ok(Ok(permit)) = permit else {
-                    return Err(WxError::Unavailable(
-                        "too many exchanges with WeChat are in progress".into(),
-                    ));
-                };
-                let client = client.clone();
-                let code = code.to_string();
-                // The permit lives on the blocking thread: if the Login is abandoned
-                // (the client hangs up), the thread still waits for WeChat and still
-                // counts against the bound.
-                tokio::task::spawn_blocking(move || {
-                    let _permit = permit;
-                    client.exchange_blocking(&code)
-                })
-                .await
-                .unwrap_or_else(|_| Err(WxError::Unavailable("the exchange was aborted".into())))
+                result
             }
         }
+    }
+}
+
+impl RealClient {
+    async fn exchange(self: &Arc<Self>, code: &str) -> Result<WxIdentity, WxError> {
+        if self.appid.is_empty() || self.secret.expose().is_empty() {
+            return Err(WxError::NotConfigured);
+        }
+        let permit = tokio::time::timeout(self.slot_wait, self.slots.clone().acquire_owned()).await;
+        let Ok(Ok(permit)) = permit else {
+            return Err(WxError::Unavailable(Unavailable::NoSlot));
+        };
+        let client = self.clone();
+        let code = code.to_string();
+        // The permit lives on the blocking thread: if the Login is abandoned (the client
+        // hangs up), the thread still waits for WeChat and still counts against the bound.
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            client.exchange_blocking(&code)
+        })
+        .await
+        .unwrap_or(Err(WxError::Unavailable(Unavailable::Aborted)))
     }
 }
 
@@ -185,9 +249,7 @@ impl RealClient {
             Attempt::Done(result) => result,
             Attempt::Busy => match self.call_once(code) {
                 Attempt::Done(result) => result,
-                Attempt::Busy => Err(WxError::Unavailable(
-                    "WeChat answered errcode -1 (system busy) twice".into(),
-                )),
+                Attempt::Busy => Err(WxError::Unavailable(Unavailable::Busy)),
             },
         }
     }
@@ -203,11 +265,11 @@ impl RealClient {
             .call();
         let mut response = match response {
             Ok(r) => r,
-            Err(e) => return Attempt::Done(Err(WxError::Unavailable(describe(&e).into()))),
+            Err(e) => return Attempt::Done(Err(WxError::Unavailable(describe(&e)))),
         };
         let status = response.status().as_u16();
         if status != 200 {
-            return Attempt::Done(Err(WxError::Unavailable(format!("HTTP status {status}"))));
+            return Attempt::Done(Err(WxError::Unavailable(Unavailable::Status(status))));
         }
         let body = match response
             .body_mut()
@@ -216,10 +278,10 @@ impl RealClient {
             .read_to_vec()
         {
             Ok(body) => body,
-            Err(e) => return Attempt::Done(Err(WxError::Unavailable(describe(&e).into()))),
+            Err(e) => return Attempt::Done(Err(WxError::Unavailable(describe(&e)))),
         };
         let Ok(answer) = serde_json::from_slice::<Answer>(&body) else {
-            return Attempt::Done(Err(WxError::Unavailable("the answer is not JSON".into())));
+            return Attempt::Done(Err(WxError::Unavailable(Unavailable::NotJson)));
         };
         Attempt::Done(match answer.errcode {
             None | Some(0) => match answer.openid {
@@ -228,21 +290,21 @@ impl RealClient {
                     unionid: answer.unionid.filter(|u| !u.is_empty() && u.len() <= 128),
                     session_key: Secret::new(answer.session_key.unwrap_or_default()),
                 }),
-                _ => Err(WxError::Unavailable("the answer has no openid".into())),
+                _ => Err(WxError::Unavailable(Unavailable::NoOpenid)),
             },
             Some(-1) => return Attempt::Busy,
             Some(code @ (40029 | 40163)) => Err(WxError::InvalidCode(code)),
             Some(45011) => Err(WxError::RateLimited),
             Some(40226) => Err(WxError::HighRisk),
-            Some(other) => Err(WxError::Unavailable(format!("errcode {other}"))),
+            Some(other) => Err(WxError::Unavailable(Unavailable::Errcode(other))),
         })
     }
 }
 
 /// A safe description of a ureq failure: a category, never the error's own text (which
 /// can quote the request URL and with it the secret).
-fn describe(e: &ureq::Error) -> &'static str {
-    match e {
+fn describe(e: &ureq::Error) -> Unavailable {
+    Unavailable::Transport(match e {
         ureq::Error::Timeout(_) => "the request timed out",
         ureq::Error::HostNotFound => "the host was not found",
         ureq::Error::ConnectionFailed => "the connection failed",
@@ -250,7 +312,7 @@ fn describe(e: &ureq::Error) -> &'static str {
         ureq::Error::Io(_) => "the connection broke",
         ureq::Error::Tls(_) | ureq::Error::Rustls(_) => "the TLS handshake failed",
         _ => "the request failed",
-    }
+    })
 }
 
 #[cfg(test)]
@@ -267,8 +329,8 @@ mod tests {
         assert_eq!(a.openid, mock_identity("alice#x#y").openid);
     }
 
-    #[test]
-    fn with_every_slot_taken_an_exchange_waits_the_timeout_then_is_unavailable() {
+    #[tokio::test]
+    async fn with_every_slot_taken_an_exchange_waits_the_timeout_then_is_unavailable() {
         let wx = WxConfig {
             mode: WxMode::Wechat,
             appid: "appid".into(),
@@ -281,46 +343,36 @@ mod tests {
         let WxClient::Real(real) = WxClient::from_config(&wx) else {
             panic!("real mode");
         };
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let held = real.slots.clone().acquire_owned().await.unwrap();
-            let client = WxClient::Real(real.clone());
-            let err = client.exchange("code").await.unwrap_err();
-            assert_eq!(
-                err,
-                WxError::Unavailable("too many exchanges with WeChat are in progress".into())
-            );
-            assert_eq!(err.errcode(), None);
-            drop(held);
-            // A free slot lets the exchange run (and fail at the closed port instead).
-            let err = client.exchange("code").await.unwrap_err();
-            assert!(
-                !err.to_string().contains("in progress"),
-                "a free slot is used: {err}"
-            );
-            assert_eq!(real.slots.available_permits(), 1, "the slot is given back");
-        });
+        let held = real.slots.clone().acquire_owned().await.unwrap();
+        let client = WxClient::Real(real.clone());
+        let err = client.exchange("code").await.unwrap_err();
+        assert_eq!(err, WxError::Unavailable(Unavailable::NoSlot));
+        assert_eq!(err.errcode(), None);
+        drop(held);
+        // A free slot lets the exchange run (and fail at the closed port instead).
+        let err = client.exchange("code").await.unwrap_err();
+        assert!(
+            !err.to_string().contains("in progress"),
+            "a free slot is used: {err}"
+        );
+        assert_eq!(real.slots.available_permits(), 1, "the slot is given back");
     }
 
     #[test]
-    fn errcodes_are_recovered_from_every_error_that_has_one() {
+    fn errcodes_are_kept_by_every_error_that_has_one() {
         assert_eq!(WxError::InvalidCode(40029).errcode(), Some(40029));
         assert_eq!(WxError::RateLimited.errcode(), Some(45011));
+        let unavailable = |u| WxError::Unavailable(u);
         assert_eq!(
-            WxError::Unavailable("errcode 40125".into()).errcode(),
+            unavailable(Unavailable::Errcode(40125)).errcode(),
             Some(40125)
         );
-        assert_eq!(
-            WxError::Unavailable("WeChat answered errcode -1 (system busy) twice".into()).errcode(),
-            Some(-1)
-        );
-        assert_eq!(
-            WxError::Unavailable("HTTP status 500".into()).errcode(),
-            None
-        );
+        assert_eq!(unavailable(Unavailable::Busy).errcode(), Some(-1));
+        assert_eq!(unavailable(Unavailable::Status(500)).errcode(), None);
         assert_eq!(WxError::NotConfigured.errcode(), None);
+        assert_eq!(
+            unavailable(Unavailable::Errcode(40125)).to_string(),
+            "WeChat is unavailable: errcode 40125"
+        );
     }
 }

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use liveuser::clock::Clock;
 use liveuser::config::TokenConfig;
+use liveuser::fuzzing::{ApiError, ErrorCode};
 use liveuser::model::{SessionState, Sid, Standing, Uid};
 use liveuser::service::{Grant, Policy, Service, ServiceError};
 use liveuser::store::{SledStore, Store};
@@ -421,23 +422,21 @@ fn racing_renewals_of_one_token_always_share_one_successor() {
 // The same properties as the cargo-fuzz targets in fuzz/, with proptest's generators:
 // arbitrary bytes, and JSON-shaped input that gets past the parser to the field checks.
 
-fn assert_client_error<T>(
-    r: Result<T, liveuser::http::error::ApiError>,
-) -> Result<(), TestCaseError> {
+fn assert_client_error<T>(r: Result<T, ApiError>) -> Result<(), TestCaseError> {
     if let Err(e) = r {
         prop_assert!(
-            matches!(e.code, "malformed" | "invalid_argument"),
-            "unexpected code {}",
+            matches!(e.code, ErrorCode::Malformed | ErrorCode::InvalidArgument),
+            "unexpected code {:?}",
             e.code
         );
-        prop_assert!(e.status.is_client_error());
+        prop_assert!(e.code.status().is_client_error());
         prop_assert!(!e.msg.is_empty());
     }
     Ok(())
 }
 
 fn decode_all(body: &[u8]) -> Result<(), TestCaseError> {
-    use liveuser::http::wire;
+    use liveuser::fuzzing as wire;
     assert_client_error(wire::login(body))?;
     assert_client_error(wire::renew(body))?;
     assert_client_error(wire::add_user(body))?;

@@ -3,16 +3,16 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use liveuser::http::wire;
+use liveuser::fuzzing::{self as wire, ApiError, ErrorCode};
 
-fn check<T>(result: Result<T, liveuser::http::error::ApiError>) {
+fn check<T>(result: Result<T, ApiError>) {
     if let Err(e) = result {
         assert!(
-            matches!(e.code, "malformed" | "invalid_argument"),
-            "unexpected code {}",
+            matches!(e.code, ErrorCode::Malformed | ErrorCode::InvalidArgument),
+            "unexpected code {:?}",
             e.code
         );
-        assert!(e.status.is_client_error());
+        assert!(e.code.status().is_client_error());
     }
 }
 

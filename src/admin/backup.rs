@@ -36,18 +36,20 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::ops::{AdminError, ErrorKind};
+use super::ops::AdminError;
+use crate::http::ErrorCode;
 use crate::model::{
     Identity, RefreshRecord, Rotation, Session, SessionState, Sid, TokenHash, Uid, UserPatch,
-    UserRecord, check_text, hex, unhex,
+    UserRecord, check_text,
 };
+use crate::primitives::{hex, unhex};
 use crate::secret::Secret;
 use crate::store::{Restore, Store, StoreError};
 
 /// The `format` of the header line.
-pub const FORMAT: &str = "liveuser-export";
+pub(crate) const FORMAT: &str = "liveuser-export";
 /// The format version this build writes and reads.
-pub const VERSION: u32 = 1;
+pub(crate) const VERSION: u32 = 1;
 /// Records read per page while exporting, and written per transaction while importing.
 const PAGE: usize = 1000;
 /// Longest openid accepted (WeChat's are 28 characters).
@@ -56,7 +58,7 @@ const OPENID_MAX: usize = 128;
 /// One line of an export.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Line {
+pub(crate) enum Line {
     /// First line.
     Header {
         /// Always [`FORMAT`].
@@ -125,7 +127,7 @@ pub enum Line {
 /// One refresh-token record of a session line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TokenLine {
+pub(crate) struct TokenLine {
     /// SHA-256 of the token, 64 hex digits.
     pub hash: String,
     /// When it was issued.
@@ -135,7 +137,7 @@ pub struct TokenLine {
 /// The last rotation of a session line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PreviousLine {
+pub(crate) struct PreviousLine {
     /// SHA-256 of the token the rotation retired, 64 hex digits.
     pub hash: String,
     /// When it was rotated.
@@ -144,20 +146,13 @@ pub struct PreviousLine {
 
 /// What an import wrote (or an export holds).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Counts {
+pub(crate) struct Counts {
     /// Users.
     pub users: u64,
     /// Identities.
     pub identities: u64,
     /// Sessions.
     pub sessions: u64,
-}
-
-impl Counts {
-    /// Records in all.
-    pub fn total(&self) -> u64 {
-        self.users + self.identities + self.sessions
-    }
 }
 
 // ----- export -----
@@ -173,7 +168,7 @@ enum Stage {
 
 /// Produces an export a chunk of lines at a time, so it can go to a file or stream over
 /// HTTP without holding the database in memory.
-pub struct Exporter<S> {
+pub(crate) struct Exporter<S> {
     store: Arc<S>,
     now: u64,
     sessions: bool,
@@ -184,7 +179,7 @@ pub struct Exporter<S> {
 
 impl<S: Store> Exporter<S> {
     /// An export of `store` as of `now`, with live sessions when `sessions`.
-    pub fn new(store: Arc<S>, now: u64, sessions: bool) -> Self {
+    pub(crate) fn new(store: Arc<S>, now: u64, sessions: bool) -> Self {
         Exporter {
             store,
             now,
@@ -195,13 +190,8 @@ impl<S: Store> Exporter<S> {
         }
     }
 
-    /// What has been produced so far.
-    pub fn counts(&self) -> Counts {
-        self.counts
-    }
-
     /// The next lines (each ending in `\n`), or `None` after the end line.
-    pub async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, StoreError> {
+    pub(crate) async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, StoreError> {
         let mut out = Vec::with_capacity(64 * 1024);
         match std::mem::replace(&mut self.stage, Stage::Done) {
             Stage::Header => {
@@ -329,7 +319,7 @@ fn session_line(session: &Session, records: &[(TokenHash, RefreshRecord)]) -> Li
 
 /// Which pass an import is in, for progress display.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
+pub(crate) enum Phase {
     /// Reading every line and checking it; nothing is written.
     Validating,
     /// Writing the records.
@@ -337,7 +327,7 @@ pub enum Phase {
 }
 
 /// Told the phase and the number of lines done so far.
-pub type Progress<'a> = &'a (dyn Fn(Phase, u64) + Sync);
+pub(crate) type Progress<'a> = &'a (dyn Fn(Phase, u64) + Sync);
 
 /// A record read from a valid line.
 enum Record {
@@ -630,6 +620,12 @@ impl<R: BufRead> Reader<R> {
                 progress(self.phase, n);
             }
             if text.trim().is_empty() {
+                if self.checker.section == Section::Start {
+                    return Err(bad(
+                        n,
+                        format!("a blank line; an export starts with its {FORMAT} header line"),
+                    ));
+                }
                 continue;
             }
             if let Some(record) = self.checker.check(n, &text)? {
@@ -648,7 +644,7 @@ impl<R: BufRead> Reader<R> {
 }
 
 /// Checks a whole file without writing anything.
-pub fn validate(reader: impl BufRead, progress: Progress<'_>) -> Result<Counts, AdminError> {
+pub(crate) fn validate(reader: impl BufRead, progress: Progress<'_>) -> Result<Counts, AdminError> {
     let mut reader = Reader::new(reader, Phase::Validating);
     while reader.next_record(progress)?.is_some() {}
     Ok(reader.checker.counts)
@@ -656,7 +652,7 @@ pub fn validate(reader: impl BufRead, progress: Progress<'_>) -> Result<Counts, 
 
 /// Imports a file: `open` is called twice, once to validate every line and once to
 /// write. Refuses a database that holds users unless `merge`.
-pub async fn import<S: Store, R: BufRead + Send>(
+pub(crate) async fn import<S: Store, R: BufRead + Send>(
     store: &S,
     open: impl Fn() -> std::io::Result<R> + Send,
     merge: bool,
@@ -666,7 +662,7 @@ pub async fn import<S: Store, R: BufRead + Send>(
     let counts = validate(open().map_err(cannot_read)?, progress)?;
     if !merge && !store.is_empty().await? {
         return Err(AdminError::new(
-            ErrorKind::FailedPrecondition,
+            ErrorCode::FailedPrecondition,
             "the database already holds users; import restores into an empty database \
              (add --merge to write into this one, replacing records with the same keys)",
         ));
@@ -743,6 +739,11 @@ mod tests {
         let end = r#"{"kind":"end","users":1,"identities":0,"sessions":0}"#;
         let cases = [
             (format!("{USER}\n"), 1, "header"),
+            (
+                format!("\n{HEADER}\n{USER}\n"),
+                1,
+                "a blank line; an export starts with",
+            ),
             (format!("{HEADER}\n{USER}\n{USER}\n{end}\n"), 3, "twice"),
             (
                 format!("{HEADER}\n{USER}\nnot json\n"),

@@ -12,7 +12,7 @@ use super::ops::{AdminError, Operation};
 use crate::secret::Secret;
 
 /// A connection to the running server's admin API.
-pub struct AdminClient {
+pub(crate) struct AdminClient {
     agent: ureq::Agent,
     base: String,
     token: Secret<String>,
@@ -20,7 +20,7 @@ pub struct AdminClient {
 
 impl AdminClient {
     /// A client of the server described by `endpoint`.
-    pub fn new(endpoint: &Endpoint) -> Self {
+    pub(crate) fn new(endpoint: &Endpoint) -> Self {
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(5)))
@@ -34,7 +34,7 @@ impl AdminClient {
     }
 
     /// The API's base URL.
-    pub fn base(&self) -> &str {
+    pub(crate) fn base(&self) -> &str {
         &self.base
     }
 
@@ -74,7 +74,7 @@ impl AdminClient {
     }
 
     /// Runs `op` on the server.
-    pub fn call<O: Operation>(&self, op: &O) -> Result<O::Output, AdminError> {
+    pub(crate) fn call<O: Operation>(&self, op: &O) -> Result<O::Output, AdminError> {
         let body = serde_json::to_vec(op).expect("admin requests serialize");
         let response = self
             .agent
@@ -87,7 +87,7 @@ impl AdminClient {
     }
 
     /// Starts an export on the server; the answer is read as it streams.
-    pub fn export(&self, request: ExportRequest) -> Result<impl Read + 'static, AdminError> {
+    pub(crate) fn export(&self, request: ExportRequest) -> Result<impl Read + 'static, AdminError> {
         let body = serde_json::to_vec(&request).expect("admin requests serialize");
         let response = self
             .agent
@@ -107,7 +107,11 @@ impl AdminClient {
     }
 
     /// Sends an export file to the server to import.
-    pub fn import(&self, file: impl Read + 'static, merge: bool) -> Result<Counts, AdminError> {
+    pub(crate) fn import(
+        &self,
+        file: impl Read + 'static,
+        merge: bool,
+    ) -> Result<Counts, AdminError> {
         let response = self
             .agent
             .post(&self.url(&format!("import?merge={merge}")))

@@ -15,12 +15,12 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
 use super::ops::AdminError;
-use crate::model::hex;
+use crate::primitives::{hex, random_bytes};
 use crate::secret::Secret;
 
 /// Contents of the endpoint file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     /// The bound admin address.
     pub addr: SocketAddr,
     /// The admin token (64 hex digits).
@@ -28,7 +28,7 @@ pub struct Endpoint {
 }
 
 /// The endpoint file of the database at `db`.
-pub fn path_for(db: &Path) -> PathBuf {
+pub(crate) fn path_for(db: &Path) -> PathBuf {
     let mut name = db.as_os_str().to_owned();
     name.push(".admin-token");
     PathBuf::from(name)
@@ -36,16 +36,16 @@ pub fn path_for(db: &Path) -> PathBuf {
 
 impl Endpoint {
     /// A fresh random token for `addr`.
-    pub fn generate(addr: SocketAddr) -> Self {
+    pub(crate) fn generate(addr: SocketAddr) -> Self {
         Endpoint {
             addr,
-            token: Secret::new(hex(&crate::token::random_bytes::<32>())),
+            token: Secret::new(hex(&random_bytes::<32>())),
         }
     }
 
     /// Writes the file with mode 0600: to a temporary name first, then renamed, so a
     /// reader never sees half a file.
-    pub fn write(&self, file: &Path) -> std::io::Result<()> {
+    pub(crate) fn write(&self, file: &Path) -> std::io::Result<()> {
         let partial = {
             let mut name = file.as_os_str().to_owned();
             name.push(".partial");
@@ -70,7 +70,7 @@ impl Endpoint {
     }
 
     /// Reads the file a running server wrote.
-    pub fn read(file: &Path) -> Result<Endpoint, AdminError> {
+    pub(crate) fn read(file: &Path) -> Result<Endpoint, AdminError> {
         let text = std::fs::read_to_string(file).map_err(|e| {
             AdminError::unavailable(format!(
                 "the database is in use by another process, but its admin endpoint file {} \
@@ -87,7 +87,7 @@ impl Endpoint {
     }
 
     /// Whether `presented` is this token, compared in constant time.
-    pub fn accepts(&self, presented: &str) -> bool {
+    pub(crate) fn accepts(&self, presented: &str) -> bool {
         let expected = self.token.expose().as_bytes();
         let presented = presented.as_bytes();
         expected.len() == presented.len() && bool::from(expected.ct_eq(presented))

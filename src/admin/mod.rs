@@ -15,24 +15,25 @@
 //! The admin API is authenticated by a random token that the server writes beside the
 //! database at start ([`endpoint`]). Export and import ([`backup`]) stream JSON lines.
 
-pub mod api;
-pub mod backup;
-pub mod client;
-pub mod endpoint;
-pub mod ops;
-pub mod print;
+pub(crate) mod api;
+pub(crate) mod backup;
+pub(crate) mod client;
+pub(crate) mod endpoint;
+pub(crate) mod ops;
+pub(crate) mod print;
 
 use std::path::Path;
 use std::sync::Arc;
 
 use crate::clock::SystemClock;
 use crate::config::Config;
+use crate::service::Service;
 use crate::store::{SledStore, StoreError};
 
-pub use self::ops::{Admin, AdminError, ErrorKind, Operation};
+pub(crate) use self::ops::{Admin, AdminError, Operation};
 
 /// Where the CLI's admin operations run.
-pub enum Backend {
+pub(crate) enum Backend {
     /// In this process, on the database opened directly (the server is stopped).
     Direct {
         /// The operations over the opened database.
@@ -58,7 +59,7 @@ impl Backend {
     /// connects to that server's admin API. With `create`, a missing database is
     /// created (import); otherwise it is an error, so a wrong `storage.path` is not
     /// mistaken for an empty database.
-    pub fn connect(config: &Config, create: bool) -> Result<Backend, AdminError> {
+    pub(crate) fn connect(config: &Config, create: bool) -> Result<Backend, AdminError> {
         let path = &config.storage.path;
         if !create && !path.exists() {
             return Err(AdminError::not_found(format!(
@@ -66,7 +67,7 @@ impl Backend {
                 path.display()
             )));
         }
-        match SledStore::open(path, config.storage.cache_capacity_bytes) {
+        match crate::store::open(&config.storage) {
             Ok(store) => {
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -74,11 +75,7 @@ impl Backend {
                     .map_err(|e| AdminError::internal(format!("cannot start a runtime: {e}")))?;
                 let store = Arc::new(store);
                 let service = runtime
-                    .block_on(crate::app::build_service(
-                        config,
-                        store,
-                        Arc::new(SystemClock),
-                    ))
+                    .block_on(Service::from_config(config, store, Arc::new(SystemClock)))
                     .map_err(AdminError::from)?;
                 Ok(Backend::Direct {
                     admin: Arc::new(Admin::new(Arc::new(service), config.token.clone())),
@@ -95,7 +92,7 @@ impl Backend {
     }
 
     /// Says which path this backend takes, for `-v`.
-    pub fn describe(&self, db: &Path) -> String {
+    pub(crate) fn describe(&self, db: &Path) -> String {
         match self {
             Backend::Direct { .. } => format!("opened the database at {} directly", db.display()),
             Backend::Api(c) => format!(
@@ -106,7 +103,7 @@ impl Backend {
     }
 
     /// Runs one operation.
-    pub fn run<O: Operation>(&self, op: O) -> Result<O::Output, AdminError> {
+    pub(crate) fn run<O: Operation>(&self, op: O) -> Result<O::Output, AdminError> {
         match self {
             Backend::Direct { admin, runtime } => runtime.block_on(op.run(admin)),
             Backend::Api(client) => client.call(&op),
@@ -115,7 +112,7 @@ impl Backend {
 
     /// Flushes the directly opened database (a no-op through the API, whose writes are
     /// durable on answer).
-    pub fn close(self) -> Result<(), AdminError> {
+    pub(crate) fn close(self) -> Result<(), AdminError> {
         if let Backend::Direct { admin, .. } = self {
             admin.service().store().flush()?;
         }

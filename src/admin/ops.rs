@@ -11,83 +11,52 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::config::TokenConfig;
+use crate::http::ErrorCode;
 use crate::keys::KeyError;
 use crate::model::{Session, Sid, Uid, UserPatch, UserRecord};
 use crate::service::{Service, ServiceError};
 use crate::store::{Store, StoreError};
 
 /// Largest page of a listing.
-pub const MAX_LIMIT: usize = 10_000;
+pub(crate) const MAX_LIMIT: usize = 10_000;
 /// Page size when `--limit` is not given.
-pub const DEFAULT_LIMIT: usize = 100;
+pub(crate) const DEFAULT_LIMIT: usize = 100;
 /// Shortest lifetime of a minted token.
-pub const MINT_MIN_TTL: u64 = 60;
-
-/// The kind of an admin failure (the `code` of the admin API's error body).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorKind {
-    /// The request is wrong (bad uid, conflicting options …).
-    InvalidArgument,
-    /// What the request names does not exist.
-    NotFound,
-    /// The state does not allow it (import into a non-empty database).
-    FailedPrecondition,
-    /// No or a wrong admin token.
-    Unauthenticated,
-    /// Storage or the server cannot be reached.
-    Unavailable,
-    /// A bug or a corrupt record.
-    Internal,
-}
-
-impl ErrorKind {
-    /// The HTTP status of the admin API for this kind.
-    pub fn status(self) -> u16 {
-        match self {
-            ErrorKind::InvalidArgument => 400,
-            ErrorKind::Unauthenticated => 401,
-            ErrorKind::NotFound => 404,
-            ErrorKind::FailedPrecondition => 412,
-            ErrorKind::Internal => 500,
-            ErrorKind::Unavailable => 503,
-        }
-    }
-}
+pub(crate) const MINT_MIN_TTL: u64 = 60;
 
 /// A failed admin operation: the CLI prints `liveuser: <msg>` and exits 1.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{msg}")]
 pub struct AdminError {
-    /// What kind of failure.
-    pub code: ErrorKind,
+    /// What kind of failure (the admin API answers with its status).
+    pub code: ErrorCode,
     /// One sentence for the operator.
     pub msg: String,
 }
 
 impl AdminError {
     /// A failure of kind `code`.
-    pub fn new(code: ErrorKind, msg: impl Into<String>) -> Self {
+    pub fn new(code: ErrorCode, msg: impl Into<String>) -> Self {
         AdminError {
             code,
             msg: msg.into(),
         }
     }
-    /// [`ErrorKind::InvalidArgument`].
+    /// [`ErrorCode::InvalidArgument`].
     pub fn invalid(msg: impl Into<String>) -> Self {
-        Self::new(ErrorKind::InvalidArgument, msg)
+        Self::new(ErrorCode::InvalidArgument, msg)
     }
-    /// [`ErrorKind::NotFound`].
+    /// [`ErrorCode::NotFound`].
     pub fn not_found(msg: impl Into<String>) -> Self {
-        Self::new(ErrorKind::NotFound, msg)
+        Self::new(ErrorCode::NotFound, msg)
     }
-    /// [`ErrorKind::Unavailable`].
+    /// [`ErrorCode::Unavailable`].
     pub fn unavailable(msg: impl Into<String>) -> Self {
-        Self::new(ErrorKind::Unavailable, msg)
+        Self::new(ErrorCode::Unavailable, msg)
     }
-    /// [`ErrorKind::Internal`].
+    /// [`ErrorCode::Internal`].
     pub fn internal(msg: impl Into<String>) -> Self {
-        Self::new(ErrorKind::Internal, msg)
+        Self::new(ErrorCode::Internal, msg)
     }
 }
 
@@ -97,7 +66,7 @@ impl From<StoreError> for AdminError {
             StoreError::Corrupt(_) => AdminError::internal(e.to_string()),
             StoreError::Io(_) | StoreError::Locked => AdminError::unavailable(e.to_string()),
             StoreError::Exposed { .. } => {
-                AdminError::new(ErrorKind::FailedPrecondition, e.to_string())
+                AdminError::new(ErrorCode::FailedPrecondition, e.to_string())
             }
         }
     }
@@ -114,7 +83,7 @@ impl From<ServiceError> for AdminError {
 }
 
 /// The admin operations over a service.
-pub struct Admin<S> {
+pub(crate) struct Admin<S> {
     service: Arc<Service<S>>,
     token: TokenConfig,
 }
@@ -128,12 +97,12 @@ impl<S> std::fmt::Debug for Admin<S> {
 impl<S: Store> Admin<S> {
     /// Operations over `service` configured by `token` (minted tokens live at most
     /// `token.access_ttl_secs`; key rotation follows its secrets).
-    pub fn new(service: Arc<Service<S>>, token: TokenConfig) -> Self {
+    pub(crate) fn new(service: Arc<Service<S>>, token: TokenConfig) -> Self {
         Admin { service, token }
     }
 
     /// The service underneath.
-    pub fn service(&self) -> &Arc<Service<S>> {
+    pub(crate) fn service(&self) -> &Arc<Service<S>> {
         &self.service
     }
 
@@ -143,7 +112,7 @@ impl<S: Store> Admin<S> {
 }
 
 /// One admin operation: its request (this type), its answer, and its API path.
-pub trait Operation: Serialize + DeserializeOwned + Send + 'static {
+pub(crate) trait Operation: Serialize + DeserializeOwned + Send + 'static {
     /// The answer.
     type Output: Serialize + DeserializeOwned + Send + 'static;
     /// The last segment of its admin API path, `/admin/v1/<PATH>`.
@@ -157,7 +126,7 @@ pub trait Operation: Serialize + DeserializeOwned + Send + 'static {
 
 /// A user record as the admin surface shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UserView {
+pub(crate) struct UserView {
     /// User id.
     pub uid: String,
     /// Display name.
@@ -184,7 +153,7 @@ impl From<UserRecord> for UserView {
 
 /// A session as the admin surface shows it: never its tokens or their hashes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SessionView {
+pub(crate) struct SessionView {
     /// Session id.
     pub sid: String,
     /// Owner.
@@ -225,6 +194,16 @@ fn parse_sid(s: &str) -> Result<Sid, AdminError> {
     })
 }
 
+/// One page out of `fetched`, which was asked for `limit + 1` items in key order: the
+/// first `limit`, and the key to continue after if there were more. Every listing pages
+/// this way.
+fn page<T, K>(mut fetched: Vec<T>, limit: usize, key: impl Fn(&T) -> K) -> (Vec<T>, Option<K>) {
+    let more = fetched.len() > limit;
+    fetched.truncate(limit);
+    let next = if more { fetched.last().map(key) } else { None };
+    (fetched, next)
+}
+
 fn check_limit(limit: usize) -> Result<usize, AdminError> {
     if (1..=MAX_LIMIT).contains(&limit) {
         Ok(limit)
@@ -238,14 +217,14 @@ fn check_limit(limit: usize) -> Result<usize, AdminError> {
 /// `user get UID...`: the records that exist, in the order asked, and the uids that
 /// do not.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct UserGet {
+pub(crate) struct UserGet {
     /// Uids to look up.
     pub uids: Vec<String>,
 }
 
 /// Answer of [`UserGet`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UserGetOutput {
+pub(crate) struct UserGetOutput {
     /// Found records.
     pub users: Vec<UserView>,
     /// Uids with no record.
@@ -279,7 +258,7 @@ impl Operation for UserGet {
 
 /// `user list`: users in uid order, a page at a time.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct UserList {
+pub(crate) struct UserList {
     /// Start after this uid.
     pub after: Option<String>,
     /// Page size.
@@ -288,7 +267,7 @@ pub struct UserList {
 
 /// Answer of [`UserList`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UserPage {
+pub(crate) struct UserPage {
     /// This page.
     pub users: Vec<UserView>,
     /// Pass as `--after` for the next page; absent on the last page.
@@ -301,20 +280,18 @@ impl Operation for UserList {
     async fn run<S: Store>(self, admin: &Admin<S>) -> Result<UserPage, AdminError> {
         let limit = check_limit(self.limit)?;
         let after = self.after.as_deref().map(parse_uid).transpose()?;
-        let mut users = admin.store().list_users(after.as_ref(), limit + 1).await?;
-        let more = users.len() > limit;
-        users.truncate(limit);
-        let next = more.then(|| users.last().map(|u| u.uid.to_string()));
+        let fetched = admin.store().list_users(after.as_ref(), limit + 1).await?;
+        let (users, next) = page(fetched, limit, |u| u.uid.to_string());
         Ok(UserPage {
             users: users.into_iter().map(UserView::from).collect(),
-            next: next.flatten(),
+            next,
         })
     }
 }
 
 /// `user put UID`: creates or updates a record; fields left out keep their value.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct UserPut {
+pub(crate) struct UserPut {
     /// Whose record.
     pub uid: String,
     /// New name.
@@ -346,7 +323,7 @@ impl Operation for UserPut {
 
 /// `session list`: sessions in sid order, a page at a time, all or one user's.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SessionList {
+pub(crate) struct SessionList {
     /// Only this user's sessions.
     pub uid: Option<String>,
     /// Start after this sid.
@@ -357,7 +334,7 @@ pub struct SessionList {
 
 /// Answer of [`SessionList`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SessionPage {
+pub(crate) struct SessionPage {
     /// This page.
     pub sessions: Vec<SessionView>,
     /// Pass as `--after` for the next page; absent on the last page.
@@ -370,7 +347,7 @@ impl Operation for SessionList {
     async fn run<S: Store>(self, admin: &Admin<S>) -> Result<SessionPage, AdminError> {
         let limit = check_limit(self.limit)?;
         let after = self.after.as_deref().map(parse_sid).transpose()?;
-        let mut sessions = match self.uid.as_deref().map(parse_uid).transpose()? {
+        let fetched = match self.uid.as_deref().map(parse_uid).transpose()? {
             Some(uid) => {
                 let mut all = admin.store().sessions_of(&uid).await?;
                 all.sort_by_key(|s| s.sid);
@@ -380,14 +357,8 @@ impl Operation for SessionList {
             }
             None => admin.store().list_sessions(after, limit + 1).await?,
         };
-        let more = sessions.len() > limit;
-        sessions.truncate(limit);
+        let (sessions, next) = page(fetched, limit, |s| s.sid.to_string());
         let now = admin.service.now();
-        let next = if more {
-            sessions.last().map(|s| s.sid.to_string())
-        } else {
-            None
-        };
         Ok(SessionPage {
             sessions: sessions.iter().map(|s| SessionView::new(s, now)).collect(),
             next,
@@ -398,7 +369,7 @@ impl Operation for SessionList {
 /// `session revoke`: ends sessions at once, their access tokens included. Exactly one
 /// of `sids`, `uid`, `all`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct SessionRevoke {
+pub(crate) struct SessionRevoke {
     /// These sessions.
     pub sids: Vec<String>,
     /// Every session of this user.
@@ -409,7 +380,7 @@ pub struct SessionRevoke {
 
 /// Answer of [`SessionRevoke`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RevokeOutput {
+pub(crate) struct RevokeOutput {
     /// Sessions that were active and are now revoked.
     pub revoked: usize,
     /// Sessions that matched but had already ended.
@@ -491,7 +462,7 @@ impl Operation for SessionRevoke {
 /// refresh token: the credential cannot outlive its lifetime, and `session revoke SID`
 /// ends it early.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TokenMint {
+pub(crate) struct TokenMint {
     /// The user.
     pub uid: String,
     /// Lifetime in seconds.
@@ -500,7 +471,7 @@ pub struct TokenMint {
 
 /// Answer of [`TokenMint`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Minted {
+pub(crate) struct Minted {
     /// The user.
     pub uid: String,
     /// The new session (revoke it to end the token early).
@@ -550,11 +521,11 @@ impl Operation for TokenMint {
 /// key's kid; tokens signed by the old key keep verifying until they expire. Refused
 /// when `token.secret` is configured (that key is rotated in the configuration).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct KeyRotate {}
+pub(crate) struct KeyRotate {}
 
 /// Answer of [`KeyRotate`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KeyRotated {
+pub(crate) struct KeyRotated {
     /// The kid of the new signing key.
     pub kid: String,
     /// The kid of the key it replaced.
@@ -594,7 +565,7 @@ fn key_error(e: KeyError) -> AdminError {
     match e {
         KeyError::Configured => AdminError::invalid(e.to_string()),
         KeyError::NotTheServersKey(_) => {
-            AdminError::new(ErrorKind::FailedPrecondition, e.to_string())
+            AdminError::new(ErrorCode::FailedPrecondition, e.to_string())
         }
         KeyError::Storage(e) => e.into(),
     }

@@ -10,7 +10,7 @@ use super::backup::Counts;
 use super::ops::{KeyRotated, Minted, RevokeOutput, SessionView, UserView};
 
 /// A table: a header row and data rows, columns padded to their widest cell.
-pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -37,7 +37,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 /// Pretty JSON of an answer, with a final newline.
-pub fn json<T: Serialize>(value: &T) -> String {
+pub(crate) fn json<T: Serialize>(value: &T) -> String {
     let mut text = serde_json::to_string_pretty(value).expect("answers serialize");
     text.push('\n');
     text
@@ -45,7 +45,7 @@ pub fn json<T: Serialize>(value: &T) -> String {
 
 /// `2026-11-28 15:10:03Z` for Unix seconds (UTC, so output does not depend on the
 /// machine's zone).
-pub fn time(secs: u64) -> String {
+pub(crate) fn time(secs: u64) -> String {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     // Civil from days (Howard Hinnant's algorithm).
@@ -67,7 +67,7 @@ pub fn time(secs: u64) -> String {
 }
 
 /// Users as a table.
-pub fn users(users: &[UserView]) -> String {
+pub(crate) fn users(users: &[UserView]) -> String {
     let rows: Vec<Vec<String>> = users
         .iter()
         .map(|u| {
@@ -84,7 +84,7 @@ pub fn users(users: &[UserView]) -> String {
 }
 
 /// Sessions as a table; EXPIRES is whichever expiry comes first.
-pub fn sessions(sessions: &[SessionView]) -> String {
+pub(crate) fn sessions(sessions: &[SessionView]) -> String {
     let rows: Vec<Vec<String>> = sessions
         .iter()
         .map(|s| {
@@ -105,7 +105,7 @@ pub fn sessions(sessions: &[SessionView]) -> String {
 }
 
 /// The hint for the next page of a listing.
-pub fn next_page(next: Option<&str>) -> String {
+pub(crate) fn next_page(next: Option<&str>) -> String {
     match next {
         Some(after) => format!("(more: continue with --after {after})\n"),
         None => String::new(),
@@ -113,7 +113,7 @@ pub fn next_page(next: Option<&str>) -> String {
 }
 
 /// What a revocation did.
-pub fn revoked(r: &RevokeOutput) -> String {
+pub(crate) fn revoked(r: &RevokeOutput) -> String {
     format!(
         "revoked {} session{}; {} had already ended\n",
         r.revoked,
@@ -123,12 +123,12 @@ pub fn revoked(r: &RevokeOutput) -> String {
 }
 
 /// A minted token: the token alone on stdout, so `$(liveuser token mint UID)` works.
-pub fn minted(m: &Minted) -> String {
+pub(crate) fn minted(m: &Minted) -> String {
     format!("{}\n", m.access_token)
 }
 
 /// What a signing-key rotation did.
-pub fn key_rotated(k: &KeyRotated) -> String {
+pub(crate) fn key_rotated(k: &KeyRotated) -> String {
     match &k.previous_kid {
         Some(previous) => format!(
             "signing key rotated: new kid {}; kid {previous} verifies the tokens it signed until {}\n",
@@ -140,7 +140,7 @@ pub fn key_rotated(k: &KeyRotated) -> String {
 }
 
 /// The details of a minted token, for stderr.
-pub fn minted_note(m: &Minted) -> String {
+pub(crate) fn minted_note(m: &Minted) -> String {
     format!(
         "access token for {} in new session {}, valid until {} (end it early with: liveuser session revoke {})",
         m.uid,
@@ -151,7 +151,7 @@ pub fn minted_note(m: &Minted) -> String {
 }
 
 /// What an export or import held.
-pub fn counts(verb: &str, c: &Counts) -> String {
+pub(crate) fn counts(verb: &str, c: &Counts) -> String {
     format!(
         "{verb} {} users, {} identities, {} sessions\n",
         c.users, c.identities, c.sessions

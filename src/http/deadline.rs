@@ -19,26 +19,26 @@ use http_body::{Body, Frame, SizeHint};
 /// Error of a body that did not arrive in time.
 #[derive(Debug, thiserror::Error)]
 #[error("the request body did not arrive in time")]
-pub struct BodyTimeout;
+pub(super) struct BodyTimeout;
 
 /// Whether a request body is still (partly) unread.
 #[derive(Clone, Debug)]
-pub struct Unread(Arc<AtomicBool>);
+pub(super) struct Unread(Arc<AtomicBool>);
 
 impl Unread {
     /// Unread unless `body` is empty.
-    pub fn of<B: Body>(body: &B) -> Self {
+    pub(super) fn of<B: Body>(body: &B) -> Self {
         Unread(Arc::new(AtomicBool::new(!body.is_end_stream())))
     }
 
     /// `true` while the body has not been read to its end.
-    pub fn remains(&self) -> bool {
+    pub(super) fn remains(&self) -> bool {
         self.0.load(Ordering::Acquire)
     }
 }
 
 /// `inner`, failing once `timeout` has passed since the request's headers arrived.
-pub struct DeadlineBody<B> {
+pub(super) struct DeadlineBody<B> {
     inner: B,
     deadline: Pin<Box<tokio::time::Sleep>>,
     unread: Unread,
@@ -46,7 +46,7 @@ pub struct DeadlineBody<B> {
 
 impl<B> DeadlineBody<B> {
     /// Starts the clock now; `unread` is cleared when the body has been read to its end.
-    pub fn new(inner: B, timeout: Duration, unread: &Unread) -> Self {
+    pub(super) fn new(inner: B, timeout: Duration, unread: &Unread) -> Self {
         DeadlineBody {
             inner,
             deadline: Box::pin(tokio::time::sleep(timeout)),

@@ -1,35 +1,141 @@
-//! The API's error body and the one mapping from every failure to `{code, msg}` + status.
+//! The error vocabulary of both APIs, and the one mapping from every failure to
+//! `{code, msg}` + status.
+//!
+//! [`ErrorCode`] is the single list of codes: its status, its wire name, the OpenAPI
+//! document's enum of codes ([`super::openapi`]), the metrics label and the admin API's
+//! codes all come from it.
 
 use std::convert::Infallible;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use warp::http::{HeaderValue, StatusCode, header};
 use warp::reply::Response;
 
 use crate::service::ServiceError;
 use crate::store::StoreError;
 
-/// An error answer: a fixed code, its status, and a human sentence.
+/// Every error liveuser answers with (the Twirp vocabulary). `bad_route` comes in three
+/// statuses, so it is three variants with one wire name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// 400: a field is missing, of the wrong type, or over a limit.
+    InvalidArgument,
+    /// 400: the body is not JSON.
+    Malformed,
+    /// 401: a token or code was refused.
+    Unauthenticated,
+    /// 403: the caller may not do this.
+    PermissionDenied,
+    /// 404 `bad_route`: no such path.
+    NoSuchRoute,
+    /// 405 `bad_route`: the path takes another method.
+    MethodNotAllowed,
+    /// 415 `bad_route`: the body is not `application/json`.
+    UnsupportedMediaType,
+    /// 413: the body is over the limit.
+    TooLarge,
+    /// 429: a rate limit.
+    ResourceExhausted,
+    /// 503: WeChat or storage is unavailable.
+    Unavailable,
+    /// 500: a bug; the message is fixed.
+    Internal,
+    /// 404, admin API only: what the request names does not exist.
+    NotFound,
+    /// 412, admin API only: the state does not allow it.
+    FailedPrecondition,
+}
+
+impl ErrorCode {
+    /// Every code, the public API's first, in the order of the README's error table.
+    pub(crate) const ALL: [ErrorCode; 13] = [
+        ErrorCode::InvalidArgument,
+        ErrorCode::Malformed,
+        ErrorCode::Unauthenticated,
+        ErrorCode::PermissionDenied,
+        ErrorCode::NoSuchRoute,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::UnsupportedMediaType,
+        ErrorCode::TooLarge,
+        ErrorCode::ResourceExhausted,
+        ErrorCode::Unavailable,
+        ErrorCode::Internal,
+        ErrorCode::NotFound,
+        ErrorCode::FailedPrecondition,
+    ];
+
+    /// The `code` of the error body, and the metrics label.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidArgument => "invalid_argument",
+            ErrorCode::Malformed => "malformed",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::PermissionDenied => "permission_denied",
+            ErrorCode::NoSuchRoute
+            | ErrorCode::MethodNotAllowed
+            | ErrorCode::UnsupportedMediaType => "bad_route",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::ResourceExhausted => "resource_exhausted",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::FailedPrecondition => "failed_precondition",
+        }
+    }
+
+    /// The HTTP status of an answer with this code.
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorCode::InvalidArgument | ErrorCode::Malformed => StatusCode::BAD_REQUEST,
+            ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ErrorCode::PermissionDenied => StatusCode::FORBIDDEN,
+            ErrorCode::NoSuchRoute | ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::FailedPrecondition => StatusCode::PRECONDITION_FAILED,
+        }
+    }
+
+    /// Whether the public API answers with it (the admin-only codes are not).
+    pub(crate) fn is_public(self) -> bool {
+        !matches!(self, ErrorCode::NotFound | ErrorCode::FailedPrecondition)
+    }
+}
+
+impl Serialize for ErrorCode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for ErrorCode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        ErrorCode::ALL
+            .into_iter()
+            .find(|c| c.name() == name)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown error code {name:?}")))
+    }
+}
+
+/// An error answer: a fixed code, and a human sentence.
 #[derive(Debug, Clone)]
 pub struct ApiError {
-    /// HTTP status.
-    pub status: StatusCode,
-    /// One of the fixed codes of the error table.
-    pub code: &'static str,
+    /// The code, which also gives the status.
+    pub code: ErrorCode,
     /// What went wrong, for a human; never internals, tokens or secrets.
     pub msg: String,
     /// Seconds to wait, for `resource_exhausted`.
-    pub retry_after: Option<u64>,
+    retry_after: Option<u64>,
     /// The method the route takes, for the `Allow` header of a 405.
-    pub allow: Option<HeaderValue>,
+    allow: Option<HeaderValue>,
 }
 
 impl warp::reject::Reject for ApiError {}
-
-/// The error code of an error answer, on the response's extensions for the access log
-/// and the metrics.
-#[derive(Debug, Clone, Copy)]
-pub struct ErrorCode(pub &'static str);
 
 #[derive(Serialize)]
 struct Body<'a> {
@@ -37,10 +143,23 @@ struct Body<'a> {
     msg: &'a str,
 }
 
+/// An error answer with `code` and `body` (the JSON error body), marked with its code for
+/// the access log and the metrics.
+pub(crate) fn error_response(code: ErrorCode, body: Vec<u8>) -> Response {
+    let mut response = Response::new(body.into());
+    *response.status_mut() = code.status();
+    response.extensions_mut().insert(code);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, msg: impl Into<String>) -> Self {
+    /// An error with `code`.
+    pub(crate) fn new(code: ErrorCode, msg: impl Into<String>) -> Self {
         ApiError {
-            status,
             code,
             msg: msg.into(),
             retry_after: None,
@@ -48,88 +167,75 @@ impl ApiError {
         }
     }
 
-    /// 400 `invalid_argument`.
-    pub fn invalid_argument(msg: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_argument", msg)
+    /// `invalid_argument`.
+    pub(crate) fn invalid_argument(msg: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidArgument, msg)
     }
 
-    /// 400 `malformed`.
-    pub fn malformed(msg: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "malformed", msg)
+    /// `malformed`.
+    pub(crate) fn malformed(msg: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Malformed, msg)
     }
 
-    /// 401 `unauthenticated`.
-    pub fn unauthenticated(msg: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", msg)
+    /// `unauthenticated`.
+    pub(crate) fn unauthenticated(msg: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Unauthenticated, msg)
     }
 
     /// 404 `bad_route`.
-    pub fn not_found() -> Self {
-        Self::new(StatusCode::NOT_FOUND, "bad_route", "no such method")
+    pub(crate) fn not_found() -> Self {
+        Self::new(ErrorCode::NoSuchRoute, "no such method")
     }
 
     /// 405 `bad_route`; the answer's `Allow` header names `allowed`.
-    pub fn method_not_allowed(method: &str, allowed: &str) -> Self {
+    pub(crate) fn method_not_allowed(method: &str, allowed: &str) -> Self {
         ApiError {
             allow: HeaderValue::from_str(allowed).ok(),
             ..Self::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "bad_route",
+                ErrorCode::MethodNotAllowed,
                 format!("method {method} is not allowed here; use {allowed}"),
             )
         }
     }
 
     /// 415 `bad_route`.
-    pub fn unsupported_media_type() -> Self {
+    pub(crate) fn unsupported_media_type() -> Self {
         Self::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "bad_route",
+            ErrorCode::UnsupportedMediaType,
             "the request must have Content-Type: application/json",
         )
     }
 
-    /// 413 `too_large`.
-    pub fn too_large(limit: u64) -> Self {
+    /// `too_large`.
+    pub(crate) fn too_large(limit: u64) -> Self {
         Self::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
+            ErrorCode::TooLarge,
             format!("the request body is larger than {limit} bytes"),
         )
     }
 
-    /// 429 `resource_exhausted`, with a `Retry-After`.
-    pub fn resource_exhausted(msg: impl Into<String>, retry_after: Option<u64>) -> Self {
+    /// `resource_exhausted`, with a `Retry-After`.
+    pub(crate) fn resource_exhausted(msg: impl Into<String>, retry_after: Option<u64>) -> Self {
         ApiError {
             retry_after,
-            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "resource_exhausted", msg)
+            ..Self::new(ErrorCode::ResourceExhausted, msg)
         }
     }
 
-    /// 500 `internal`: the message is fixed; the cause goes to the log only.
-    pub fn internal() -> Self {
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error",
-        )
+    /// `internal`: the message is fixed; the cause goes to the log only.
+    pub(crate) fn internal() -> Self {
+        Self::new(ErrorCode::Internal, "internal error")
     }
 
     /// The HTTP response.
-    pub fn to_response(&self) -> Response {
+    pub(crate) fn to_response(&self) -> Response {
         let body = serde_json::to_vec(&Body {
-            code: self.code,
+            code: self.code.name(),
             msg: &self.msg,
         })
         .unwrap_or_else(|_| br#"{"code":"internal","msg":"internal error"}"#.to_vec());
-        let mut response = Response::new(body.into());
-        *response.status_mut() = self.status;
-        response.extensions_mut().insert(ErrorCode(self.code));
+        let mut response = error_response(self.code, body);
         let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
         if let Some(secs) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
@@ -145,13 +251,9 @@ impl From<ServiceError> for ApiError {
         match e {
             ServiceError::InvalidArgument(m) => ApiError::invalid_argument(m),
             ServiceError::Unauthenticated(m) => ApiError::unauthenticated(m),
-            ServiceError::PermissionDenied(m) => {
-                ApiError::new(StatusCode::FORBIDDEN, "permission_denied", m)
-            }
+            ServiceError::PermissionDenied(m) => ApiError::new(ErrorCode::PermissionDenied, m),
             ServiceError::ResourceExhausted(m) => ApiError::resource_exhausted(m, None),
-            ServiceError::Unavailable(m) => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m)
-            }
+            ServiceError::Unavailable(m) => ApiError::new(ErrorCode::Unavailable, m),
             ServiceError::Storage(StoreError::Corrupt(cause)) => {
                 tracing::error!(%cause, "storage holds a corrupt record");
                 ApiError::internal()
@@ -159,8 +261,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::Storage(cause) => {
                 tracing::error!(%cause, "storage failed");
                 ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
+                    ErrorCode::Unavailable,
                     "storage is unavailable; try again later",
                 )
             }
@@ -176,23 +277,18 @@ impl From<ServiceError> for ApiError {
 /// `MethodNotAllowed` and `PayloadTooLarge` (from its stock filters, which the routes do
 /// not use) are still answered as 405 and 413 should one ever arise, but without an
 /// `Allow` method or a limit that this function cannot know.
-pub async fn recover(rejection: warp::Rejection) -> Result<Response, Infallible> {
+pub(crate) async fn recover(rejection: warp::Rejection) -> Result<Response, Infallible> {
     let error = if let Some(e) = rejection.find::<ApiError>() {
         e.clone()
     } else if rejection.is_not_found() {
         ApiError::not_found()
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
         ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "bad_route",
+            ErrorCode::MethodNotAllowed,
             "this method is not allowed here",
         )
     } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            "the request body is too large",
-        )
+        ApiError::new(ErrorCode::TooLarge, "the request body is too large")
     } else if rejection
         .find::<warp::reject::UnsupportedMediaType>()
         .is_some()

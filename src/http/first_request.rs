@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 /// Whether a connection's first request has arrived, shared by its request handler.
 #[derive(Debug, Clone, Default)]
-pub struct FirstRequest(Arc<Inner>);
+pub(super) struct FirstRequest(Arc<Inner>);
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -25,14 +25,14 @@ struct Inner {
 
 impl FirstRequest {
     /// Called for every request; only the first one wakes the watcher.
-    pub fn arrived(&self) {
+    pub(super) fn arrived(&self) {
         if !self.0.arrived.swap(true, Ordering::AcqRel) {
             self.0.notify.notify_one();
         }
     }
 
     /// Resolves at `deadline` if no request arrived by then; never otherwise.
-    pub async fn missed(&self, deadline: Instant) {
+    pub(super) async fn missed(&self, deadline: Instant) {
         if tokio::time::timeout_at(deadline, self.0.notify.notified())
             .await
             .is_ok()

@@ -7,34 +7,39 @@ use warp::http::{HeaderValue, Method, header};
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
+use super::body::method;
 use super::error::ApiError;
 use crate::service::Service;
 use crate::store::Store;
 
 /// `GET /metrics`: Prometheus text format (404 with `server.metrics = false`).
-pub fn metrics<S: Store>(
+pub(crate) fn metrics<S: Store>(
     service: Arc<Service<S>>,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    warp::path!("metrics").and(get()).map(move || {
-        let metrics = service.metrics();
-        if !metrics.enabled() {
-            return ApiError::not_found().to_response();
-        }
-        census_if_due(&service);
-        let mut response = Response::new(metrics.render().into());
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
-        );
-        response
-    })
+    warp::path!("metrics")
+        .and(method(Method::GET))
+        .map(move || {
+            let metrics = service.metrics();
+            if !metrics.enabled() {
+                return ApiError::not_found().to_response();
+            }
+            census_if_due(&service);
+            let mut response = Response::new(metrics.render().into());
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+            );
+            response
+        })
 }
 
 /// `GET /liveuser/openapi.json`: the OpenAPI 3.1 document of the public API.
-pub fn openapi() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    let document = crate::openapi::document().to_string();
+pub(crate) fn openapi(
+    max_query_uids: usize,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    let document = super::openapi::document(max_query_uids).to_string();
     warp::path!("liveuser" / "openapi.json")
-        .and(get())
+        .and(method(Method::GET))
         .map(move || {
             let mut response = Response::new(document.clone().into());
             response.headers_mut().insert(
@@ -47,7 +52,7 @@ pub fn openapi() -> impl Filter<Extract = (Response,), Error = Rejection> + Clon
 
 /// Recounts users and live sessions in the background when a count is due; the
 /// scrape that triggers it answers with the previous figures.
-pub fn census_if_due<S: Store>(service: &Arc<Service<S>>) {
+pub(crate) fn census_if_due<S: Store>(service: &Arc<Service<S>>) {
     if !service.metrics().claim_census(Instant::now()) {
         return;
     }
@@ -62,19 +67,4 @@ pub fn census_if_due<S: Store>(service: &Arc<Service<S>>) {
         }
         service.metrics().census_done(Instant::now());
     });
-}
-
-fn get() -> impl Filter<Extract = (), Error = Rejection> + Clone {
-    warp::method()
-        .and_then(|m: Method| async move {
-            if m == Method::GET {
-                Ok(())
-            } else {
-                Err(warp::reject::custom(ApiError::method_not_allowed(
-                    m.as_str(),
-                    "GET",
-                )))
-            }
-        })
-        .untuple_one()
 }

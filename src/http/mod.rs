@@ -5,16 +5,18 @@
 //! connections (in all, and per client address), log and count every request, and drain
 //! connections on shutdown.
 
+mod body;
 mod deadline;
-pub mod error;
+pub(crate) mod error;
 mod first_request;
-pub mod meta;
-pub mod observe;
-pub mod per_address;
-pub mod routes;
+pub(crate) mod meta;
+pub(crate) mod observe;
+mod openapi;
+mod per_address;
+pub(crate) mod routes;
 mod strict;
-pub mod tls;
-pub mod wire;
+pub(crate) mod tls;
+pub(crate) mod wire;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -33,14 +35,16 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use warp::Filter;
 use warp::reply::Response;
 
+pub(crate) use body::{BodyError, capped, capped_stream, header_value};
 use deadline::DeadlineBody;
+pub(crate) use error::{ErrorCode, error_response};
 use first_request::FirstRequest;
 use per_address::{Admitted, PerAddress};
 use routes::PeerAddr;
 
 /// Connection settings of a listener.
 #[derive(Debug, Clone)]
-pub struct ConnSettings {
+pub(crate) struct ConnSettings {
     /// How long a client may take to send its request headers (and, with TLS, to finish
     /// its handshake); also how long an idle keep-alive connection is kept.
     pub header_read_timeout: Duration,
@@ -64,27 +68,17 @@ pub struct ConnSettings {
     pub observer: Arc<observe::Observer>,
 }
 
-impl Default for ConnSettings {
-    fn default() -> Self {
-        ConnSettings {
-            header_read_timeout: Duration::from_secs(10),
-            body_read_timeout: Duration::from_secs(10),
-            max_connections: 1024,
-            max_connections_per_address: 64,
-            exempt_addresses: Arc::new([]),
-            first_request_timeout: Duration::from_secs(5),
-            drain_timeout: Duration::from_secs(10),
-            tls: None,
-            observer: Arc::new(observe::Observer::new("public", None)),
-        }
-    }
-}
+/// How long shutdown waits for in-flight requests (the README promises at most 10 s).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl ConnSettings {
     /// The timeouts and limits `[server]` describes, with the trusted proxies of
-    /// `[limits]` exempt from the per-address cap (TLS and the observer are set by the
-    /// caller, per listener).
-    pub fn from_config(config: &crate::config::Config) -> Self {
+    /// `[limits]` exempt from the per-address cap; plain HTTP, observed by `observer`
+    /// (the caller sets TLS per listener). The defaults are `[server]`'s.
+    pub(crate) fn from_config(
+        config: &crate::config::Config,
+        observer: Arc<observe::Observer>,
+    ) -> Self {
         let server = &config.server;
         ConnSettings {
             header_read_timeout: Duration::from_millis(server.header_read_timeout_ms),
@@ -97,14 +91,16 @@ impl ConnSettings {
                     .first_request_timeout_ms
                     .min(server.header_read_timeout_ms),
             ),
-            ..ConnSettings::default()
+            drain_timeout: DRAIN_TIMEOUT,
+            tls: None,
+            observer,
         }
     }
 }
 
 /// Serves `filter` on `listener` until `shutdown` completes, then stops accepting and
 /// waits (at most `drain_timeout`) for in-flight requests to finish.
-pub async fn serve<F>(
+pub(crate) async fn serve<F>(
     listener: TcpListener,
     filter: F,
     settings: ConnSettings,

@@ -15,10 +15,10 @@ use warp::reply::Response;
 
 use super::error::ErrorCode;
 use crate::metrics::Metrics;
-use crate::model::hex;
+use crate::primitives::{hex, random_bytes};
 
 /// The request-id header, read and echoed.
-pub const REQUEST_ID: &str = "x-request-id";
+pub(crate) const REQUEST_ID: &str = "x-request-id";
 
 /// Longest accepted client request id.
 const REQUEST_ID_MAX: usize = 64;
@@ -28,7 +28,7 @@ const PATH_MAX: usize = 128;
 
 /// What one listener logs and counts.
 #[derive(Debug)]
-pub struct Observer {
+pub(crate) struct Observer {
     listener: &'static str,
     metrics: Option<Arc<Metrics>>,
 }
@@ -36,13 +36,13 @@ pub struct Observer {
 impl Observer {
     /// An observer for the listener called `listener` (`public`, `admin`), recording
     /// request metrics into `metrics` when given.
-    pub fn new(listener: &'static str, metrics: Option<Arc<Metrics>>) -> Self {
+    pub(crate) fn new(listener: &'static str, metrics: Option<Arc<Metrics>>) -> Self {
         Observer { listener, metrics }
     }
 }
 
 /// Calls `service` with `request`, then logs and counts the answer.
-pub async fn call<S, B>(
+pub(crate) async fn call<S, B>(
     service: S,
     observer: Arc<Observer>,
     request: Request<B>,
@@ -65,7 +65,7 @@ where
 
     let status = response.status().as_u16();
     let code = match response.extensions().get::<ErrorCode>() {
-        Some(ErrorCode(code)) => code,
+        Some(code) => code.name(),
         None if response.status().is_success() => "ok",
         None => "other",
     };
@@ -94,7 +94,7 @@ where
 
 /// The metrics label of a path: the API method's name, or `other` (so a scan of random
 /// paths cannot grow the label set).
-pub fn api_method(path: &str) -> &'static str {
+pub(crate) fn api_method(path: &str) -> &'static str {
     match path {
         "/liveuser/Wx/Login" => "Login",
         "/liveuser/Wx/RenewToken" => "RenewToken",
@@ -114,7 +114,7 @@ fn fresh_request_id() -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static PREFIX: OnceLock<String> = OnceLock::new();
     static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let prefix = PREFIX.get_or_init(|| hex(&crate::token::random_bytes::<4>()));
+    let prefix = PREFIX.get_or_init(|| hex(&random_bytes::<4>()));
     format!("{prefix}{:08x}", COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 

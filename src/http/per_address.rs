@@ -18,7 +18,7 @@ use crate::limits::{ClientKey, canonical};
 
 /// Connections open per client address, with a cap.
 #[derive(Debug)]
-pub struct PerAddress {
+pub(super) struct PerAddress {
     max: usize,
     exempt: Vec<IpAddr>,
     open: Mutex<HashMap<ClientKey, usize>>,
@@ -26,14 +26,14 @@ pub struct PerAddress {
 
 /// One admitted connection; dropping it frees its address's place.
 #[derive(Debug)]
-pub struct Admitted {
+pub(super) struct Admitted {
     table: Arc<PerAddress>,
     key: Option<ClientKey>,
 }
 
 impl PerAddress {
     /// At most `max` connections per address (0: no cap); `exempt` peers are not counted.
-    pub fn new(max: usize, exempt: &[IpAddr]) -> Arc<Self> {
+    pub(super) fn new(max: usize, exempt: &[IpAddr]) -> Arc<Self> {
         Arc::new(PerAddress {
             max,
             exempt: exempt.iter().copied().map(canonical).collect(),
@@ -42,7 +42,7 @@ impl PerAddress {
     }
 
     /// Counts a new connection from `peer`, or `None` if its address is at the cap.
-    pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Option<Admitted> {
+    pub(super) fn admit(self: &Arc<Self>, peer: IpAddr) -> Option<Admitted> {
         if self.max == 0 || self.exempt.contains(&canonical(peer)) {
             return Some(Admitted {
                 table: self.clone(),
@@ -63,7 +63,8 @@ impl PerAddress {
     }
 
     /// Addresses with an open connection (the table holds no others).
-    pub fn addresses(&self) -> usize {
+    #[cfg(test)]
+    fn addresses(&self) -> usize {
         self.open.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 }

@@ -5,12 +5,12 @@ use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
-use futures_util::{Stream, StreamExt};
+use bytes::Bytes;
 use warp::http::{HeaderValue, Method, header};
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
+use super::body::{BodyError, capped, header_value, method};
 use super::error::{ApiError, recover};
 use super::wire;
 use crate::limits::{Limits, RateLimiter};
@@ -19,13 +19,15 @@ use crate::store::Store;
 
 /// The address of the TCP peer, put on each request by the server loop.
 #[derive(Debug, Clone, Copy)]
-pub struct PeerAddr(pub SocketAddr);
+pub(crate) struct PeerAddr(pub SocketAddr);
 
-/// Every public route, with errors rendered as the JSON error body.
-pub fn api<S: Store>(
+/// Every public route, with errors rendered as the JSON error body. `max_query_uids` is
+/// stated in the OpenAPI document (the service enforces it).
+pub(crate) fn api<S: Store>(
     service: Arc<Service<S>>,
     body_limit: u64,
     limits: Arc<Limits>,
+    max_query_uids: usize,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     healthz()
         .or(login(service.clone(), body_limit, limits.clone()))
@@ -38,21 +40,21 @@ pub fn api<S: Store>(
         .unify()
         .or(super::meta::metrics(service))
         .unify()
-        .or(super::meta::openapi())
+        .or(super::meta::openapi(max_query_uids))
         .unify()
         .recover(recover)
         .unify()
 }
 
 /// `GET /healthz`: `{"status":"ok"}` (storage is open before the listener starts).
-pub fn healthz() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+pub(crate) fn healthz() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("healthz")
         .and(method(Method::GET))
         .map(|| json(br#"{"status":"ok"}"#.to_vec()))
 }
 
 /// `POST /liveuser/Wx/Login` (rate-limited per client address)
-pub fn login<S: Store>(
+pub(crate) fn login<S: Store>(
     service: Arc<Service<S>>,
     limit: u64,
     limits: Arc<Limits>,
@@ -75,7 +77,7 @@ pub fn login<S: Store>(
 }
 
 /// `POST /liveuser/Wx/RenewToken` (rate-limited per client address)
-pub fn renew_token<S: Store>(
+pub(crate) fn renew_token<S: Store>(
     service: Arc<Service<S>>,
     limit: u64,
     limits: Arc<Limits>,
@@ -111,7 +113,7 @@ fn rate_limit(limiter: &RateLimiter, client: Option<IpAddr>, method: &str) -> Re
 }
 
 /// `POST /liveuser/User/AddUser` (Bearer)
-pub fn add_user<S: Store>(
+pub(crate) fn add_user<S: Store>(
     service: Arc<Service<S>>,
     limit: u64,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
@@ -133,7 +135,7 @@ pub fn add_user<S: Store>(
 }
 
 /// `POST /liveuser/User/QueryUser` (Bearer)
-pub fn query_user<S: Store>(
+pub(crate) fn query_user<S: Store>(
     service: Arc<Service<S>>,
     limit: u64,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
@@ -191,19 +193,6 @@ fn with<T: Clone + Send>(value: T) -> impl Filter<Extract = (T,), Error = Infall
     warp::any().map(move || value.clone())
 }
 
-/// A header's raw value, if present (a repeated header was folded into one line by the
-/// server loop). Unlike `warp::header::optional`, a value that is not visible ASCII is
-/// handed over as is (and judged by the caller) instead of becoming a rejection without
-/// a JSON body.
-pub(crate) fn header_value(
-    name: &'static str,
-) -> impl Filter<Extract = (Option<HeaderValue>,), Error = Infallible> + Clone {
-    warp::header::value(name)
-        .map(Some)
-        .or(warp::any().map(|| None))
-        .unify()
-}
-
 /// The client address: the TCP peer, or what a trusted proxy says in `X-Forwarded-For`.
 fn client(
     limits: Arc<Limits>,
@@ -226,24 +215,6 @@ fn rpc(limit: u64) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone
         .and(body(limit))
 }
 
-fn method(expected: Method) -> impl Filter<Extract = (), Error = Rejection> + Clone {
-    warp::method()
-        .and_then(move |m: Method| {
-            let expected = expected.clone();
-            async move {
-                if m == expected {
-                    Ok(())
-                } else {
-                    Err(warp::reject::custom(ApiError::method_not_allowed(
-                        m.as_str(),
-                        expected.as_str(),
-                    )))
-                }
-            }
-        })
-        .untuple_one()
-}
-
 /// `application/json`, any case, with or without parameters such as `charset`.
 fn json_content_type() -> impl Filter<Extract = (), Error = Rejection> + Clone {
     header_value("content-type")
@@ -261,44 +232,20 @@ fn json_content_type() -> impl Filter<Extract = (), Error = Rejection> + Clone {
         .untuple_one()
 }
 
-/// The body, at most `limit` bytes: refused early by `Content-Length`, or while reading
-/// a chunked body as soon as it passes the limit.
+/// The body, at most `limit` bytes; a `Content-Length` that is not a number is
+/// `malformed`, a body over the limit `too_large`.
 fn body(limit: u64) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
-    header_value("content-length")
-        .and(warp::body::stream())
-        .and_then(move |length: Option<HeaderValue>, stream| async move {
-            let length = length.map(|l| l.to_str().map(|s| s.trim().parse::<u64>()));
-            let declared = match length.map(|l| l.ok().and_then(Result::ok).ok_or(())) {
-                Some(Ok(n)) => Some(n),
-                Some(Err(_)) => {
-                    return Err(warp::reject::custom(ApiError::malformed(
-                        "the Content-Length header is not a number",
-                    )));
+    capped(limit).and_then(move |body: Result<Bytes, BodyError>| async move {
+        body.map_err(|e| {
+            warp::reject::custom(match e {
+                BodyError::BadLength => {
+                    ApiError::malformed("the Content-Length header is not a number")
                 }
-                None => None,
-            };
-            if declared.is_some_and(|n| n > limit) {
-                return Err(warp::reject::custom(ApiError::too_large(limit)));
-            }
-            read_limited(stream, limit, declared.unwrap_or(0))
-                .await
-                .map_err(warp::reject::custom)
+                BodyError::TooLarge => ApiError::too_large(limit),
+                BodyError::Unreadable(_) => {
+                    ApiError::malformed("the request body could not be read")
+                }
+            })
         })
-}
-
-async fn read_limited<B: Buf>(
-    stream: impl Stream<Item = Result<B, warp::Error>>,
-    limit: u64,
-    hint: u64,
-) -> Result<Bytes, ApiError> {
-    let mut stream = std::pin::pin!(stream);
-    let mut buf = BytesMut::with_capacity(hint as usize);
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|_| ApiError::malformed("the request body could not be read"))?;
-        if (buf.len() + chunk.remaining()) as u64 > limit {
-            return Err(ApiError::too_large(limit));
-        }
-        buf.put(chunk);
-    }
-    Ok(buf.freeze())
+    })
 }

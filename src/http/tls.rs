@@ -16,7 +16,7 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 /// A loaded certificate and key, ready to accept connections.
 #[derive(Clone)]
-pub struct Tls {
+pub(crate) struct Tls {
     acceptor: TlsAcceptor,
 }
 
@@ -38,7 +38,7 @@ pub struct TlsError {
 
 impl Tls {
     /// Reads the PEM certificate chain at `cert` and the PEM private key at `key`.
-    pub fn load(cert: &Path, key: &Path) -> Result<Tls, TlsError> {
+    pub(crate) fn load(cert: &Path, key: &Path) -> Result<Tls, TlsError> {
         let cert_error = |reason: String| TlsError {
             path: cert.display().to_string(),
             reason,
@@ -71,7 +71,7 @@ impl Tls {
     }
 
     /// The acceptor for incoming connections.
-    pub fn acceptor(&self) -> &TlsAcceptor {
+    pub(crate) fn acceptor(&self) -> &TlsAcceptor {
         &self.acceptor
     }
 }

@@ -25,7 +25,7 @@ const SHARDS: usize = 64;
 /// Slots are found by a seeded 64-bit hash of the key, stored inline in the table, so a
 /// lookup touches the table and then the slot's own key (compared in full: two keys with
 /// one hash simply take turns in the slot).
-pub struct Cache<K, V> {
+pub(super) struct Cache<K, V> {
     shards: Box<[Mutex<Shard<K, V>>]>,
     per_shard: usize,
     hasher: RandomState,
@@ -64,7 +64,7 @@ impl Hasher for Prehashed {
 
 impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
     /// A cache of about `capacity` entries; 0 disables it (every get loads).
-    pub fn new(capacity: usize) -> Self {
+    pub(super) fn new(capacity: usize) -> Self {
         // A little slack per shard, since keys never spread perfectly evenly.
         let per_shard = capacity.div_ceil(SHARDS) + capacity.div_ceil(SHARDS * 8);
         Cache {
@@ -82,7 +82,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
     }
 
     /// The cached value, or `load()`'s, which is then remembered.
-    pub fn get_or_load<E>(
+    pub(super) fn get_or_load<E>(
         &self,
         key: &K,
         load: impl FnOnce() -> Result<Option<V>, E>,
@@ -119,7 +119,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
     }
 
     /// Forgets `key`; writers call this after their change is committed.
-    pub fn invalidate(&self, key: &K) {
+    pub(super) fn invalidate(&self, key: &K) {
         if self.per_shard == 0 {
             return;
         }

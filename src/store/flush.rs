@@ -32,7 +32,7 @@ struct Shared {
 }
 
 /// The group-commit flusher of one sled database.
-pub struct GroupCommit {
+pub(super) struct GroupCommit {
     shared: Arc<Shared>,
     db: sled::Db,
     thread: Option<JoinHandle<()>>,
@@ -40,7 +40,7 @@ pub struct GroupCommit {
 
 impl GroupCommit {
     /// Starts the flusher thread for `db`.
-    pub fn start(db: sled::Db) -> Self {
+    pub(super) fn start(db: sled::Db) -> Self {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
@@ -62,12 +62,12 @@ impl GroupCommit {
     }
 
     /// Reports every flush's duration to `observer` (the first observer set stays).
-    pub fn observe(&self, observer: FlushObserver) {
+    pub(super) fn observe(&self, observer: FlushObserver) {
         let _ = self.shared.observer.set(observer);
     }
 
     /// Returns once everything written before the call is on disk.
-    pub async fn durable(&self) -> Result<(), StoreError> {
+    pub(super) async fn durable(&self) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
         {
             let mut queue = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
@@ -121,7 +121,7 @@ fn flusher(shared: &Shared, db: &sled::Db) {
 }
 
 /// One synchronous flush of `db`.
-pub fn flush(db: &sled::Db) -> Result<(), StoreError> {
+pub(super) fn flush(db: &sled::Db) -> Result<(), StoreError> {
     db.flush()
         .map(|_| ())
         .map_err(|e| StoreError::Io(e.to_string()))

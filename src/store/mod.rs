@@ -30,6 +30,15 @@ use crate::model::{
 pub use self::flush::FlushObserver;
 pub use self::sled::SledStore;
 
+use crate::config::StorageConfig;
+
+/// Opens the database `[storage]` describes, with its page cache and read caches: the one
+/// way the server and the admin commands open storage.
+pub fn open(storage: &StorageConfig) -> StoreResult<SledStore> {
+    SledStore::open(&storage.path, storage.cache_capacity_bytes)
+        .map(|store| store.with_caches(storage.user_cache_entries, storage.session_cache_entries))
+}
+
 /// A storage failure. The message never holds a token or a secret.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -127,9 +136,6 @@ pub trait Store: Send + Sync + 'static {
         patch: &UserPatch,
         now: u64,
     ) -> impl Future<Output = StoreResult<UserRecord>> + Send;
-
-    /// Replaces `uid`'s record wholesale (import).
-    fn put_user(&self, user: &UserRecord) -> impl Future<Output = StoreResult<()>> + Send;
 
     /// Up to `limit` users with uid greater than `after`, in uid order.
     fn list_users(
@@ -234,7 +240,13 @@ pub trait Store: Send + Sync + 'static {
     /// Counts users and live sessions (a full scan: call rarely).
     fn census(&self, now: u64) -> impl Future<Output = StoreResult<Census>> + Send;
 
-    // ----- keys -----
+    // ----- keys and other metadata -----
+
+    /// The metadata record `name`, if set.
+    fn meta(&self, name: &str) -> impl Future<Output = StoreResult<Option<Vec<u8>>>> + Send;
+
+    /// Sets the metadata record `name` to `value`, durably.
+    fn put_meta(&self, name: &str, value: Vec<u8>) -> impl Future<Output = StoreResult<()>> + Send;
 
     /// The stored key `name`, generating and durably storing it first if absent.
     fn key_or_init(

@@ -41,6 +41,7 @@ use super::cache::Cache;
 use super::codec::{decode, encode};
 use super::flush::{self, GroupCommit};
 use super::{Census, Family, Page, Restore, RotateOutcome, Store, StoreError, StoreResult};
+use crate::config::StorageConfig;
 use crate::model::{
     Identity, RefreshRecord, RetiredKey, Rotation, Session, SessionState, Sid, TokenHash, Uid,
     UserPatch, UserRecord,
@@ -60,9 +61,6 @@ pub struct SledStore {
     user_cache: Cache<Uid, Arc<UserRecord>>,
     session_cache: Cache<Sid, Session>,
 }
-
-/// Default entries of each read cache (users, sessions); see [`SledStore::with_caches`].
-pub const DEFAULT_CACHE_ENTRIES: usize = 100_000;
 
 impl std::fmt::Debug for SledStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -107,6 +105,17 @@ where
         {
             return Ok(result);
         }
+    }
+}
+
+/// The records of `tree` with keys after `after` (all of them without), in key order:
+/// how every listing pages through a tree.
+fn after(tree: &Tree, after: Option<&[u8]>) -> sled::Iter {
+    match after {
+        Some(key) => {
+            tree.range::<&[u8], _>((std::ops::Bound::Excluded(key), std::ops::Bound::Unbounded))
+        }
+        None => tree.iter(),
     }
 }
 
@@ -161,8 +170,9 @@ impl SledStore {
             meta: tree("meta")?,
             commit: GroupCommit::start(db.clone()),
             db,
-            user_cache: Cache::new(DEFAULT_CACHE_ENTRIES),
-            session_cache: Cache::new(DEFAULT_CACHE_ENTRIES),
+            // The cache sizes of `[storage]`'s defaults, until `with_caches` says otherwise.
+            user_cache: Cache::new(StorageConfig::default().user_cache_entries),
+            session_cache: Cache::new(StorageConfig::default().session_cache_entries),
         })
     }
 
@@ -274,24 +284,9 @@ impl Store for SledStore {
         Ok(user)
     }
 
-    async fn put_user(&self, user: &UserRecord) -> StoreResult<()> {
-        self.users
-            .insert(user.uid.as_str(), encode(user))
-            .map_err(io)?;
-        self.user_cache.invalidate(&user.uid);
-        self.commit.durable().await
-    }
-
     async fn list_users(&self, after: Option<&Uid>, limit: usize) -> StoreResult<Page<UserRecord>> {
-        let iter = match after {
-            Some(after) => self.users.range::<&[u8], _>((
-                std::ops::Bound::Excluded(after.as_str().as_bytes()),
-                std::ops::Bound::Unbounded,
-            )),
-            None => self.users.iter(),
-        };
         let mut out = Vec::new();
-        for item in iter.take(limit) {
+        for item in self::after(&self.users, after.map(|a| a.as_str().as_bytes())).take(limit) {
             let (_, bytes) = item.map_err(io)?;
             out.push(decode(&bytes)?);
         }
@@ -360,15 +355,8 @@ impl Store for SledStore {
     }
 
     async fn list_sessions(&self, after: Option<Sid>, limit: usize) -> StoreResult<Page<Session>> {
-        let iter = match after {
-            Some(after) => self.sessions.range::<&[u8], _>((
-                std::ops::Bound::Excluded(&after.0[..]),
-                std::ops::Bound::Unbounded,
-            )),
-            None => self.sessions.iter(),
-        };
         let mut out = Vec::new();
-        for item in iter.take(limit) {
+        for item in self::after(&self.sessions, after.as_ref().map(|a| &a.0[..])).take(limit) {
             let (_, bytes) = item.map_err(io)?;
             out.push(decode(&bytes)?);
         }
@@ -460,14 +448,7 @@ impl Store for SledStore {
             let mut dead = Vec::new();
             let mut last = None;
             {
-                let iter = match &after {
-                    Some(key) => self.sessions.range::<&[u8], _>((
-                        std::ops::Bound::Excluded(key.as_slice()),
-                        std::ops::Bound::Unbounded,
-                    )),
-                    None => self.sessions.iter(),
-                };
-                for item in iter.take(PAGE) {
+                for item in self::after(&self.sessions, after.as_deref()).take(PAGE) {
                     let (key, bytes) = item.map_err(io)?;
                     let session: Session = decode(&bytes)?;
                     if !session.is_live(now) {
@@ -502,15 +483,8 @@ impl Store for SledStore {
         after: Option<&str>,
         limit: usize,
     ) -> StoreResult<Page<(String, Identity)>> {
-        let iter = match after {
-            Some(after) => self.identities.range::<&[u8], _>((
-                std::ops::Bound::Excluded(after.as_bytes()),
-                std::ops::Bound::Unbounded,
-            )),
-            None => self.identities.iter(),
-        };
         let mut out = Vec::new();
-        for item in iter.take(limit) {
+        for item in self::after(&self.identities, after.map(str::as_bytes)).take(limit) {
             let (key, bytes) = item.map_err(io)?;
             let openid = String::from_utf8(key.to_vec())
                 .map_err(|_| StoreError::Corrupt("an openid key is not UTF-8".into()))?;
@@ -615,6 +589,15 @@ impl Store for SledStore {
         };
         self.commit.durable().await?;
         Ok(key)
+    }
+
+    async fn meta(&self, name: &str) -> StoreResult<Option<Vec<u8>>> {
+        Ok(self.meta.get(name).map_err(io)?.map(|v| v.to_vec()))
+    }
+
+    async fn put_meta(&self, name: &str, value: Vec<u8>) -> StoreResult<()> {
+        self.meta.insert(name, value).map_err(io)?;
+        self.commit.durable().await
     }
 
     async fn retired_keys(&self, name: &str) -> StoreResult<Vec<RetiredKey>> {

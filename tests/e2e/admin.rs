@@ -228,7 +228,10 @@ fn listings_never_show_refresh_tokens_or_their_hashes() {
     let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(refresh.trim_start_matches("lvrt_"))
         .unwrap();
-    let hash = liveuser::model::hex(&sha2::Sha256::digest(&raw));
+    let hash: String = sha2::Sha256::digest(&raw)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     for args in [
         vec!["session", "list"],
         vec!["--json", "session", "list"],

@@ -1,27 +1,29 @@
 //! The OpenAPI 3.1 document of the public API, served at `GET /liveuser/openapi.json`.
 //!
 //! Written by hand (the routes are warp filters, which carry no schema), and kept honest
-//! by an end-to-end test that calls every documented operation on a real server and
-//! checks each answer against the documented schema, and checks that each documented
-//! path refuses the other methods.
+//! two ways: an end-to-end test calls every documented operation on a real server and
+//! checks each answer against the documented schema, and `.ci/schemathesis` generates
+//! requests from this document (valid and invalid ones) and checks that the server
+//! accepts exactly what it describes. So every constraint the decoder enforces is stated
+//! here: lengths in characters, the uid alphabet, no control characters, nullable
+//! fields, the most uids per QueryUser.
 
 use serde_json::{Value, json};
 
+use super::error::ErrorCode;
 use crate::model::{AGENT_MAX, AVATAR_MAX, NAME_MAX, UID_MAX};
 use crate::service::CODE_MAX;
 
-/// The error codes of the error body, in the order of the API's error table.
-pub const ERROR_CODES: &[&str] = &[
-    "invalid_argument",
-    "malformed",
-    "unauthenticated",
-    "permission_denied",
-    "bad_route",
-    "too_large",
-    "resource_exhausted",
-    "unavailable",
-    "internal",
-];
+/// The codes of the public API's error body, each once, in [`ErrorCode::ALL`]'s order.
+fn error_codes() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = Vec::new();
+    for code in ErrorCode::ALL.into_iter().filter(|c| c.is_public()) {
+        if !names.contains(&code.name()) {
+            names.push(code.name());
+        }
+    }
+    names
+}
 
 fn error_responses(statuses: &[&str]) -> Value {
     let mut map = serde_json::Map::new();
@@ -77,12 +79,30 @@ fn rpc(
     json!({ "post": op })
 }
 
-/// The document.
-pub fn document() -> Value {
+/// A string of at most `max` characters, none of them a control character (Unicode
+/// category Cc, which `char::is_control` refuses).
+fn text(max: usize) -> Value {
+    json!({"type": "string", "maxLength": max, "pattern": NO_CONTROL})
+}
+
+/// Empty, or `http://` or `https://` followed by a host (not a `/`), without control
+/// characters.
+const AVATAR: &str =
+    "^(https?://[^/\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*)?$";
+
+/// No character of Unicode category Cc.
+const NO_CONTROL: &str = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$";
+
+/// The document; `max_query_uids` is `server.max_query_uids`.
+pub(crate) fn document(max_query_uids: usize) -> Value {
     let uid = json!({
         "type": "string", "minLength": 1, "maxLength": UID_MAX,
         "pattern": "^[A-Za-z0-9_.-]+$"
     });
+    let nullable = |mut schema: Value| {
+        schema["type"] = json!(["string", "null"]);
+        schema
+    };
     json!({
         "openapi": "3.1.0",
         "info": {
@@ -156,7 +176,7 @@ pub fn document() -> Value {
                 "Uid": uid,
                 "LoginRequest": {
                     "type": "object", "required": ["code"],
-                    "properties": {"code": {"type": "string", "minLength": 1, "maxLength": CODE_MAX}}
+                    "properties": {"code": {"type": "string", "minLength": 1, "maxLength": CODE_MAX, "pattern": NO_CONTROL}}
                 },
                 "RenewTokenRequest": {
                     "type": "object", "required": ["refresh_token"],
@@ -177,20 +197,24 @@ pub fn document() -> Value {
                     "required": ["uid", "name", "agent", "update_at", "avatar"],
                     "properties": {
                         "uid": {"$ref": "#/components/schemas/Uid"},
-                        "name": {"type": "string", "maxLength": NAME_MAX},
-                        "agent": {"type": "string", "maxLength": AGENT_MAX},
+                        "name": text(NAME_MAX),
+                        "agent": text(AGENT_MAX),
                         "update_at": {"type": "string", "description": "Last write, Unix seconds as a decimal string; set by the server."},
-                        "avatar": {"type": "string", "maxLength": AVATAR_MAX, "description": "Empty or an http(s):// URL."}
+                        "avatar": {"type": "string", "maxLength": AVATAR_MAX, "pattern": AVATAR, "description": "Empty or an http(s):// URL."}
                     }
                 },
                 "UserWrite": {
                     "type": "object",
                     "description": "A partial UserRecord: fields left out (or null) keep their stored value.",
                     "properties": {
-                        "uid": {"type": "string", "description": "Empty or missing: the caller."},
-                        "name": {"type": ["string", "null"], "maxLength": NAME_MAX},
-                        "agent": {"type": ["string", "null"], "maxLength": AGENT_MAX},
-                        "avatar": {"type": ["string", "null"], "maxLength": AVATAR_MAX},
+                        "uid": {
+                            "type": ["string", "null"], "maxLength": UID_MAX,
+                            "pattern": "^[A-Za-z0-9_.-]*$",
+                            "description": "Empty, null or missing: the caller. Any other uid is permission_denied."
+                        },
+                        "name": nullable(text(NAME_MAX)),
+                        "agent": nullable(text(AGENT_MAX)),
+                        "avatar": {"type": ["string", "null"], "maxLength": AVATAR_MAX, "pattern": AVATAR},
                         "update_at": {"description": "Ignored."}
                     }
                 },
@@ -201,7 +225,7 @@ pub fn document() -> Value {
                 "Empty": {"type": "object", "properties": {}, "additionalProperties": false},
                 "QueryUserRequest": {
                     "type": "object", "required": ["uids"],
-                    "properties": {"uids": {"type": "array", "items": {"$ref": "#/components/schemas/Uid"}}}
+                    "properties": {"uids": {"type": "array", "maxItems": max_query_uids, "items": {"$ref": "#/components/schemas/Uid"}}}
                 },
                 "QueryUserResponse": {
                     "type": "object", "required": ["users"],
@@ -214,7 +238,7 @@ pub fn document() -> Value {
                 "Error": {
                     "type": "object", "required": ["code", "msg"],
                     "properties": {
-                        "code": {"type": "string", "enum": ERROR_CODES},
+                        "code": {"type": "string", "enum": error_codes()},
                         "msg": {"type": "string", "description": "A sentence for people; never internals."}
                     }
                 }
