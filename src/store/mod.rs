@@ -19,6 +19,7 @@ mod cache;
 pub mod codec;
 mod flush;
 pub mod postgres;
+pub mod private;
 pub mod sled;
 
 use std::future::Future;
@@ -92,6 +93,20 @@ pub enum StoreError {
     /// Another process holds the database open (the server is running).
     #[error("the database is in use by another process")]
     Locked,
+    /// The database directory, or something in it, is open to other users (see
+    /// [`private`]); nothing was opened.
+    #[error(
+        "{path} is open to other users (mode {mode:04o}); liveuser opens only a database \
+         private to its user: run `chmod -R go-rwx {root}`"
+    )]
+    Exposed {
+        /// The file or directory with a group or other permission bit.
+        path: String,
+        /// Its permission bits.
+        mode: u32,
+        /// The database directory, for the fix.
+        root: String,
+    },
 }
 
 /// What [`Store::rotate`] did.
