@@ -18,6 +18,7 @@ mod cache;
 pub mod codec;
 mod flush;
 pub mod sled;
+mod upgrade;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -48,6 +49,10 @@ pub enum StoreError {
     /// Another process holds the database open (the server is running).
     #[error("the database is in use by another process")]
     Locked,
+    /// The database is in a storage format this build does not read, or could not be
+    /// upgraded from an earlier one; the message says how to move it (export, import).
+    #[error("{0}")]
+    Format(String),
 }
 
 /// What [`Store::rotate`] did.

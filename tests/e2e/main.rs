@@ -15,5 +15,6 @@ mod login;
 mod ops;
 mod rotation;
 mod tokens;
+mod upgrade;
 mod upstream;
 mod users;
