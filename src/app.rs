@@ -178,7 +178,7 @@ pub async fn start(config: &Config, clock: SharedClock) -> Result<Running, Start
     let public = ConnSettings {
         tls,
         ..ConnSettings::from_config(
-            &config.server,
+            config,
             Arc::new(Observer::new(
                 "public",
                 config.server.metrics.then(|| metrics.clone()),
@@ -190,8 +190,7 @@ pub async fn start(config: &Config, clock: SharedClock) -> Result<Running, Start
         endpoint,
         config.storage.path.clone(),
     );
-    let admin_settings =
-        ConnSettings::from_config(&config.server, Arc::new(Observer::new("admin", None)));
+    let admin_settings = ConnSettings::from_config(config, Arc::new(Observer::new("admin", None)));
     let scheme = if public.tls.is_some() {
         "https"
     } else {
@@ -247,15 +246,19 @@ async fn sweep_forever<S: Store>(
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn termination_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
+/// Resolves on SIGTERM or SIGINT. The signals are caught from the moment this is
+/// called, not from the first poll: call it before the server logs its address, or a
+/// signal sent on seeing that line (a supervisor, a test) ends the process before the
+/// handler exists, with no drain and no final flush.
+#[cfg(unix)]
+pub fn termination_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{SignalKind, signal};
+    let signals = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = signals else {
             std::future::pending::<()>().await;
             return;
         };
@@ -264,8 +267,12 @@ pub async fn termination_signal() {
             _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
         }
     }
-    #[cfg(not(unix))]
-    {
+}
+
+/// Resolves on Ctrl-C.
+#[cfg(not(unix))]
+pub fn termination_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    async {
         let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -470,20 +470,17 @@ impl Sink {
         let mut name = path.as_os_str().to_owned();
         name.push(".partial");
         let partial = PathBuf::from(name);
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-            options.mode(0o600);
-            // An existing file keeps its mode when truncated: tighten it first.
-            if partial.exists() {
-                let _ = std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o600));
+        let file = create_private(&partial).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                CliError::Other(format!(
+                    "{} already exists (left by an earlier export, or put there by someone \
+                     else); check it and remove it, then export again",
+                    partial.display()
+                ))
+            } else {
+                CliError::Other(format!("cannot create {}: {e}", partial.display()))
             }
-        }
-        let file = options
-            .open(&partial)
-            .map_err(|e| CliError::Other(format!("cannot create {}: {e}", partial.display())))?;
+        })?;
         Ok(Sink::File {
             file: std::io::BufWriter::new(file),
             partial,
@@ -527,6 +524,23 @@ impl Sink {
             }
         }
     }
+}
+
+/// Creates `path` for writing, mode 0600 from its first byte, failing with
+/// `AlreadyExists` if anything is there. An export may be taken in a directory other
+/// users can write (a shared backup directory): a file someone else created there would
+/// stay theirs and readable by them, and a link would make liveuser write wherever it
+/// points, so nothing found at the name is reused, opened through a link, or removed.
+fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    // O_CREAT | O_EXCL: fails on any existing entry, a dangling link included.
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600).custom_flags(libc::O_NOFOLLOW);
+    }
+    options.open(path)
 }
 
 fn export(config: &Config, out: Output, args: &ExportArgs) -> Result<(), CliError> {
@@ -654,10 +668,11 @@ fn serve(config: Config) -> Result<(), CliError> {
         .build()
         .map_err(|e| CliError::Other(format!("cannot start the async runtime: {e}")))?;
     runtime.block_on(async {
+        let signal = crate::app::termination_signal();
         let running = crate::app::start(&config, Arc::new(SystemClock)).await?;
         let stop = running.stopper();
         tokio::spawn(async move {
-            crate::app::termination_signal().await;
+            signal.await;
             let _ = stop.send(true);
         });
         running.wait().await;

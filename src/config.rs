@@ -58,6 +58,12 @@ pub struct ServerConfig {
     pub body_read_timeout_ms: u64,
     /// Open connections at most; further clients wait in the listen backlog.
     pub max_connections: usize,
+    /// Open connections per client address (IPv6: per /64) at most; more are closed at
+    /// once. 0 turns the cap off; `limits.trusted_proxies` are exempt.
+    pub max_connections_per_address: usize,
+    /// How long a new connection may take to deliver its first request's headers (the
+    /// TLS handshake included); at most `header_read_timeout_ms` applies.
+    pub first_request_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -73,6 +79,8 @@ impl Default for ServerConfig {
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 10_000,
             max_connections: 1024,
+            max_connections_per_address: 64,
+            first_request_timeout_ms: 5_000,
         }
     }
 }
@@ -451,6 +459,16 @@ impl Config {
             "must be between 1 and 1000000",
         )?;
         check(
+            s.max_connections_per_address <= 1_000_000,
+            "server.max_connections_per_address",
+            "must be between 0 (no cap) and 1000000",
+        )?;
+        check(
+            (100..=600_000).contains(&s.first_request_timeout_ms),
+            "server.first_request_timeout_ms",
+            "must be between 100 and 600000",
+        )?;
+        check(
             !self.storage.path.as_os_str().is_empty(),
             "storage.path",
             "must not be empty",
@@ -821,5 +839,23 @@ mod tests {
         assert_eq!(err.key.as_deref(), Some("server.max_connections"));
         let err = load("[server]\nheader_read_timeout_ms = 5\n", &[]).unwrap_err();
         assert_eq!(err.key.as_deref(), Some("server.header_read_timeout_ms"));
+        assert_eq!(c.server.max_connections_per_address, 64);
+        assert_eq!(c.server.first_request_timeout_ms, 5_000);
+        let err = load("[server]\nmax_connections_per_address = 2000000\n", &[]).unwrap_err();
+        assert_eq!(
+            err.key.as_deref(),
+            Some("server.max_connections_per_address")
+        );
+        let err = load("[server]\nfirst_request_timeout_ms = 5\n", &[]).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("server.first_request_timeout_ms"));
+        let env = [("LIVEUSER_SERVER_MAX_CONNECTIONS_PER_ADDRESS", "0")];
+        assert_eq!(
+            load("", &env)
+                .unwrap()
+                .config
+                .server
+                .max_connections_per_address,
+            0
+        );
     }
 }

@@ -23,15 +23,16 @@ use std::time::Instant;
 
 use crate::config::LimitsConfig;
 
-/// The key a client is counted under: its IPv4 address, or its IPv6 /64.
+/// The key a client is counted under: its IPv4 address, or its IPv6 /64. The rate
+/// limits and the per-address connection cap group addresses alike.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum ClientKey {
+pub(crate) enum ClientKey {
     V4(u32),
     V6(u64),
 }
 
 impl ClientKey {
-    fn of(addr: IpAddr) -> Self {
+    pub(crate) fn of(addr: IpAddr) -> Self {
         match canonical(addr) {
             IpAddr::V4(v4) => ClientKey::V4(v4.into()),
             IpAddr::V6(v6) => ClientKey::V6((u128::from(v6) >> 64) as u64),
@@ -40,7 +41,7 @@ impl ClientKey {
 }
 
 /// `::ffff:a.b.c.d` is the IPv4 client `a.b.c.d` (a dual-stack listener shows it so).
-fn canonical(addr: IpAddr) -> IpAddr {
+pub(crate) fn canonical(addr: IpAddr) -> IpAddr {
     match addr {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,

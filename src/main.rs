@@ -4,6 +4,8 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     liveuser::app::tune_allocator();
+    // Before any thread starts: every file this process creates is private to its user.
+    liveuser::store::private::restrict_umask();
     let cli = match liveuser::cli::parse(std::env::args_os()) {
         Ok(cli) => cli,
         Err(code) => return code,

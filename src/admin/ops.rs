@@ -66,6 +66,9 @@ impl From<StoreError> for AdminError {
             StoreError::Corrupt(_) => AdminError::internal(e.to_string()),
             StoreError::Format(_) => AdminError::new(ErrorCode::FailedPrecondition, e.to_string()),
             StoreError::Io(_) | StoreError::Locked => AdminError::unavailable(e.to_string()),
+            StoreError::Exposed { .. } => {
+                AdminError::new(ErrorCode::FailedPrecondition, e.to_string())
+            }
         }
     }
 }

@@ -2,20 +2,25 @@
 //!
 //! The server owns its accept loop (rather than `warp::serve`) so it can put the peer
 //! address on each request, terminate TLS, bound header and body reads and the number of
-//! connections, log and count every request, and drain connections on shutdown.
+//! connections (in all, and per client address), log and count every request, and drain
+//! connections on shutdown.
 
 mod body;
 mod deadline;
 pub(crate) mod error;
+mod first_request;
 pub(crate) mod meta;
 pub(crate) mod observe;
 mod openapi;
+mod per_address;
 pub(crate) mod routes;
+mod strict;
 pub(crate) mod tls;
 pub(crate) mod wire;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +38,8 @@ use warp::reply::Response;
 pub(crate) use body::{BodyError, capped, capped_stream, header_value};
 use deadline::DeadlineBody;
 pub(crate) use error::{ErrorCode, error_response};
+use first_request::FirstRequest;
+use per_address::{Admitted, PerAddress};
 use routes::PeerAddr;
 
 /// Connection settings of a listener.
@@ -45,6 +52,14 @@ pub(crate) struct ConnSettings {
     pub body_read_timeout: Duration,
     /// Open connections at most; beyond it the listener stops accepting until one closes.
     pub max_connections: usize,
+    /// Open connections per client address at most (0: no cap); see [`per_address`].
+    pub max_connections_per_address: usize,
+    /// Peers exempt from the per-address cap (the trusted proxies).
+    pub exempt_addresses: Arc<[IpAddr]>,
+    /// How long after it is accepted a connection may take to deliver its first
+    /// request's headers (TLS handshake included); see [`first_request`]. At most
+    /// `header_read_timeout`.
+    pub first_request_timeout: Duration,
     /// How long shutdown waits for in-flight requests.
     pub drain_timeout: Duration,
     /// Serve HTTPS with this certificate instead of plain HTTP.
@@ -57,16 +72,25 @@ pub(crate) struct ConnSettings {
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl ConnSettings {
-    /// The timeouts and limits `[server]` describes, plain HTTP, observed by `observer`
+    /// The timeouts and limits `[server]` describes, with the trusted proxies of
+    /// `[limits]` exempt from the per-address cap; plain HTTP, observed by `observer`
     /// (the caller sets TLS per listener). The defaults are `[server]`'s.
     pub(crate) fn from_config(
-        server: &crate::config::ServerConfig,
+        config: &crate::config::Config,
         observer: Arc<observe::Observer>,
     ) -> Self {
+        let server = &config.server;
         ConnSettings {
             header_read_timeout: Duration::from_millis(server.header_read_timeout_ms),
             body_read_timeout: Duration::from_millis(server.body_read_timeout_ms),
             max_connections: server.max_connections,
+            max_connections_per_address: server.max_connections_per_address,
+            exempt_addresses: config.limits.trusted_proxies.clone().into(),
+            first_request_timeout: Duration::from_millis(
+                server
+                    .first_request_timeout_ms
+                    .min(server.header_read_timeout_ms),
+            ),
             drain_timeout: DRAIN_TIMEOUT,
             tls: None,
             observer,
@@ -90,58 +114,84 @@ pub(crate) async fn serve<F>(
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     let slots = Arc::new(Semaphore::new(settings.max_connections));
-    let accept = |stream: TcpStream, peer, slot: Option<OwnedSemaphorePermit>| {
-        let _ = stream.set_nodelay(true);
-        let service = service.clone();
-        let observer = settings.observer.clone();
-        let body_read_timeout = settings.body_read_timeout;
-        let handler = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
-            request.extensions_mut().insert(PeerAddr(peer));
-            fold_repeated_headers(request.headers_mut());
-            let unread = deadline::Unread::of(request.body());
-            let request = request.map(|body| DeadlineBody::new(body, body_read_timeout, &unread));
-            let answer = observe::call(service.clone(), observer.clone(), request);
-            async move {
-                let mut response = answer.await?;
-                // An answer given without reading the body (404, 405, 415, 413): the
-                // rest of the body may still be on its way, so hyper will close the
-                // connection; say so, or a client may reuse it and see its next request
-                // fail.
-                if unread.remains() {
-                    response.headers_mut().insert(
-                        hyper::header::CONNECTION,
-                        hyper::header::HeaderValue::from_static("close"),
-                    );
+    let per_address = PerAddress::new(
+        settings.max_connections_per_address,
+        &settings.exempt_addresses,
+    );
+    let accept =
+        |stream: TcpStream, peer, slot: Option<OwnedSemaphorePermit>, admitted: Admitted| {
+            let _ = stream.set_nodelay(true);
+            let deadline = tokio::time::Instant::now() + settings.first_request_timeout;
+            let first = FirstRequest::default();
+            let service = service.clone();
+            let observer = settings.observer.clone();
+            let body_read_timeout = settings.body_read_timeout;
+            let arrived = first.clone();
+            let handler = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
+                arrived.arrived();
+                request.extensions_mut().insert(PeerAddr(peer));
+                fold_repeated_headers(request.headers_mut());
+                let unread = deadline::Unread::of(request.body());
+                let request =
+                    request.map(|body| DeadlineBody::new(body, body_read_timeout, &unread));
+                let answer = observe::call(service.clone(), observer.clone(), request);
+                async move {
+                    let mut response = answer.await?;
+                    // An answer given without reading the body (404, 405, 415, 413): the
+                    // rest of the body may still be on its way, so hyper will close the
+                    // connection; say so, or a client may reuse it and see its next request
+                    // fail.
+                    if unread.remains() {
+                        response.headers_mut().insert(
+                            hyper::header::CONNECTION,
+                            hyper::header::HeaderValue::from_static("close"),
+                        );
+                    }
+                    Ok::<_, Infallible>(response)
                 }
-                Ok::<_, Infallible>(response)
-            }
-        });
-        let watcher = graceful.watcher();
-        let settings = settings.clone();
-        tokio::spawn(async move {
-            match &settings.tls {
-                None => connection(stream, handler, watcher, &settings).await,
-                Some(tls) => {
-                    let handshake = tls.acceptor().accept(stream);
-                    match tokio::time::timeout(settings.header_read_timeout, handshake).await {
-                        Ok(Ok(stream)) => connection(stream, handler, watcher, &settings).await,
-                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!("TLS handshake timed out"),
+            });
+            let watcher = graceful.watcher();
+            let settings = settings.clone();
+            tokio::spawn(async move {
+                let served = async {
+                    match &settings.tls {
+                        None => connection(stream, handler, watcher, &settings).await,
+                        Some(tls) => {
+                            let handshake = tls.acceptor().accept(stream);
+                            match tokio::time::timeout_at(deadline, handshake).await {
+                                Ok(Ok(stream)) => {
+                                    connection(stream, handler, watcher, &settings).await;
+                                }
+                                Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                                Err(_) => tracing::debug!("TLS handshake timed out"),
+                            }
+                        }
+                    }
+                };
+                tokio::select! {
+                    () = served => {}
+                    () = first.missed(deadline) => {
+                        tracing::debug!("no request in time after connecting; closed");
                     }
                 }
-            }
-            drop(slot);
-        });
-    };
+                drop(slot);
+                drop(admitted);
+            });
+        };
+    // A slot taken for a connection that was then refused serves the next one.
+    let mut spare = None;
     loop {
         // At the connection cap, wait for a slot instead of accepting: clients queue in
         // the kernel's backlog, and slow ones are cut by the header timeout.
-        let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => break,
+        let slot = match spare.take() {
+            Some(slot) => slot,
+            None => tokio::select! {
+                slot = slots.clone().acquire_owned() => match slot {
+                    Ok(slot) => slot,
+                    Err(_) => break,
+                },
+                () = &mut shutdown => break,
             },
-            () = &mut shutdown => break,
         };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -149,19 +199,35 @@ pub(crate) async fn serve<F>(
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
+                    spare = Some(slot);
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
             () = &mut shutdown => break,
         };
-        accept(stream, peer, Some(slot));
+        match per_address.admit(peer.ip()) {
+            Some(admitted) => accept(stream, peer, Some(slot), admitted),
+            None => {
+                // Over its address's cap: closed at once.
+                tracing::debug!(%peer, "too many connections from this address; closed");
+                drop(stream);
+                spare = Some(slot);
+            }
+        }
     }
     // Connections the kernel completed before the listener closes would otherwise be
     // reset: take every one already queued (past the cap if need be: there are at most
     // a backlog's worth), and let the drain below answer them.
     while let Some(Ok((stream, peer))) = listener.accept().now_or_never() {
-        accept(stream, peer, slots.clone().try_acquire_owned().ok());
+        if let Some(admitted) = per_address.admit(peer.ip()) {
+            accept(
+                stream,
+                peer,
+                slots.clone().try_acquire_owned().ok(),
+                admitted,
+            );
+        }
     }
     drop(listener);
     if tokio::time::timeout(settings.drain_timeout, graceful.shutdown())

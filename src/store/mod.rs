@@ -17,6 +17,7 @@
 mod cache;
 pub mod codec;
 mod flush;
+pub mod private;
 pub mod sled;
 mod upgrade;
 
@@ -53,6 +54,20 @@ pub enum StoreError {
     /// upgraded from an earlier one; the message says how to move it (export, import).
     #[error("{0}")]
     Format(String),
+    /// The database directory, or something in it, is open to other users (see
+    /// [`private`]); nothing was opened.
+    #[error(
+        "{path} is open to other users (mode {mode:04o}); liveuser opens only a database \
+         private to its user: run `chmod -R go-rwx {root}`"
+    )]
+    Exposed {
+        /// The file or directory with a group or other permission bit.
+        path: String,
+        /// Its permission bits.
+        mode: u32,
+        /// The database directory, for the fix.
+        root: String,
+    },
 }
 
 /// What [`Store::rotate`] did.

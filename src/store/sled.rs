@@ -124,7 +124,10 @@ fn idle_expiry(session: &Session, now: u64, idle_secs: u64) -> u64 {
 
 impl SledStore {
     /// Opens (or creates) the database at `path` with a page cache of `cache_bytes`.
+    /// The directory is created private and refused if it is not (see
+    /// [`private`](super::private)).
     pub fn open(path: &Path, cache_bytes: u64) -> StoreResult<Self> {
+        super::private::prepare(path)?;
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(cache_bytes)

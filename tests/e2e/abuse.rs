@@ -238,3 +238,113 @@ fn an_answer_given_without_reading_the_body_closes_the_connection_and_says_so() 
         "{answers:?}"
     );
 }
+
+/// A connection to the server from the local address `from` (every 127.x.y.z is
+/// loopback, so a test has as many client addresses as it likes).
+fn connect_from(app: &TestApp, from: [u8; 4]) -> TcpStream {
+    let stream = app.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind((from, 0).into()).unwrap();
+        socket.connect(app.addr).await.unwrap()
+    });
+    let stream = stream.into_std().unwrap();
+    stream.set_nonblocking(false).unwrap();
+    stream
+}
+
+/// Whether the server closes `stream` within `wait` (it sends nothing first).
+fn closed_within(stream: &mut TcpStream, wait: Duration) -> bool {
+    stream.set_read_timeout(Some(wait)).unwrap();
+    let mut buf = [0u8; 64];
+    match stream.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+/// Sends `GET /healthz` on `stream` and reads the answer (within `wait`).
+fn healthz_on(stream: &mut TcpStream, wait: Duration) -> Result<String, String> {
+    stream.set_read_timeout(Some(wait)).unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&out).contains(r#"{"status":"ok"}"#) {
+        match stream.read(&mut buf) {
+            Ok(0) => return Err(format!("closed; got {:?}", String::from_utf8_lossy(&out))),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) => return Err(format!("{e}; got {:?}", String::from_utf8_lossy(&out))),
+        }
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+#[test]
+fn one_address_holding_idle_connections_cannot_lock_out_another() {
+    let app = TestApp::spawn_with(|c| {
+        c.server.max_connections = 8;
+        c.server.max_connections_per_address = 4;
+        // Idle sockets are not cut by time here: only the per-address cap protects.
+        c.server.header_read_timeout_ms = 60_000;
+        c.server.first_request_timeout_ms = 60_000;
+    });
+    // One address opens more connections than the whole server takes, and sends nothing.
+    let mut idle: Vec<TcpStream> = (0..20)
+        .map(|_| connect_from(&app, [127, 0, 0, 1]))
+        .collect();
+    // Another address is answered at once.
+    let started = std::time::Instant::now();
+    let mut other = connect_from(&app, [127, 0, 0, 2]);
+    let answer = healthz_on(&mut other, Duration::from_secs(1)).expect("another address is served");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(1));
+
+    // Those over its cap are closed at once; the first four stay open.
+    let closed: Vec<bool> = idle
+        .iter_mut()
+        .map(|s| closed_within(s, Duration::from_millis(500)))
+        .collect();
+    assert_eq!(
+        closed.iter().filter(|c| **c).count(),
+        16,
+        "closed connections: {closed:?}"
+    );
+
+    // The connections the first address kept still work.
+    let kept = closed.iter().position(|c| !c).unwrap();
+    let answer = healthz_on(&mut idle[kept], Duration::from_secs(1)).expect("a kept connection");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[test]
+fn a_connection_that_sends_no_first_request_is_closed_before_the_keep_alive_timeout() {
+    let app = TestApp::spawn_with(|c| {
+        c.server.header_read_timeout_ms = 10_000;
+        c.server.first_request_timeout_ms = 300;
+    });
+    let started = std::time::Instant::now();
+    let mut silent = TcpStream::connect(app.addr).unwrap();
+    let mut partial = TcpStream::connect(app.addr).unwrap();
+    partial
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let mut served = TcpStream::connect(app.addr).unwrap();
+    healthz_on(&mut served, Duration::from_secs(2)).expect("a first request is answered");
+
+    read_until_closed(&mut silent).expect("a silent connection is closed");
+    read_until_closed(&mut partial).expect("an unfinished first request is closed");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_secs(3),
+        "closed after {elapsed:?}, not at the first-request deadline"
+    );
+    // A connection that made its request is kept alive past that deadline.
+    std::thread::sleep(Duration::from_millis(600));
+    let answer = healthz_on(&mut served, Duration::from_secs(2)).expect("still open");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}

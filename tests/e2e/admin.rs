@@ -355,3 +355,55 @@ fn every_session_revoke_form_prints_the_same_with_the_server_running_and_stopped
     assert_eq!(running[5], "revoked 1 session; 5 had already ended\n");
     assert_eq!(outputs(true), running);
 }
+
+#[test]
+fn an_admin_request_with_a_chunked_body_is_answered_like_any_other() {
+    use std::io::{Read, Write};
+    let app = TestApp::spawn();
+    app.login_ok("alice");
+    let file = app.dir.path().join("db.admin-token");
+    let endpoint: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let token = endpoint["token"].as_str().unwrap().to_string();
+    // A body without Content-Length, in chunks (as a streaming client sends it).
+    let send = |path: &str, chunks: &[&[u8]]| {
+        let mut request = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nAuthorization: Bearer {token}\r\n\r\n"
+        )
+        .into_bytes();
+        for chunk in chunks {
+            request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+            request.extend_from_slice(chunk);
+            request.extend_from_slice(b"\r\n");
+        }
+        request.extend_from_slice(b"0\r\n\r\n");
+        let mut stream = std::net::TcpStream::connect(app.admin_addr).unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let _ = stream.write_all(&request);
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    let answer = send(
+        "/admin/v1/user-list",
+        &[br#"{"after": null,"#, br#" "limit": 10}"#],
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(r#""users":[{"uid":"#), "{answer}");
+
+    let answer = send("/admin/v1/export", &[br#"{"sessions":"#, b"false}"]);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("liveuser-export"), "{answer}");
+
+    // Bounded like a body with a length: refused past 1 MiB, not read to the end.
+    let big = vec![b' '; 256 * 1024];
+    let answer = send("/admin/v1/user-list", &[&big, &big, &big, &big, &big]);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains(r#""code":"invalid_argument""#), "{answer}");
+    assert!(answer.contains("too large"), "{answer}");
+
+    let answer = send("/admin/v1/user-list", &[b"{not json"]);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains(r#""code":"invalid_argument""#), "{answer}");
+}

@@ -349,3 +349,69 @@ fn a_format_1_export_imports_and_its_clients_tokens_still_renew() {
     let next = renew(&successor);
     assert_eq!(next.status, 200, "{}", next.text);
 }
+
+#[test]
+fn an_export_never_writes_through_a_file_or_link_planted_at_its_temporary_name() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let seed = dir.path().join("seed.jsonl");
+    std::fs::write(
+        &seed,
+        "{\"kind\":\"header\",\"format\":\"liveuser-export\",\"version\":1,\"exported_at\":1,\"sessions\":false}\n\
+         {\"kind\":\"user\",\"uid\":\"u1\",\"name\":\"\",\"agent\":\"\",\"avatar\":\"\",\"update_at\":1}\n\
+         {\"kind\":\"end\",\"users\":1,\"identities\":0,\"sessions\":0}\n",
+    )
+    .unwrap();
+    cli(&config, &["import", seed.to_str().unwrap()]).ok();
+
+    // Another user pre-created the temporary file, readable and writable by all.
+    let out = dir.path().join("out.jsonl");
+    let planted = dir.path().join("out.jsonl.partial");
+    std::fs::write(&planted, "planted").unwrap();
+    std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let run = cli(
+        &config,
+        &["export", "--sessions", "--out", out.to_str().unwrap()],
+    );
+    let line = run.failed();
+    assert!(
+        line.contains(&planted.display().to_string()) && line.contains("remove it"),
+        "{line}"
+    );
+    assert_eq!(std::fs::read_to_string(&planted).unwrap(), "planted");
+    let mode = std::fs::metadata(&planted).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o666, "the planted file was not touched");
+    assert!(!out.exists(), "no export appeared");
+
+    // A link planted at the temporary name, pointing at a file of the victim's.
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "precious").unwrap();
+    let out = dir.path().join("b2.jsonl");
+    let link = dir.path().join("b2.jsonl.partial");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    let run = cli(
+        &config,
+        &["export", "--sessions", "--out", out.to_str().unwrap()],
+    );
+    let line = run.failed();
+    assert!(
+        line.contains(&link.display().to_string()) && line.contains("remove it"),
+        "{line}"
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert!(!out.exists(), "no export appeared");
+
+    // Removed, as the message says, the export goes through, 0600.
+    std::fs::remove_file(&link).unwrap();
+    cli(&config, &["export", "--out", out.to_str().unwrap()]).ok();
+    let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert_eq!(body_lines(&out).len(), 2, "the user and the end line");
+}

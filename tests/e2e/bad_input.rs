@@ -307,3 +307,134 @@ fn header_values_that_are_not_visible_ascii_get_json_errors() {
     ));
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
+
+#[test]
+fn nesting_128_levels_deep_is_malformed_even_inside_an_unknown_field() {
+    let app = TestApp::spawn();
+    let login = app.login_ok("alice");
+    let token = login.str("access_token");
+    let bearer = |h: &mut Vec<(&'static str, String)>| {
+        h.push(("authorization", format!("Bearer {token}")));
+    };
+    let nested = |levels: usize| format!("{}{}", "[".repeat(levels), "]".repeat(levels));
+    // (path, body with the nested value at X, how deep X already is)
+    let cases = [
+        ("/liveuser/Wx/Login", r#"{"code":"alice","x":X}"#, 1),
+        (
+            "/liveuser/Wx/RenewToken",
+            r#"{"refresh_token":"lvrt_x","x":X}"#,
+            1,
+        ),
+        ("/liveuser/User/QueryUser", r#"{"uids":["u"],"x":X}"#, 1),
+        (
+            "/liveuser/User/AddUser",
+            r#"{"user":{"name":"A"},"x":X}"#,
+            1,
+        ),
+        (
+            "/liveuser/User/AddUser",
+            r#"{"user":{"name":"A","x":X}}"#,
+            2,
+        ),
+    ];
+    for (path, template, outer) in cases {
+        let mut headers = json_header();
+        bearer(&mut headers);
+        for levels in [30_000, 128 - outer] {
+            let body = template.replace('X', &nested(levels));
+            let r = app.raw("POST", path, &headers, body.as_bytes());
+            assert_eq!(
+                (r.status, r.code()),
+                (400, "malformed"),
+                "{path}, {} levels in all: {}",
+                outer + levels,
+                r.text
+            );
+        }
+        // One level less is still JSON liveuser reads (and the unknown field is ignored).
+        let body = template.replace('X', &nested(127 - outer));
+        let r = app.raw("POST", path, &headers, body.as_bytes());
+        assert_ne!(r.code(), "malformed", "{path}: {}", r.text);
+    }
+}
+
+#[test]
+fn a_field_given_twice_is_invalid_argument_naming_it_on_every_path() {
+    let app = TestApp::spawn();
+    let login = app.login_ok("alice");
+    let token = login.str("access_token");
+    let mut headers = json_header();
+    headers.push(("authorization", format!("Bearer {token}")));
+    // The second of each pair would also be refused for its own reason (a wrong type),
+    // which sends the body down the field-by-field path: the repeat is found on both.
+    let cases = [
+        (
+            "/liveuser/User/QueryUser",
+            r#"{"uids":["a"],"uids":["b"]}"#,
+            "uids",
+        ),
+        (
+            "/liveuser/User/QueryUser",
+            r#"{"uids":["a"],"uids":7}"#,
+            "uids",
+        ),
+        (
+            "/liveuser/User/QueryUser",
+            r#"{"u\u0069ds":["a"],"uids":["b"]}"#,
+            "uids",
+        ),
+        (
+            "/liveuser/Wx/Login",
+            r#"{"code":"alice","code":"bob"}"#,
+            "code",
+        ),
+        ("/liveuser/Wx/Login", r#"{"code":"alice","code":1}"#, "code"),
+        (
+            "/liveuser/Wx/RenewToken",
+            r#"{"refresh_token":"lvrt_a","refresh_token":"lvrt_b"}"#,
+            "refresh_token",
+        ),
+        (
+            "/liveuser/User/AddUser",
+            r#"{"user":{"name":"A"},"user":{"name":"B"}}"#,
+            "user",
+        ),
+        (
+            "/liveuser/User/AddUser",
+            r#"{"user":{"name":"A","name":"B"}}"#,
+            "user.name",
+        ),
+        (
+            "/liveuser/User/AddUser",
+            r#"{"user":{"name":"A","name":2}}"#,
+            "user.name",
+        ),
+        (
+            "/liveuser/User/AddUser",
+            r#"{"user":{"uid":"","avatar":"","avatar":"https://a.example/x.png"}}"#,
+            "user.avatar",
+        ),
+    ];
+    for (path, body, field) in cases {
+        let r = app.raw("POST", path, &headers, body.as_bytes());
+        r.assert_error(400, "invalid_argument");
+        assert_eq!(
+            r.str("msg"),
+            format!("{field} must appear only once"),
+            "{body}"
+        );
+    }
+    // Nothing was written by the refused AddUser calls.
+    let me = login.str("uid");
+    let q = app.query(&token, &[&me]);
+    assert_eq!(q.body["users"][0]["name"], "", "{}", q.text);
+
+    // Repeated keys inside an unknown field are ignored with the field.
+    let r = app.raw(
+        "POST",
+        "/liveuser/User/QueryUser",
+        &headers,
+        format!(r#"{{"uids":["{me}"],"x":{{"a":1,"a":2}}}}"#).as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+}

@@ -263,10 +263,19 @@ fn no_log_line_holds_the_wechat_secret_a_code_or_a_token_even_at_trace() {
         reused = true;
     }
     assert!(reused, "some login went through and a reuse was triggered");
+    // A refused access token is one of liveuser's own debug events.
+    post(
+        &server.base,
+        "/liveuser/User/QueryUser",
+        json!({"uids": ["x"]}),
+        Some("not.a.token"),
+    )
+    .assert_error(401, "unauthenticated");
     thread::sleep(Duration::from_millis(200));
     let log = server.log();
     assert!(
-        log.contains("TRACE") || log.contains("DEBUG"),
+        log.lines()
+            .any(|l| l.contains("DEBUG") && l.contains("liveuser::")),
         "the log level took effect:\n{log}"
     );
     assert!(
@@ -288,4 +297,49 @@ fn no_log_line_holds_the_wechat_secret_a_code_or_a_token_even_at_trace() {
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn no_log_directive_can_make_the_http_client_log_the_wechat_secret_or_a_code() {
+    let wx = FakeWeChat::start();
+    for (i, level) in [
+        "info,ureq::run=debug,ureq::util=trace",
+        "trace",
+        "trace,ureq=trace,ureq_proto=trace,rustls=trace,warp=trace,sled=trace",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!(
+            "{}appid = \"{WX_APPID}\"\napi_base = \"{}\"\ntimeout_ms = 500\n[log]\nlevel = \"{level}\"\n",
+            binary_config(dir.path()).replace("mode = \"mock\"", "mode = \"wechat\""),
+            wx.base
+        );
+        let server = Binary::serve(dir.path(), &config, &[("LIVEUSER_WX_SECRET", WX_SECRET)]);
+        let code = format!("ok-alice~zq{i}directivecode");
+        let r = post(
+            &server.base,
+            "/liveuser/Wx/Login",
+            json!({ "code": code }),
+            None,
+        );
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(wx.calls(&code), 1, "WeChat was asked");
+        thread::sleep(Duration::from_millis(200));
+        let log = server.log();
+        assert!(log.contains("liveuser listening"), "{level}: {log}");
+        for secret in [
+            WX_SECRET,
+            "directivecode",
+            "c2Vzc2lvbi1rZXk=",
+            &r.str("access_token"),
+            &r.str("refresh_token"),
+        ] {
+            assert!(
+                !log.contains(secret),
+                "with log.level = {level:?} the log holds {secret:?}:\n{log}"
+            );
+        }
+    }
 }

@@ -9,6 +9,7 @@ mod backup;
 mod bad_input;
 mod crash;
 mod durability;
+mod file_modes;
 mod fuzz;
 mod key_rotation;
 mod login;
