@@ -239,7 +239,11 @@ fn mock_identity(code: &str) -> WxIdentity {
     WxIdentity {
         openid: format!("mock-{}", hex(&sha256(&tagged)[..12])),
         unionid: None,
-        session_key: Secret::new(hex(&random_bytes::<16>())),
+        // Like WeChat's: base64 of 16 random bytes, new at each login.
+        session_key: Secret::new(base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            random_bytes::<16>(),
+        )),
     }
 }
 

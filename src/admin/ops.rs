@@ -64,6 +64,7 @@ impl From<StoreError> for AdminError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Corrupt(_) => AdminError::internal(e.to_string()),
+            StoreError::Format(_) => AdminError::new(ErrorCode::FailedPrecondition, e.to_string()),
             StoreError::Io(_) | StoreError::Locked => AdminError::unavailable(e.to_string()),
             StoreError::Exposed { .. } => {
                 AdminError::new(ErrorCode::FailedPrecondition, e.to_string())

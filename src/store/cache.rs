@@ -155,6 +155,26 @@ impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
         }
     }
 
+    /// After a write of `key` that returned the stored `value`: remembers it, unless an
+    /// invalidation of its shard happened since `stamp` was taken (before the write), in
+    /// which case `key` is forgotten instead (a later write, here or elsewhere, may have
+    /// overtaken this one). Saves the read after the write that `invalidate` would cost.
+    pub(super) fn replace(&self, key: &K, value: Option<V>, stamp: u64) {
+        if self.per_shard == 0 {
+            return;
+        }
+        let hash = self.hasher.hash_one(key);
+        let mut shard = self.shards[hash as usize % SHARDS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if shard.generation == stamp {
+            shard.remember(hash, key.clone(), value, self.per_shard);
+        } else {
+            shard.map.remove(&hash);
+            shard.generation += 1;
+        }
+    }
+
     /// Forgets everything (e.g. when invalidations from other instances may have been
     /// missed).
     pub(super) fn clear(&self) {
@@ -291,6 +311,15 @@ mod tests {
         assert_eq!(cache.get(&1), None);
         cache.fill(&1, None, stamp);
         assert_eq!(cache.get(&1), None, "a stamp from before clear() is stale");
+        let stamp = cache.stamp(&1);
+        cache.replace(&1, Some(3), stamp);
+        assert_eq!(cache.get(&1), Some(Some(3)), "a write's result is kept");
+        let stamp = cache.stamp(&1);
+        cache.invalidate(&2); // perhaps the same shard: replace must not trust it
+        cache.replace(&1, Some(4), stamp);
+        if cache.stamp(&1) != stamp {
+            assert_ne!(cache.get(&1), Some(Some(4)));
+        }
     }
 
     #[test]

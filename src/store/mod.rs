@@ -21,6 +21,7 @@ mod flush;
 pub mod postgres;
 pub mod private;
 pub mod sled;
+mod upgrade;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -93,6 +94,10 @@ pub enum StoreError {
     /// Another process holds the database open (the server is running).
     #[error("the database is in use by another process")]
     Locked,
+    /// The database is in a storage format this build does not read, or could not be
+    /// upgraded from an earlier one; the message says how to move it (export, import).
+    #[error("{0}")]
+    Format(String),
     /// The database directory, or something in it, is open to other users (see
     /// [`private`]); nothing was opened.
     #[error(

@@ -35,12 +35,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use sled::Tree;
 
 use super::cache::Cache;
-use super::codec::{decode, encode};
+use super::codec::{Record, index_key, index_prefix, sid_of_index_key};
 use super::flush::{self, GroupCommit};
 use super::{Census, Page, Restore, RotateOutcome, Store, StoreError, StoreResult};
 use crate::config::StorageConfig;
@@ -86,23 +84,20 @@ enum Edit<T> {
 /// Read-modify-write of one record, atomic against concurrent writers: `change` sees the
 /// stored value (`None` if absent) and says what to write; if another writer changed
 /// the record in between, it runs again on the new value.
-fn edit<T, R>(
+fn edit<T: Record, R>(
     tree: &Tree,
     key: &[u8],
     mut change: impl FnMut(Option<T>) -> StoreResult<(Edit<T>, R)>,
-) -> StoreResult<R>
-where
-    T: Serialize + DeserializeOwned,
-{
+) -> StoreResult<R> {
     loop {
         let old = tree.get(key).map_err(io)?;
-        let value = old.as_deref().map(decode).transpose()?;
+        let value = old.as_deref().map(|v| T::decode(key, v)).transpose()?;
         let (edit, result) = change(value)?;
         let Edit::Put(new) = edit else {
             return Ok(result);
         };
         if tree
-            .compare_and_swap(key, old, Some(encode(&new)))
+            .compare_and_swap(key, old, Some(new.encode()))
             .map_err(io)?
             .is_ok()
         {
@@ -120,30 +115,6 @@ fn after(tree: &Tree, after: Option<&[u8]>) -> sled::Iter {
         }
         None => tree.iter(),
     }
-}
-
-/// The user-index key of a session: uid ‖ 0x00 ‖ created_at (big-endian) ‖ sid.
-fn uid_index_key(session: &Session) -> Vec<u8> {
-    let mut key = uid_prefix(&session.uid);
-    key.extend_from_slice(&session.created_at.to_be_bytes());
-    key.extend_from_slice(&session.sid.0);
-    key
-}
-
-fn uid_prefix(uid: &Uid) -> Vec<u8> {
-    let mut key = Vec::with_capacity(uid.as_str().len() + 25);
-    key.extend_from_slice(uid.as_str().as_bytes());
-    key.push(0);
-    key
-}
-
-/// The sid at the end of a user-index key.
-fn sid_of_index_key(key: &[u8]) -> StoreResult<Sid> {
-    key.len()
-        .checked_sub(16)
-        .and_then(|at| key[at..].try_into().ok())
-        .map(Sid)
-        .ok_or_else(|| StoreError::Corrupt("bad uid_created_sid key".into()))
 }
 
 /// The idle expiry after a use at `now`: `idle_secs` later, never past the absolute one.
@@ -171,6 +142,7 @@ impl SledStore {
                 }
                 _ => StoreError::Io(format!("cannot open {}: {e}", path.display())),
             })?;
+        super::upgrade::to_current(&db)?;
         let tree = |name: &str| db.open_tree(name).map_err(io);
         Ok(SledStore {
             users: tree("uid_user")?,
@@ -205,9 +177,9 @@ impl SledStore {
         self.commit.observe(observer);
     }
 
-    fn get<T: serde::de::DeserializeOwned>(tree: &Tree, key: &[u8]) -> StoreResult<Option<T>> {
+    fn get<T: Record>(tree: &Tree, key: &[u8]) -> StoreResult<Option<T>> {
         match tree.get(key).map_err(io)? {
-            Some(bytes) => decode(&bytes).map(Some),
+            Some(bytes) => T::decode(key, &bytes).map(Some),
             None => Ok(None),
         }
     }
@@ -224,9 +196,7 @@ impl SledStore {
     /// if it is still the `stored` bytes (a crash half way leaves a dead session that the
     /// next sweep finishes).
     fn remove_session(&self, session: &Session, stored: &[u8]) -> StoreResult<bool> {
-        self.uid_sessions
-            .remove(uid_index_key(session))
-            .map_err(io)?;
+        self.uid_sessions.remove(index_key(session)).map_err(io)?;
         let removed = self
             .sessions
             .compare_and_swap(session.sid.0, Some(stored), None::<&[u8]>)
@@ -241,16 +211,16 @@ impl SledStore {
     /// owner or login time (an import) loses its old entry.
     fn put_session(&self, session: &Session) -> StoreResult<()> {
         self.uid_sessions
-            .insert(uid_index_key(session), &[])
+            .insert(index_key(session), &[])
             .map_err(io)?;
         let old = self
             .sessions
-            .insert(session.sid.0, encode(session))
+            .insert(session.sid.0, session.encode())
             .map_err(io)?;
         if let Some(old) = old {
-            let old: Session = decode(&old)?;
-            if uid_index_key(&old) != uid_index_key(session) {
-                self.uid_sessions.remove(uid_index_key(&old)).map_err(io)?;
+            let old = Session::decode(&session.sid.0, &old)?;
+            if index_key(&old) != index_key(session) {
+                self.uid_sessions.remove(index_key(&old)).map_err(io)?;
             }
         }
         self.session_cache.invalidate(&session.sid);
@@ -260,36 +230,38 @@ impl SledStore {
     /// Makes room for one more live session of `session.uid`: revokes the oldest of its
     /// sessions live at `session.created_at` so that at most `max_live - 1` remain live.
     ///
-    /// The index is read as keys only; sessions are read only when the number of entries
-    /// says the cap may be reached, oldest first, and only as many as the excess. Entries
-    /// of dead sessions count until the sweep removes them, which only makes this read
-    /// more, never revoke more. Returns how many it revoked.
+    /// The index is read as keys only. While it holds fewer entries than `max_live`, the
+    /// cap cannot be reached and no session is read: a returning user's login costs one
+    /// short key scan. Otherwise the sessions are read newest first: the newest
+    /// `max_live - 1` live ones stay, every older live one is revoked. (Entries of dead
+    /// sessions count until the sweep removes them; that only makes this read more.)
+    /// Returns how many it revoked.
     fn evict_for(&self, session: &Session, max_live: usize) -> StoreResult<usize> {
-        let prefix = uid_prefix(&session.uid);
+        let prefix = index_prefix(&session.uid);
         let mut entries = Vec::new();
         for item in self.uid_sessions.scan_prefix(&prefix).keys() {
             entries.push(item.map_err(io)?);
         }
-        let mut excess = (entries.len() + 1).saturating_sub(max_live);
-        let mut revoked = 0;
-        for key in entries {
-            if excess == 0 {
-                break;
-            }
-            let sid = sid_of_index_key(&key)?;
+        if entries.len() < max_live {
+            return Ok(0);
+        }
+        let (mut kept, mut revoked) = (0, 0);
+        for key in entries.iter().rev() {
+            let sid = sid_of_index_key(key)?;
             match self.read_session(sid)? {
                 // Left by a login a crash cut short: it points at nothing.
                 None => {
-                    self.uid_sessions.remove(&key).map_err(io)?;
+                    self.uid_sessions.remove(key).map_err(io)?;
                 }
                 Some(old) if old.is_live(session.created_at) => {
-                    if self.revoke_one(sid)? {
+                    if kept + 1 < max_live {
+                        kept += 1;
+                    } else if self.revoke_one(sid)? {
                         revoked += 1;
                     }
                 }
                 Some(_) => {}
             }
-            excess -= 1;
         }
         Ok(revoked)
     }
@@ -336,8 +308,8 @@ impl Store for SledStore {
     async fn list_users(&self, after: Option<&Uid>, limit: usize) -> StoreResult<Page<UserRecord>> {
         let mut out = Vec::new();
         for item in self::after(&self.users, after.map(|a| a.as_str().as_bytes())).take(limit) {
-            let (_, bytes) = item.map_err(io)?;
-            out.push(decode(&bytes)?);
+            let (key, bytes) = item.map_err(io)?;
+            out.push(UserRecord::decode(&key, &bytes)?);
         }
         Ok(out)
     }
@@ -405,7 +377,7 @@ impl Store for SledStore {
 
     async fn sessions_of(&self, uid: &Uid) -> StoreResult<Vec<Session>> {
         let mut out: Vec<Session> = Vec::new();
-        for item in self.uid_sessions.scan_prefix(uid_prefix(uid)).keys() {
+        for item in self.uid_sessions.scan_prefix(index_prefix(uid)).keys() {
             let sid = sid_of_index_key(&item.map_err(io)?)?;
             if let Some(session) = self.read_session(sid)?
                 && session.uid == *uid
@@ -419,8 +391,8 @@ impl Store for SledStore {
     async fn list_sessions(&self, after: Option<Sid>, limit: usize) -> StoreResult<Page<Session>> {
         let mut out = Vec::new();
         for item in self::after(&self.sessions, after.as_ref().map(|a| &a.0[..])).take(limit) {
-            let (_, bytes) = item.map_err(io)?;
-            out.push(decode(&bytes)?);
+            let (key, bytes) = item.map_err(io)?;
+            out.push(Session::decode(&key, &bytes)?);
         }
         Ok(out)
     }
@@ -519,7 +491,7 @@ impl Store for SledStore {
             {
                 for item in self::after(&self.sessions, after.as_deref()).take(PAGE) {
                     let (key, bytes) = item.map_err(io)?;
-                    let session: Session = decode(&bytes)?;
+                    let session = Session::decode(&key, &bytes)?;
                     if !session.is_live(now) {
                         dead.push((session, bytes));
                     }
@@ -557,7 +529,7 @@ impl Store for SledStore {
             let (key, bytes) = item.map_err(io)?;
             let openid = String::from_utf8(key.to_vec())
                 .map_err(|_| StoreError::Corrupt("an openid key is not UTF-8".into()))?;
-            out.push((openid, decode(&bytes)?));
+            out.push((openid, Identity::decode(&key, &bytes)?));
         }
         Ok(out)
     }
@@ -565,13 +537,13 @@ impl Store for SledStore {
     async fn restore(&self, batch: &Restore) -> StoreResult<()> {
         for user in &batch.users {
             self.users
-                .insert(user.uid.as_str(), encode(user))
+                .insert(user.uid.as_str(), user.encode())
                 .map_err(io)?;
             self.user_cache.invalidate(&user.uid);
         }
         for (openid, identity) in &batch.identities {
             self.identities
-                .insert(openid.as_str(), encode(identity))
+                .insert(openid.as_str(), identity.encode())
                 .map_err(io)?;
         }
         for session in &batch.sessions {
@@ -592,8 +564,9 @@ impl Store for SledStore {
             users += 1;
         }
         let mut sessions_live = 0;
-        for item in self.sessions.iter().values() {
-            let session: Session = decode(&item.map_err(io)?)?;
+        for item in self.sessions.iter() {
+            let (key, bytes) = item.map_err(io)?;
+            let session = Session::decode(&key, &bytes)?;
             if session.is_live(now) {
                 sessions_live += 1;
             }
@@ -754,7 +727,8 @@ mod tests {
         let reads = store.session_reads.load(Ordering::Relaxed);
         let revoked = block_on(store.create_session(&session("u", 4, T0 + 4), Some(3))).unwrap();
         assert_eq!(revoked, 1);
-        assert_eq!(store.session_reads.load(Ordering::Relaxed) - reads, 1);
+        // At the cap, the user's sessions are read (three here), nobody else's.
+        assert_eq!(store.session_reads.load(Ordering::Relaxed) - reads, 3);
         assert_eq!(live(&store, "u", T0 + 5), vec![2, 3, 4]);
         assert_eq!(
             live(&store, "other", T0 + 5),
@@ -765,6 +739,18 @@ mod tests {
         let revoked = block_on(store.create_session(&session("u", 5, T0 + 5), Some(1))).unwrap();
         assert_eq!(revoked, 3);
         assert_eq!(live(&store, "u", T0 + 6), vec![5]);
+    }
+
+    #[test]
+    fn a_dead_session_newer_than_a_live_one_frees_its_slot_without_evicting_the_live_one() {
+        let (_dir, store) = store();
+        block_on(store.create_session(&session("u", 1, T0), None)).unwrap();
+        block_on(store.create_session(&session("u", 2, T0 + 1), None)).unwrap();
+        block_on(store.revoke_sessions(&[Sid([2; 16])])).unwrap();
+        // Two entries, one live (the older): a cap of 2 leaves it live with the new one.
+        let revoked = block_on(store.create_session(&session("u", 3, T0 + 2), Some(2))).unwrap();
+        assert_eq!(revoked, 0);
+        assert_eq!(live(&store, "u", T0 + 3), vec![1, 3]);
     }
 
     #[test]
@@ -786,10 +772,7 @@ mod tests {
     fn an_index_entry_left_by_a_cut_login_points_at_nothing_and_is_cleaned_up() {
         let (_dir, store) = store();
         let ghost = session("u", 1, T0);
-        store
-            .uid_sessions
-            .insert(uid_index_key(&ghost), &[])
-            .unwrap();
+        store.uid_sessions.insert(index_key(&ghost), &[]).unwrap();
         assert!(block_on(store.sessions_of(&ghost.uid)).unwrap().is_empty());
         let revoked = block_on(store.create_session(&session("u", 2, T0 + 1), Some(1))).unwrap();
         assert_eq!(revoked, 0);
@@ -920,7 +903,7 @@ mod tests {
         };
         let uid = block_on(store.upsert_identity("o", other, T0 + 3)).unwrap();
         assert_eq!(uid.as_str(), "u");
-        let now: Identity = decode(&stored()).unwrap();
+        let now = Identity::decode(b"o", &stored()).unwrap();
         assert_eq!(now.unionid.as_deref(), Some("un"));
         assert_eq!(now.session_key.expose(), "k2");
     }

@@ -286,7 +286,7 @@ impl TestApp {
         let dir = tempfile::tempdir().unwrap();
         let mut config = test_config(&dir);
         tweak(&mut config);
-        Self::start(dir, config, None)
+        Self::start(dir, config, None, Arc::new(OffsetClock::new()))
     }
 
     /// liveuser in real WeChat mode against a fake WeChat on loopback.
@@ -300,16 +300,27 @@ impl TestApp {
         config.wx.api_base = wx.base.clone();
         config.wx.timeout_ms = 500;
         tweak(&mut config);
-        Self::start(dir, config, Some(wx))
+        Self::start(dir, config, Some(wx), Arc::new(OffsetClock::new()))
     }
 
-    fn start(dir: TempDir, config: Config, wx: Option<FakeWeChat>) -> TestApp {
+    /// liveuser in mock mode on the database already in `dir` (as `dir/db`), with the
+    /// server's clock `clock` (set before the start, as a database's keys are read then).
+    pub fn spawn_in(dir: TempDir, clock: Arc<OffsetClock>) -> TestApp {
+        let config = test_config(&dir);
+        Self::start(dir, config, None, clock)
+    }
+
+    fn start(
+        dir: TempDir,
+        config: Config,
+        wx: Option<FakeWeChat>,
+        clock: Arc<OffsetClock>,
+    ) -> TestApp {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
-        let clock = Arc::new(OffsetClock::new());
         let running = runtime
             .block_on(app::start(&config, clock.clone()))
             .expect("server starts");

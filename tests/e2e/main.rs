@@ -17,5 +17,6 @@ mod ops;
 mod rotation;
 mod several;
 mod tokens;
+mod upgrade;
 mod upstream;
 mod users;

@@ -508,6 +508,7 @@ impl Store for PgStore {
     }
 
     async fn update_user(&self, uid: &Uid, patch: &UserPatch, now: u64) -> StoreResult<UserRecord> {
+        let stamp = self.shared.users.stamp(uid);
         let rows = self
             .query(
                 USER_UPDATE,
@@ -520,11 +521,15 @@ impl Store for PgStore {
                 ],
             )
             .await?;
-        self.shared.users.invalidate(uid);
-        let _ = self.changed_users.send(uid.clone());
-        rows.first()
+        let user = rows
+            .first()
             .map(user_from)
-            .ok_or_else(|| corrupt("no row after an upsert"))?
+            .ok_or_else(|| corrupt("no row after an upsert"))??;
+        self.shared
+            .users
+            .replace(uid, Some(Arc::new(user.clone())), stamp);
+        let _ = self.changed_users.send(uid.clone());
+        Ok(user)
     }
 
     async fn list_users(&self, after: Option<&Uid>, limit: usize) -> StoreResult<Page<UserRecord>> {
@@ -644,6 +649,7 @@ impl Store for PgStore {
         now_ms: u64,
         idle_secs: u64,
     ) -> StoreResult<RotateOutcome> {
+        let stamp = self.shared.sessions.stamp(&sid);
         let rows = self
             .query(
                 ROTATE,
@@ -662,7 +668,9 @@ impl Store for PgStore {
         let rotated: bool = row.get(0);
         let session = session_from(row, 1)?;
         if rotated {
-            self.shared.sessions.invalidate(&sid);
+            self.shared
+                .sessions
+                .replace(&sid, Some(session.clone()), stamp);
             Ok(RotateOutcome::Rotated(session))
         } else {
             Ok(RotateOutcome::NotCurrent(Some(session)))
@@ -676,6 +684,7 @@ impl Store for PgStore {
         now_ms: u64,
         idle_secs: u64,
     ) -> StoreResult<Option<Session>> {
+        let stamp = self.shared.sessions.stamp(&sid);
         let rows = self
             .query(
                 TOUCH,
@@ -689,7 +698,7 @@ impl Store for PgStore {
             .await?;
         let touched = rows.first().map(|r| session_from(r, 0)).transpose()?;
         if touched.is_some() {
-            self.shared.sessions.invalidate(&sid);
+            self.shared.sessions.replace(&sid, touched.clone(), stamp);
         }
         Ok(touched)
     }
