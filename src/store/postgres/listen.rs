@@ -270,7 +270,7 @@ mod tests {
         shared.notified(&format!("s{sid}"));
         assert_eq!(shared.sessions.get(&sid), None);
         assert_eq!(shared.users.get(&uid), Some(None));
-        shared.notified("Ux,uu1");
+        shared.notified("Ux,u1");
         assert_eq!(shared.users.get(&uid), None);
         shared.users.fill(&uid, None, shared.users.stamp(&uid));
         shared.notified("s-not-hex");
