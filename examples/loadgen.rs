@@ -23,7 +23,8 @@
 //! argument, which calls the same `liveuser::app::start` as `liveuser serve`), so its
 //! memory is measured on its own. Seeding logs every user in once through the service
 //! itself (mock WeChat mode), so the database holds exactly what production would: a
-//! user, an identity and a live session per user. Rate limits are turned off.
+//! user, an identity and a live session per user. Rate limits and the per-address
+//! connection cap are turned off (all the load comes from one address).
 //!
 //! The client is a minimal HTTP/1.1 keep-alive client (one request in flight per
 //! connection, like `wrk`), so it costs little of the machine the server shares.
@@ -236,6 +237,8 @@ fn main() {
     config.wx.mode = WxMode::Mock;
     config.limits.login_per_min = 0;
     config.limits.renew_per_min = 0;
+    // All the load comes from one address (and /metrics is scraped beside it).
+    config.server.max_connections_per_address = 0;
     config.log.level = "warn".into();
     std::fs::write(&config_path, toml::to_string(&config).unwrap()).expect("write config");
 

@@ -128,7 +128,9 @@ pub async fn start(config: &Config, clock: SharedClock) -> Result<Running, Start
     metrics.set_enabled(config.server.metrics);
     {
         let metrics = metrics.clone();
-        store.observe_flushes(Box::new(move |elapsed| metrics.flushed(elapsed)));
+        store.observe_flushes(Box::new(move |elapsed, writers| {
+            metrics.flushed(elapsed, writers)
+        }));
     }
     let service = Service::from_config(config, store.clone(), clock)
         .await

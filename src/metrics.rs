@@ -42,6 +42,7 @@ pub struct Metrics {
     rotations: IntCounter,
     reuse_detections: IntCounter,
     flush_seconds: Histogram,
+    flush_writers: Histogram,
     census: Census,
     enabled: AtomicBool,
 }
@@ -132,6 +133,16 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
         )
         .expect("valid metric");
+        let flush_writers = Histogram::with_opts(
+            HistogramOpts::new(
+                "liveuser_storage_flush_batch_writers",
+                "Writers one group-commit flush made durable (the batch size).",
+            )
+            .buckets(vec![
+                1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 64.0,
+            ]),
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_seconds.clone()),
@@ -142,6 +153,7 @@ impl Metrics {
             Box::new(rotations.clone()),
             Box::new(reuse_detections.clone()),
             Box::new(flush_seconds.clone()),
+            Box::new(flush_writers.clone()),
         ] {
             registry
                 .register(collector)
@@ -158,6 +170,7 @@ impl Metrics {
             rotations,
             reuse_detections,
             flush_seconds,
+            flush_writers,
             census: Census::default(),
             enabled: AtomicBool::new(true),
         }
@@ -214,9 +227,10 @@ impl Metrics {
         self.sessions_live.add(delta);
     }
 
-    /// One group-commit flush took `elapsed`.
-    pub fn flushed(&self, elapsed: Duration) {
+    /// One group-commit flush took `elapsed` and made `writers` writers durable.
+    pub fn flushed(&self, elapsed: Duration, writers: usize) {
         self.flush_seconds.observe(elapsed.as_secs_f64());
+        self.flush_writers.observe(writers as f64);
     }
 
     /// Sets the counted users and live sessions.

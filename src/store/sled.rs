@@ -172,7 +172,7 @@ impl SledStore {
         flush::flush(&self.db)
     }
 
-    /// Reports the duration of every group-commit flush to `observer`.
+    /// Reports the duration and batch size of every group-commit flush to `observer`.
     pub fn observe_flushes(&self, observer: flush::FlushObserver) {
         self.commit.observe(observer);
     }

@@ -88,6 +88,19 @@ fn metrics_change_as_requests_are_made() {
         "the reused family was revoked"
     );
     assert!(delta("liveuser_storage_flush_duration_seconds_count") >= 1.0);
+    // Every flush made at least one writer durable, and every durable write waited for one.
+    let (flushes, writers) = (
+        delta("liveuser_storage_flush_batch_writers_count"),
+        delta("liveuser_storage_flush_batch_writers_sum"),
+    );
+    assert_eq!(
+        flushes,
+        delta("liveuser_storage_flush_duration_seconds_count")
+    );
+    assert!(
+        writers >= flushes && writers >= 3.0,
+        "{writers} writers in {flushes} flushes"
+    );
     assert_eq!(
         delta(r#"liveuser_http_requests_total{code="ok",method="metrics",status="200"}"#),
         1.0,
