@@ -6,19 +6,19 @@
 //! says which path was taken. Tables for people, `--json` for scripts; on failure one
 //! line `liveuser: <reason>` on stderr and exit code 1.
 
-use std::io::{BufReader, IsTerminal, Read, Write};
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::admin::api::ExportRequest;
-use crate::admin::backup::{self, Counts, Exporter, Line, Phase};
+use crate::admin::backup::Phase;
 use crate::admin::ops::{
-    DEFAULT_LIMIT, KeyRotate, SessionList, SessionRevoke, TokenMint, UserGet, UserList, UserPut,
+    DEFAULT_LIMIT, ExportRequest, KeyRotate, SessionList, SessionRevoke, TokenMint, UserGet,
+    UserList, UserPut,
 };
-use crate::admin::{AdminError, Backend, print};
+use crate::admin::{AdminError, Backend, ImportProgress, print};
 use crate::clock::SystemClock;
 use crate::config::{Config, ConfigSource, LogConfig, default_path};
 
@@ -412,45 +412,6 @@ fn progress(template: &str) -> ProgressBar {
     bar
 }
 
-/// Follows the lines going by, to keep the last complete one (the end line).
-#[derive(Default)]
-struct LastLine {
-    partial: Vec<u8>,
-    last: Vec<u8>,
-    lines: u64,
-}
-
-impl LastLine {
-    fn feed(&mut self, bytes: &[u8]) {
-        for piece in bytes.split_inclusive(|b| *b == b'\n') {
-            self.partial.extend_from_slice(piece);
-            if piece.ends_with(b"\n") {
-                self.last = std::mem::take(&mut self.partial);
-                self.lines += 1;
-            }
-        }
-    }
-
-    /// The counts of the end line, if the stream ended with one.
-    fn end(&self) -> Option<Counts> {
-        if !self.partial.is_empty() {
-            return None;
-        }
-        match serde_json::from_slice::<Line>(&self.last) {
-            Ok(Line::End {
-                users,
-                identities,
-                sessions,
-            }) => Some(Counts {
-                users,
-                identities,
-                sessions,
-            }),
-            _ => None,
-        }
-    }
-}
-
 /// Where an export goes: stdout, or a 0600 file written under a temporary name and
 /// renamed when complete, so a failed export never leaves a file that looks whole.
 enum Sink {
@@ -543,48 +504,25 @@ fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
     options.open(path)
 }
 
+/// `export`: the backend's export, copied to stdout or to `--out`; the counts of its
+/// end line go to stderr.
 fn export(config: &Config, out: Output, args: &ExportArgs) -> Result<(), CliError> {
     let backend = connect(config, out, false)?;
     let mut sink = Sink::open(args.out.as_deref())?;
     let bar = progress("{spinner} exporting: {pos} lines [{elapsed}]");
-    let mut tail = LastLine::default();
+    let mut stream = None;
     let result = (|| -> Result<(), CliError> {
-        match &backend {
-            Backend::Direct { admin, runtime } => {
-                let service = admin.service();
-                let mut exporter =
-                    Exporter::new(service.store().clone(), service.now(), args.sessions);
-                while let Some(chunk) = runtime
-                    .block_on(exporter.next_chunk())
-                    .map_err(AdminError::from)?
-                {
-                    tail.feed(&chunk);
-                    sink.write(&chunk)?;
-                    bar.set_position(tail.lines);
-                }
-            }
-            Backend::Api(client) => {
-                let mut reader = client.export(ExportRequest {
-                    sessions: args.sessions,
-                })?;
-                let mut buf = vec![0u8; 64 * 1024];
-                loop {
-                    let n = reader
-                        .read(&mut buf)
-                        .map_err(|e| CliError::Other(format!("the export was cut short: {e}")))?;
-                    if n == 0 {
-                        break;
-                    }
-                    tail.feed(&buf[..n]);
-                    sink.write(&buf[..n])?;
-                    bar.set_position(tail.lines);
-                }
-            }
+        let stream = stream.insert(backend.export(ExportRequest {
+            sessions: args.sessions,
+        })?);
+        while let Some(chunk) = stream.next_chunk()? {
+            sink.write(&chunk)?;
+            bar.set_position(stream.lines());
         }
         Ok(())
     })();
     bar.finish_and_clear();
-    let counts = match (&result, tail.end()) {
+    let counts = match (&result, stream.as_ref().and_then(|s| s.end())) {
         (Ok(()), Some(counts)) => counts,
         (Ok(()), None) => {
             sink.finish(false)?;
@@ -597,6 +535,7 @@ fn export(config: &Config, out: Output, args: &ExportArgs) -> Result<(), CliErro
             return result;
         }
     };
+    drop(stream);
     sink.finish(true)?;
     backend.close()?;
     if out.json {
@@ -607,51 +546,36 @@ fn export(config: &Config, out: Output, args: &ExportArgs) -> Result<(), CliErro
     Ok(())
 }
 
+/// `import FILE`: the file is checked to be readable before the database is opened (an
+/// import creates a missing database), then handed to the backend.
 fn import(config: &Config, out: Output, args: &ImportArgs) -> Result<(), CliError> {
-    let open = || std::fs::File::open(&args.file).map(BufReader::new);
-    let file =
-        open().map_err(|e| CliError::Other(format!("cannot read {}: {e}", args.file.display())))?;
-    drop(file);
+    std::fs::File::open(&args.file)
+        .map_err(|e| CliError::Other(format!("cannot read {}: {e}", args.file.display())))?;
     let backend = connect(config, out, true)?;
-    let counts = match &backend {
-        Backend::Direct { admin, runtime } => {
-            let bar = progress("{spinner} {msg}: {pos} lines [{elapsed}]");
-            let report = |phase: Phase, lines: u64| {
-                bar.set_message(match phase {
-                    Phase::Validating => "validating",
-                    Phase::Writing => "writing",
-                });
-                bar.set_position(lines);
-            };
-            let result = runtime.block_on(backup::import(
-                admin.service().store().as_ref(),
-                open,
-                args.merge,
-                &report,
-            ));
-            bar.finish_and_clear();
-            result?
-        }
-        Backend::Api(client) => {
-            let file = std::fs::File::open(&args.file).map_err(|e| {
-                CliError::Other(format!("cannot read {}: {e}", args.file.display()))
-            })?;
-            let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-            let limit = crate::admin::api::IMPORT_BODY_LIMIT;
-            if size > limit {
-                return Err(CliError::Other(format!(
-                    "{} is larger than {limit} bytes, the most the running server imports; \
-                     stop the server and run the import again",
-                    args.file.display()
-                )));
+    let bar = progress("{spinner} {msg}: {pos} lines [{elapsed}]");
+    let sending =
+        ProgressStyle::with_template("{spinner} sending: {bytes}/{total_bytes} [{elapsed}]");
+    let report = |step: ImportProgress| match step {
+        ImportProgress::Sent { bytes, total } => {
+            if bar.length() != Some(total) {
+                if let Ok(style) = &sending {
+                    bar.set_style(style.clone());
+                }
+                bar.set_length(total);
             }
-            let bar = progress("{spinner} sending: {bytes}/{total_bytes} [{elapsed}]");
-            bar.set_length(size);
-            let result = client.import(bar.wrap_read(file), args.merge);
-            bar.finish_and_clear();
-            result?
+            bar.set_position(bytes);
+        }
+        ImportProgress::Lines(phase, lines) => {
+            bar.set_message(match phase {
+                Phase::Validating => "validating",
+                Phase::Writing => "writing",
+            });
+            bar.set_position(lines);
         }
     };
+    let result = backend.import(&args.file, args.merge, &report);
+    bar.finish_and_clear();
+    let counts = result?;
     backend.close()?;
     if out.json {
         emit(&print::json(&counts))

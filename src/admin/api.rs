@@ -31,11 +31,11 @@ use warp::http::{HeaderValue, header};
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
-use super::backup::{self, Counts, Exporter};
+use super::backup::Counts;
 use super::endpoint::Endpoint;
 use super::ops::{
-    Admin, AdminError, KeyRotate, Operation, SessionList, SessionRevoke, TokenMint, UserGet,
-    UserList, UserPut,
+    Admin, AdminError, ExportRequest, KeyRotate, Operation, SessionList, SessionRevoke, TokenMint,
+    UserGet, UserList, UserPut,
 };
 use crate::http::{BodyError, ErrorCode, capped, capped_stream, error_response, header_value};
 use crate::primitives::{hex, random_bytes};
@@ -49,13 +49,6 @@ const OP_BODY_LIMIT: u64 = 1024 * 1024;
 /// that disk; a larger file is imported with the server stopped, where the CLI reads it
 /// from where it lies.
 pub(crate) const IMPORT_BODY_LIMIT: u64 = 1024 * 1024 * 1024;
-
-/// `export`'s request.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
-pub(crate) struct ExportRequest {
-    /// Include live sessions and their refresh-token hashes.
-    pub sessions: bool,
-}
 
 /// `import`'s query.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
@@ -183,9 +176,7 @@ fn export<S: Store>(
                 Ok(r) => r,
                 Err(e) => return error(&e),
             };
-            let service = admin.service().clone();
-            let mut exporter =
-                Exporter::new(service.store().clone(), service.now(), request.sessions);
+            let mut exporter = admin.exporter(request);
             // The export runs in its own task, a chunk ahead of the client; a client that
             // goes away closes the channel and ends the task.
             let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
@@ -238,9 +229,6 @@ fn import<S: Store>(
                         spool_and_import(&admin, &spool, length.as_ref(), stream, query.merge)
                             .await;
                     let _ = std::fs::remove_file(&spool);
-                    if result.is_ok() {
-                        admin.service().metrics().census_stale();
-                    }
                     answer::<Counts>(result)
                 }
             },
@@ -290,9 +278,8 @@ async fn spool_and_import<S: Store, B: Buf>(
     let worker = admin.clone();
     let spool = spool.to_path_buf();
     tokio::task::spawn_blocking(move || {
-        let store = worker.service().store();
         let open = || std::fs::File::open(&spool).map(std::io::BufReader::new);
-        runtime.block_on(backup::import(store.as_ref(), open, merge, &|_, _| {}))
+        runtime.block_on(worker.import(open, merge, &|_, _| {}))
     })
     .await
     .unwrap_or_else(|e| {

@@ -1,7 +1,9 @@
 //! The admin operations, each implemented once: a request struct in, a data struct out.
 //!
 //! One file per operation (its request, its answer, and how it runs), as mini-redis keeps
-//! one file per command; this file holds what they share: the [`Operation`] trait, the
+//! one file per command; `export` and `import`, which stream a file instead of
+//! answering one struct, are methods of [`Admin`] in files of their own. This file holds
+//! what they share: the [`Operation`] trait, the
 //! [`Admin`] they run over, [`AdminError`], the views of users and sessions, parsing of
 //! identifiers, and paging.
 //!
@@ -9,6 +11,8 @@
 //! uid is reported with the same words whether the CLI runs the operation itself or the
 //! server does. No answer ever holds a refresh token or a refresh-token hash.
 
+mod export;
+mod import;
 mod key_rotate;
 mod session_list;
 mod session_revoke;
@@ -30,6 +34,7 @@ use crate::model::{Session, Sid, Uid, UserRecord};
 use crate::service::{Service, ServiceError};
 use crate::store::{Store, StoreError};
 
+pub(crate) use self::export::ExportRequest;
 pub(crate) use self::key_rotate::{KeyRotate, KeyRotated};
 pub(crate) use self::session_list::SessionList;
 pub(crate) use self::session_revoke::{RevokeOutput, SessionRevoke};
