@@ -40,6 +40,7 @@ use super::ops::{
 use crate::http::{BodyError, ErrorCode, capped, capped_stream, error_response, header_value};
 use crate::primitives::{hex, random_bytes};
 use crate::store::Store;
+use crate::store::private::create_new;
 
 /// Largest body of an operation request.
 const OP_BODY_LIMIT: u64 = 1024 * 1024;
@@ -264,7 +265,7 @@ async fn spool_and_import<S: Store, B: Buf>(
     let mut chunks = std::pin::pin!(chunks);
     let cannot_spool =
         |e: std::io::Error| AdminError::unavailable(format!("cannot store the upload: {e}"));
-    let mut file = create_private(spool).map_err(cannot_spool)?;
+    let mut file = std::io::BufWriter::new(create_new(spool).map_err(cannot_spool)?);
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk.map_err(body_error)?;
         // A write of one chunk to the page cache: short enough for an async worker.
@@ -286,18 +287,6 @@ async fn spool_and_import<S: Store, B: Buf>(
         tracing::error!(error = %e, "the import task failed");
         Err(AdminError::internal("the import failed"))
     })
-}
-
-/// Creates `path` for writing, readable by this user only.
-fn create_private(path: &Path) -> std::io::Result<std::io::BufWriter<std::fs::File>> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    Ok(std::io::BufWriter::new(options.open(path)?))
 }
 
 fn answer<T: Serialize>(result: Result<T, AdminError>) -> Response {

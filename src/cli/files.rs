@@ -17,6 +17,7 @@ use crate::admin::backup::Phase;
 use crate::admin::ops::ExportRequest;
 use crate::admin::{ImportProgress, print};
 use crate::config::Config;
+use crate::store::private::create_new;
 
 /// `export`: the backend's export, copied to stdout or to `--out`; the counts of its
 /// end line go to stderr.
@@ -129,7 +130,7 @@ impl Sink {
         let mut name = path.as_os_str().to_owned();
         name.push(".partial");
         let partial = PathBuf::from(name);
-        let file = create_private(&partial).map_err(|e| {
+        let file = create_new(&partial).map_err(|e| {
             if e.kind() == std::io::ErrorKind::AlreadyExists {
                 CliError::Other(format!(
                     "{} already exists (left by an earlier export, or put there by someone \
@@ -183,21 +184,4 @@ impl Sink {
             }
         }
     }
-}
-
-/// Creates `path` for writing, mode 0600 from its first byte, failing with
-/// `AlreadyExists` if anything is there. An export may be taken in a directory other
-/// users can write (a shared backup directory): a file someone else created there would
-/// stay theirs and readable by them, and a link would make liveuser write wherever it
-/// points, so nothing found at the name is reused, opened through a link, or removed.
-fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
-    let mut options = std::fs::OpenOptions::new();
-    // O_CREAT | O_EXCL: fails on any existing entry, a dangling link included.
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600).custom_flags(libc::O_NOFOLLOW);
-    }
-    options.open(path)
 }
