@@ -9,14 +9,14 @@ use serde::de::DeserializeOwned;
 use super::StoreError;
 
 /// Version byte of the current record format.
-pub const VERSION: u8 = 1;
+pub(crate) const VERSION: u8 = 1;
 
 fn config() -> bincode::config::Configuration {
     bincode::config::standard()
 }
 
 /// Encodes a record.
-pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     let mut out = vec![VERSION];
     bincode::serde::encode_into_std_write(value, &mut out, config())
         .expect("encoding into a Vec cannot fail");
@@ -24,7 +24,7 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 /// Decodes a record written by [`encode`].
-pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
     match bytes.split_first() {
         Some((&VERSION, rest)) => {
             let (value, used) = bincode::serde::decode_from_slice(rest, config())

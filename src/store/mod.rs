@@ -15,10 +15,10 @@
 //! swept).
 
 mod cache;
-pub mod codec;
+mod codec;
 mod flush;
 pub mod private;
-pub mod sled;
+mod sled;
 
 use std::future::Future;
 use std::sync::Arc;
