@@ -6,18 +6,20 @@
 //!
 //! The modules form layers; each imports only from layers below it (no cycles):
 //!
-//! 1. [`cli`] (the command line) → `admin` (operations, their HTTP API and client,
-//!    export/import) and [`app`] (wiring a configuration into a running server);
+//! 1. [`cli`] (the command line: clap types, dispatch, the export and import files) →
+//!    [`app`] (wiring a configuration into a running server) → `admin` (one file per
+//!    operation under `admin/ops/`, the backend that runs them in process or through
+//!    the running server, their HTTP API and client, the export format);
 //! 2. `http` (server loop, routes, JSON, the one list of error codes, the OpenAPI
-//!    document) → `limits` (rate limits), `metrics`;
+//!    document) → `limits` (rate limits);
 //! 3. [`service`] (the four methods: login, rotation, access checks) → `keys` (signing
 //!    keys and their rotation), [`token`] (JWTs, refresh tokens), [`wechat`] (the code
 //!    exchange), `context` (the access log's per-request uid);
 //! 4. [`store`] (the `Store` trait, the sled and PostgreSQL backends, codec, group
 //!    commit, caches) →
 //!    [`model`] (validated identifiers and records), [`config`] (`liveuser.toml` and
-//!    `LIVEUSER_*`);
-//! 5. leaves: `primitives` (randomness, SHA-256, hex), [`secret`], [`clock`];
+//!    `LIVEUSER_*`: the types and defaults, the layered loader, the validation rules);
+//! 5. leaves: `primitives` (randomness, SHA-256, hex), [`secret`], [`clock`], `metrics`;
 //!    [`logging`] reads only `config`.
 //!
 //! The public modules are what an embedder or a test needs: configure, open storage,

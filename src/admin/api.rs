@@ -8,10 +8,10 @@
 //!
 //! | path | request | answer |
 //! |---|---|---|
-//! | `user-get` | [`UserGet`] | [`UserGetOutput`](super::ops::UserGetOutput) |
-//! | `user-list` | [`UserList`] | [`UserPage`](super::ops::UserPage) |
+//! | `user-get` | [`UserGet`] | [`UserGetOutput`](super::ops::user_get::UserGetOutput) |
+//! | `user-list` | [`UserList`] | [`UserPage`](super::ops::user_list::UserPage) |
 //! | `user-put` | [`UserPut`] | [`UserView`](super::ops::UserView) |
-//! | `session-list` | [`SessionList`] | [`SessionPage`](super::ops::SessionPage) |
+//! | `session-list` | [`SessionList`] | [`SessionPage`](super::ops::session_list::SessionPage) |
 //! | `session-revoke` | [`SessionRevoke`] | [`RevokeOutput`](super::ops::RevokeOutput) |
 //! | `token-mint` | [`TokenMint`] | [`Minted`](super::ops::Minted) |
 //! | `token-rotate-key` | [`KeyRotate`] | [`KeyRotated`](super::ops::KeyRotated) |
@@ -31,15 +31,16 @@ use warp::http::{HeaderValue, header};
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
-use super::backup::{self, Counts, Exporter};
+use super::backup::Counts;
 use super::endpoint::Endpoint;
 use super::ops::{
-    Admin, AdminError, KeyRotate, Operation, SessionList, SessionRevoke, TokenMint, UserGet,
-    UserList, UserPut,
+    Admin, AdminError, ExportRequest, KeyRotate, Operation, SessionList, SessionRevoke, TokenMint,
+    UserGet, UserList, UserPut,
 };
 use crate::http::{BodyError, ErrorCode, capped, capped_stream, error_response, header_value};
 use crate::primitives::{hex, random_bytes};
 use crate::store::Store;
+use crate::store::private::create_new;
 
 /// Largest body of an operation request.
 const OP_BODY_LIMIT: u64 = 1024 * 1024;
@@ -49,13 +50,6 @@ const OP_BODY_LIMIT: u64 = 1024 * 1024;
 /// that disk; a larger file is imported with the server stopped, where the CLI reads it
 /// from where it lies.
 pub(crate) const IMPORT_BODY_LIMIT: u64 = 1024 * 1024 * 1024;
-
-/// `export`'s request.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
-pub(crate) struct ExportRequest {
-    /// Include live sessions and their refresh-token hashes.
-    pub sessions: bool,
-}
 
 /// `import`'s query.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
@@ -183,9 +177,7 @@ fn export<S: Store>(
                 Ok(r) => r,
                 Err(e) => return error(&e),
             };
-            let service = admin.service().clone();
-            let mut exporter =
-                Exporter::new(service.store().clone(), service.now(), request.sessions);
+            let mut exporter = admin.exporter(request);
             // The export runs in its own task, a chunk ahead of the client; a client that
             // goes away closes the channel and ends the task.
             let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
@@ -238,9 +230,6 @@ fn import<S: Store>(
                         spool_and_import(&admin, &spool, length.as_ref(), stream, query.merge)
                             .await;
                     let _ = std::fs::remove_file(&spool);
-                    if result.is_ok() {
-                        admin.service().metrics().census_stale();
-                    }
                     answer::<Counts>(result)
                 }
             },
@@ -276,7 +265,7 @@ async fn spool_and_import<S: Store, B: Buf>(
     let mut chunks = std::pin::pin!(chunks);
     let cannot_spool =
         |e: std::io::Error| AdminError::unavailable(format!("cannot store the upload: {e}"));
-    let mut file = create_private(spool).map_err(cannot_spool)?;
+    let mut file = std::io::BufWriter::new(create_new(spool).map_err(cannot_spool)?);
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk.map_err(body_error)?;
         // A write of one chunk to the page cache: short enough for an async worker.
@@ -290,27 +279,14 @@ async fn spool_and_import<S: Store, B: Buf>(
     let worker = admin.clone();
     let spool = spool.to_path_buf();
     tokio::task::spawn_blocking(move || {
-        let store = worker.service().store();
         let open = || std::fs::File::open(&spool).map(std::io::BufReader::new);
-        runtime.block_on(backup::import(store.as_ref(), open, merge, &|_, _| {}))
+        runtime.block_on(worker.import(open, merge, &|_, _| {}))
     })
     .await
     .unwrap_or_else(|e| {
         tracing::error!(error = %e, "the import task failed");
         Err(AdminError::internal("the import failed"))
     })
-}
-
-/// Creates `path` for writing, readable by this user only.
-fn create_private(path: &Path) -> std::io::Result<std::io::BufWriter<std::fs::File>> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    Ok(std::io::BufWriter::new(options.open(path)?))
 }
 
 fn answer<T: Serialize>(result: Result<T, AdminError>) -> Response {

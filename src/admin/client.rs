@@ -5,10 +5,9 @@
 use std::io::Read;
 use std::time::Duration;
 
-use super::api::ExportRequest;
 use super::backup::Counts;
 use super::endpoint::Endpoint;
-use super::ops::{AdminError, Operation};
+use super::ops::{AdminError, ExportRequest, Operation};
 use crate::secret::Secret;
 
 /// A connection to the running server's admin API.
@@ -107,17 +106,13 @@ impl AdminClient {
     }
 
     /// Sends an export file to the server to import.
-    pub(crate) fn import(
-        &self,
-        file: impl Read + 'static,
-        merge: bool,
-    ) -> Result<Counts, AdminError> {
+    pub(crate) fn import(&self, file: &mut dyn Read, merge: bool) -> Result<Counts, AdminError> {
         let response = self
             .agent
             .post(&self.url(&format!("import?merge={merge}")))
             .header("authorization", &format!("Bearer {}", self.token.expose()))
             .header("content-type", "application/x-ndjson")
-            .send(ureq::SendBody::from_owned_reader(file))
+            .send(ureq::SendBody::from_reader(file))
             .map_err(|e| self.unreachable(&e))?;
         self.decode(response)
     }

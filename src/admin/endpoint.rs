@@ -17,6 +17,7 @@ use subtle::ConstantTimeEq;
 use super::ops::AdminError;
 use crate::primitives::{hex, random_bytes};
 use crate::secret::Secret;
+use crate::store::private::create_new;
 
 /// Contents of the endpoint file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -52,14 +53,7 @@ impl Endpoint {
             PathBuf::from(name)
         };
         let _ = std::fs::remove_file(&partial);
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let mut out = options.open(&partial)?;
+        let mut out = create_new(&partial)?;
         let json = serde_json::json!({
             "addr": self.addr,
             "token": self.token.expose(),

@@ -15,116 +15,19 @@
 //! servers and CLIs share the database, so the CLI always runs the operation itself.
 //!
 //! Both paths yield identical structs, so the printed output ([`print`](mod@print)) is identical.
-//! The admin API is authenticated by a random token that the server writes beside the
-//! database at start ([`endpoint`]). Export and import ([`backup`]) stream JSON lines.
+//! Export and import ([`backup`] is the file format) take the same two paths: the
+//! backend streams an export's lines and imports a file whichever way it reached the
+//! database, so the CLI only handles the operator's files. The admin API is
+//! authenticated by a random token that the server writes beside the database at start
+//! ([`endpoint`]).
 
 pub(crate) mod api;
+mod backend;
 pub(crate) mod backup;
 pub(crate) mod client;
 pub(crate) mod endpoint;
 pub(crate) mod ops;
 pub(crate) mod print;
 
-use std::sync::Arc;
-
-use crate::clock::SystemClock;
-use crate::config::{Config, StorageBackend};
-use crate::service::Service;
-use crate::store::{AnyStore, StoreError};
-
-pub(crate) use self::ops::{Admin, AdminError, Operation};
-
-/// Where the CLI's admin operations run.
-pub(crate) enum Backend {
-    /// In this process, on the database opened directly (the server is stopped).
-    Direct {
-        /// The operations over the opened database.
-        admin: Arc<Admin<AnyStore>>,
-        /// A runtime to run them on.
-        runtime: tokio::runtime::Runtime,
-    },
-    /// Through the running server's admin API.
-    Api(client::AdminClient),
-}
-
-impl std::fmt::Debug for Backend {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Backend::Direct { .. } => f.write_str("Backend::Direct"),
-            Backend::Api(c) => write!(f, "Backend::Api({})", c.base()),
-        }
-    }
-}
-
-impl Backend {
-    /// Opens the database named by `config`, or — if the running server holds it —
-    /// connects to that server's admin API. With `create`, a missing database is
-    /// created (import); otherwise it is an error, so a wrong `storage.path` is not
-    /// mistaken for an empty database.
-    pub(crate) fn connect(config: &Config, create: bool) -> Result<Backend, AdminError> {
-        let path = &config.storage.path;
-        if config.storage.backend == StorageBackend::Sled && !create && !path.exists() {
-            return Err(AdminError::not_found(format!(
-                "no database at {} (check storage.path, or start the server once)",
-                path.display()
-            )));
-        }
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| AdminError::internal(format!("cannot start a runtime: {e}")))?;
-        match runtime.block_on(crate::store::open(&config.storage)) {
-            Ok(store) => {
-                let store = Arc::new(store);
-                let service = runtime
-                    .block_on(Service::from_config(config, store, Arc::new(SystemClock)))
-                    .map_err(AdminError::from)?;
-                Ok(Backend::Direct {
-                    admin: Arc::new(Admin::new(Arc::new(service), config.token.clone())),
-                    runtime,
-                })
-            }
-            Err(StoreError::Locked) => {
-                let file = endpoint::path_for(path);
-                let endpoint = endpoint::Endpoint::read(&file)?;
-                Ok(Backend::Api(client::AdminClient::new(&endpoint)))
-            }
-            Err(e) => Err(AdminError::from(e)),
-        }
-    }
-
-    /// Says which path this backend takes, for `-v`.
-    pub(crate) fn describe(&self, config: &Config) -> String {
-        match self {
-            Backend::Direct { admin, .. } if admin.service().store().is_shared() => format!(
-                "connected to the database {} directly",
-                crate::store::location(&config.storage)
-            ),
-            Backend::Direct { .. } => format!(
-                "opened the database at {} directly",
-                config.storage.path.display()
-            ),
-            Backend::Api(c) => format!(
-                "the database is in use by the running server; using its admin API at {}",
-                c.base()
-            ),
-        }
-    }
-
-    /// Runs one operation.
-    pub(crate) fn run<O: Operation>(&self, op: O) -> Result<O::Output, AdminError> {
-        match self {
-            Backend::Direct { admin, runtime } => runtime.block_on(op.run(admin)),
-            Backend::Api(client) => client.call(&op),
-        }
-    }
-
-    /// Flushes the directly opened database (a no-op through the API, whose writes are
-    /// durable on answer).
-    pub(crate) fn close(self) -> Result<(), AdminError> {
-        if let Backend::Direct { admin, .. } = self {
-            admin.service().store().flush()?;
-        }
-        Ok(())
-    }
-}
+pub(crate) use self::backend::{Backend, ImportProgress};
+pub(crate) use self::ops::{Admin, AdminError};

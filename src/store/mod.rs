@@ -16,11 +16,11 @@
 
 mod any;
 mod cache;
-pub mod codec;
+mod codec;
 mod flush;
-pub mod postgres;
+pub(crate) mod postgres;
 pub mod private;
-pub mod sled;
+mod sled;
 mod upgrade;
 
 use std::future::Future;

@@ -33,6 +33,25 @@ pub fn restrict_umask() {
     }
 }
 
+/// Creates `path` for writing, mode 0600 from its first byte, failing with
+/// `AlreadyExists` if anything is there: the one way liveuser creates a file outside
+/// sled (an export, an import's upload, the admin endpoint file). Such a file may be
+/// made in a directory other users can write (a shared backup directory): a file someone
+/// else created there would stay theirs and readable by them, and a link would make
+/// liveuser write wherever it points, so nothing found at the name is reused, opened
+/// through a link, or removed.
+pub(crate) fn create_new(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    // O_CREAT | O_EXCL: fails on any existing entry, a dangling link included.
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600).custom_flags(libc::O_NOFOLLOW);
+    }
+    options.open(path)
+}
+
 /// Gets `path`, the database directory, ready to open: the umask restricted, the
 /// directory and its missing parents created 0700, and nothing in it open to group or
 /// others.

@@ -27,7 +27,7 @@ const MIGRATIONS: &[Migration] = &[Migration {
 }];
 
 /// The schema version this binary writes.
-pub const LATEST: i32 = 1;
+pub(crate) const LATEST: i32 = 1;
 
 /// What [`apply`] found and did.
 #[derive(Debug, Clone, PartialEq, Eq)]

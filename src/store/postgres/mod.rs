@@ -41,14 +41,14 @@ use crate::model::{
 };
 use crate::secret::Secret;
 
-pub use self::connect::{ConnectOptions, TlsMode};
-pub use self::migrate::{LATEST as SCHEMA_VERSION, Migrated};
+pub(crate) use self::connect::ConnectOptions;
+pub(crate) use self::migrate::Migrated;
 
 /// The advisory lock (with the schema's hash as second key) held while migrating.
 const MIGRATE_LOCK: i32 = 0x6c75_6d67; // "lumg"
 
 /// Longest a store call waits for the database before answering `unavailable`.
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Sessions removed per statement by the sweep.
 const SWEEP_BATCH: i64 = 1000;
@@ -959,7 +959,7 @@ impl Store for PgStore {
 }
 
 /// Applies the migrations of `options`' database without serving (`liveuser migrate`).
-pub async fn migrate_only(options: &ConnectOptions) -> StoreResult<Migrated> {
+pub(crate) async fn migrate_only(options: &ConnectOptions) -> StoreResult<Migrated> {
     let tls = options.tls().map_err(StoreError::Io)?;
     let (mut client, connection) = tokio::time::timeout(CALL_TIMEOUT, options.pg.connect(tls))
         .await
