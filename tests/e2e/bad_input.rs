@@ -308,6 +308,10 @@ fn header_values_that_are_not_visible_ascii_get_json_errors() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
 
+/// The README's bound on nesting holds for the whole body: the one decoder reads every
+/// value, unknown fields included, under serde_json's recursion limit (128 levels, the
+/// body counting as one), so a field liveuser ignores cannot carry deeper JSON past it.
+/// 30,000 levels also shows the refusal comes before any deep recursion.
 #[test]
 fn nesting_128_levels_deep_is_malformed_even_inside_an_unknown_field() {
     let app = TestApp::spawn();
@@ -365,8 +369,9 @@ fn a_field_given_twice_is_invalid_argument_naming_it_on_every_path() {
     let token = login.str("access_token");
     let mut headers = json_header();
     headers.push(("authorization", format!("Bearer {token}")));
-    // The second of each pair would also be refused for its own reason (a wrong type),
-    // which sends the body down the field-by-field path: the repeat is found on both.
+    // Some second values would also be refused for their own reason (a wrong type): the
+    // repeat is what is reported, whichever of the two a parser would have kept. A key
+    // spelled with an escape is the same key once read.
     let cases = [
         (
             "/liveuser/User/QueryUser",
