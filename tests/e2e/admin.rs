@@ -414,6 +414,108 @@ fn an_admin_request_with_a_chunked_body_is_answered_like_any_other() {
     assert!(answer.contains(r#""code":"invalid_argument""#), "{answer}");
 }
 
+/// One rule for repeated fields on every path (as the public API refuses them): an admin
+/// request that gives a field twice is refused naming it, whichever value a parser would
+/// have kept, and nothing is done.
+#[test]
+fn an_admin_request_that_gives_a_field_twice_is_refused_naming_it() {
+    let app = TestApp::spawn();
+    let alice = app.login_ok("alice");
+    let uid = alice.str("uid");
+    let file = app.dir.path().join("db.admin-token");
+    let endpoint: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let token = endpoint["token"].as_str().unwrap().to_string();
+    let admin = format!("http://{}", app.admin_addr.unwrap());
+    let send = |path: &str, body: &str| {
+        crate::common::send(
+            &crate::common::agent(),
+            "POST",
+            &format!("{admin}{path}"),
+            &[
+                ("content-type", "application/json".to_string()),
+                ("authorization", format!("Bearer {token}")),
+            ],
+            body.as_bytes(),
+        )
+    };
+    let import = |user_line: &str| {
+        format!(
+            "{}\n{user_line}\n{}\n",
+            r#"{"kind":"header","format":"liveuser-export","version":2,"exported_at":1,"sessions":false}"#,
+            r#"{"kind":"end","users":1,"identities":0,"sessions":0}"#,
+        )
+    };
+    let cases = [
+        (
+            "/admin/v1/user-put",
+            r#"{"uid":"carol","name":"A","name":"B"}"#.to_string(),
+            "name",
+        ),
+        (
+            "/admin/v1/user-put",
+            r#"{"uid":"carol","u\u0069d":"dave","name":"A"}"#.to_string(),
+            "uid",
+        ),
+        (
+            "/admin/v1/user-get",
+            format!(r#"{{"uids":["{uid}"],"uids":["carol"]}}"#),
+            "uids",
+        ),
+        (
+            "/admin/v1/user-list",
+            r#"{"after":null,"limit":10,"limit":20}"#.to_string(),
+            "limit",
+        ),
+        (
+            "/admin/v1/session-list",
+            format!(r#"{{"uid":"{uid}","uid":null,"after":null,"limit":10}}"#),
+            "uid",
+        ),
+        (
+            "/admin/v1/session-revoke",
+            format!(r#"{{"sids":[],"uid":"carol","uid":"{uid}","all":false}}"#),
+            "uid",
+        ),
+        (
+            "/admin/v1/token-mint",
+            format!(r#"{{"uid":"{uid}","ttl_secs":60,"ttl_secs":600}}"#),
+            "ttl_secs",
+        ),
+        (
+            "/admin/v1/export",
+            r#"{"sessions":false,"sessions":true}"#.to_string(),
+            "sessions",
+        ),
+        (
+            "/admin/v1/import?merge=true",
+            import(
+                r#"{"kind":"user","uid":"carol","name":"A","name":"B","agent":"","avatar":"","update_at":1}"#,
+            ),
+            "name",
+        ),
+        (
+            "/admin/v1/import?merge=true",
+            import(
+                r#"{"kind":"user","kind":"user","uid":"carol","name":"A","agent":"","avatar":"","update_at":1}"#,
+            ),
+            "kind",
+        ),
+    ];
+    for (path, body, field) in &cases {
+        let r = send(path, body);
+        r.assert_error(400, "invalid_argument");
+        assert!(
+            r.str("msg").contains(&format!("duplicate field `{field}`")),
+            "{path} {body}: {}",
+            r.text
+        );
+    }
+    // Nothing was written or revoked: carol does not exist, alice's session renews.
+    let r = send("/admin/v1/user-get", r#"{"uids":["carol"]}"#);
+    assert_eq!(r.body["missing"], json!(["carol"]), "{}", r.text);
+    assert_eq!(app.renew(&alice.str("refresh_token")).status, 200);
+}
+
 // The same tests with PostgreSQL as the backend.
 crate::on_postgres!(
     every_read_command_prints_the_same_with_the_server_running_and_stopped,
