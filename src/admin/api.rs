@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::{Buf, Bytes};
 use futures_util::{Stream, StreamExt};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use warp::http::{HeaderValue, header};
 use warp::reply::Response;
 use warp::{Filter, Rejection};
@@ -51,12 +51,32 @@ const OP_BODY_LIMIT: u64 = 1024 * 1024;
 /// from where it lies.
 pub(crate) const IMPORT_BODY_LIMIT: u64 = 1024 * 1024 * 1024;
 
-/// `import`'s query.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
-pub(crate) struct ImportQuery {
-    /// Write into a database that already holds users.
-    #[serde(default)]
-    pub merge: bool,
+/// `import`'s query, `merge=BOOL` (write into a database that already holds users;
+/// false when absent). Read from its pairs rather than by `warp::query` into a struct,
+/// whose rejection says only "Invalid query string": a value that is not a bool, or
+/// `merge` given twice (refused like every repeated field), is named in the answer.
+fn import_merge(pairs: &[(String, String)]) -> Result<bool, AdminError> {
+    let mut merge = None;
+    for (key, value) in pairs {
+        if key != "merge" {
+            continue;
+        }
+        if merge.is_some() {
+            return Err(AdminError::invalid(
+                "bad query: merge must appear only once",
+            ));
+        }
+        merge = Some(match value.as_str() {
+            "true" => true,
+            "false" => false,
+            _ => {
+                return Err(AdminError::invalid(
+                    "bad query: merge must be true or false",
+                ));
+            }
+        });
+    }
+    Ok(merge.unwrap_or(false))
 }
 
 #[derive(Debug)]
@@ -218,17 +238,20 @@ fn import<S: Store>(
     spool_prefix: Arc<PathBuf>,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     path("import")
-        .and(warp::query::<ImportQuery>())
+        .and(warp::query::<Vec<(String, String)>>())
         .and(header_value("content-length"))
         .and(warp::body::stream())
         .then(
-            move |query: ImportQuery, length: Option<HeaderValue>, stream| {
+            move |query: Vec<(String, String)>, length: Option<HeaderValue>, stream| {
                 let admin = admin.clone();
                 let spool = spool_path(&spool_prefix);
                 async move {
+                    let merge = match import_merge(&query) {
+                        Ok(merge) => merge,
+                        Err(e) => return error(&e),
+                    };
                     let result =
-                        spool_and_import(&admin, &spool, length.as_ref(), stream, query.merge)
-                            .await;
+                        spool_and_import(&admin, &spool, length.as_ref(), stream, merge).await;
                     let _ = std::fs::remove_file(&spool);
                     answer::<Counts>(result)
                 }
@@ -328,4 +351,35 @@ async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
         AdminError::internal("internal error")
     };
     Ok(error(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_import_query_reads_merge_once_as_a_bool() {
+        let pairs = |q: &[(&str, &str)]| -> Vec<(String, String)> {
+            q.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(import_merge(&pairs(&[])), Ok(false));
+        assert_eq!(import_merge(&pairs(&[("merge", "true")])), Ok(true));
+        assert_eq!(import_merge(&pairs(&[("merge", "false")])), Ok(false));
+        assert_eq!(import_merge(&pairs(&[("other", "1")])), Ok(false));
+        let refused = |q: &[(&str, &str)]| import_merge(&pairs(q)).unwrap_err().msg;
+        assert_eq!(
+            refused(&[("merge", "true"), ("merge", "false")]),
+            "bad query: merge must appear only once"
+        );
+        assert_eq!(
+            refused(&[("merge", "true"), ("merge", "true")]),
+            "bad query: merge must appear only once"
+        );
+        assert_eq!(
+            refused(&[("merge", "yes")]),
+            "bad query: merge must be true or false"
+        );
+    }
 }

@@ -510,6 +510,19 @@ fn an_admin_request_that_gives_a_field_twice_is_refused_naming_it() {
             r.text
         );
     }
+    // The import's query too, before anything is read.
+    let good =
+        import(r#"{"kind":"user","uid":"carol","name":"A","agent":"","avatar":"","update_at":1}"#);
+    for query in ["merge=true&merge=false", "merge=true&merge=true"] {
+        let r = send(&format!("/admin/v1/import?{query}"), &good);
+        r.assert_error(400, "invalid_argument");
+        assert_eq!(
+            r.str("msg"),
+            "bad query: merge must appear only once",
+            "{query}"
+        );
+    }
+
     // Nothing was written or revoked: carol does not exist, alice's session renews.
     let r = send("/admin/v1/user-get", r#"{"uids":["carol"]}"#);
     assert_eq!(r.body["missing"], json!(["carol"]), "{}", r.text);
