@@ -350,11 +350,87 @@ fn a_format_1_export_imports_and_its_clients_tokens_still_renew() {
     assert_eq!(next.status, 200, "{}", next.text);
 }
 
+/// One rule for repeated fields on every path (as the public API refuses them): an import
+/// line that gives a field twice is refused with its line number and the field's name,
+/// whichever value a parser would have kept, and nothing of the file is written.
+#[test]
+fn an_import_line_that_gives_a_field_twice_is_refused_naming_the_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (current, previous) = ("11".repeat(32), "22".repeat(32));
+    let lines = [
+        r#"{"kind":"header","format":"liveuser-export","version":2,"exported_at":1,"sessions":true}"#.to_string(),
+        r#"{"kind":"user","uid":"u-1","name":"One","agent":"","avatar":"","update_at":7}"#.to_string(),
+        r#"{"kind":"identity","openid":"o-1","uid":"u-1","unionid":null}"#.to_string(),
+        format!(
+            r#"{{"kind":"session","sid":"{}","uid":"u-1","created_at":{},"last_used_at":{},"expires_at":{},"idle_expires_at":{},"generation":1,"current":"{current}","previous":{{"hash":"{previous}","rotated_at_ms":{}}}}}"#,
+            "ab".repeat(16),
+            now - 100,
+            now - 50,
+            now + 10_000,
+            now + 5_000,
+            (now - 50) * 1000,
+        ),
+        r#"{"kind":"end","users":1,"identities":1,"sessions":1}"#.to_string(),
+    ];
+    let previous_hash = format!(r#""hash":"{previous}""#);
+    let previous_twice = format!(r#""hash":"{current}","hash":"{previous}""#);
+    // (line number, the text in it, what it becomes, the field given twice)
+    let cases = [
+        (1, r#""version":2"#, r#""version":1,"version":2"#, "version"),
+        (2, r#""name":"One""#, r#""name":"One","name":"Two""#, "name"),
+        (
+            2,
+            r#""kind":"user""#,
+            r#""kind":"user","kind":"user""#,
+            "kind",
+        ),
+        (3, r#""uid":"u-1""#, r#""uid":"u-1","uid":"u-2""#, "uid"),
+        (
+            4,
+            r#""generation":1"#,
+            r#""generation":1,"generation":1"#,
+            "generation",
+        ),
+        (4, &previous_hash, &previous_twice, "hash"),
+        (5, r#""users":1"#, r#""users":1,"users":1"#, "users"),
+    ];
+    let file = dir.path().join("import.jsonl");
+    for (n, text, twice, field) in cases {
+        let mut edited = lines.clone();
+        assert!(edited[n - 1].contains(text), "{text} is on line {n}");
+        edited[n - 1] = edited[n - 1].replacen(text, twice, 1);
+        std::fs::write(&file, edited.join("\n") + "\n").unwrap();
+        let r = cli(&config, &["import", file.to_str().unwrap()]);
+        let line = r.failed();
+        assert!(
+            line.starts_with(&format!("liveuser: line {n}: "))
+                && line.contains(&format!("duplicate field `{field}`")),
+            "{twice}: {line}"
+        );
+    }
+    // Nothing was written (an import without --merge needs an empty database): the file
+    // with no field repeated imports.
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    assert_eq!(
+        cli(&config, &["import", file.to_str().unwrap()]).ok(),
+        "imported 1 users, 1 identities, 1 sessions\n"
+    );
+    let listed = cli(&config, &["--json", "user", "list"]);
+    let listed: Value = serde_json::from_str(listed.ok()).unwrap();
+    assert_eq!(listed["users"][0]["name"], "One");
+}
+
 // The same tests with PostgreSQL as the backend.
 crate::on_postgres!(
     export_then_import_into_a_fresh_database_round_trips_every_record,
     import_checks_every_line_first_and_writes_nothing_from_a_bad_file,
     a_format_1_export_imports_and_its_clients_tokens_still_renew,
+    an_import_line_that_gives_a_field_twice_is_refused_naming_the_line_and_field,
 );
 
 #[test]
