@@ -9,7 +9,9 @@ use std::sync::Arc;
 use liveuser::app;
 use liveuser::clock::OffsetClock;
 
-use crate::common::{Binary, TestApp, binary_config, cli, login, test_config, write_config};
+use crate::common::{
+    Binary, CliRun, POSTGRES_URL_VAR, TestApp, binary_config, cli, login, test_config, write_config,
+};
 
 fn mode(path: &Path) -> u32 {
     std::fs::symlink_metadata(path)
@@ -82,6 +84,64 @@ fn the_binary_started_under_umask_0022_creates_a_private_database() {
     assert!(server.terminate().success());
     // Files written at shutdown too.
     assert_private(&data);
+}
+
+/// Runs `liveuser --config <config> <args>` as [`cli`] does, under umask 0022.
+fn cli_under_umask_0022(config: &Path, args: &[&str]) -> CliRun {
+    use std::os::unix::process::CommandExt;
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_liveuser"));
+    command
+        .env_remove(POSTGRES_URL_VAR)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdin(std::process::Stdio::null());
+    // SAFETY: umask is async-signal-safe and touches nothing but the child's mask.
+    unsafe {
+        command.pre_exec(|| {
+            libc::umask(0o022);
+            Ok(())
+        });
+    }
+    let output = command.output().expect("liveuser runs");
+    CliRun {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn the_direct_mode_cli_under_umask_0022_creates_a_private_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("liveuser.toml");
+    std::fs::write(
+        &config,
+        binary_config(dir.path()).replace(
+            &dir.path().join("db").display().to_string(),
+            &dir.path().join("data").join("db").display().to_string(),
+        ),
+    )
+    .unwrap();
+    let file = dir.path().join("users.jsonl");
+    std::fs::write(
+        &file,
+        "{\"kind\":\"header\",\"format\":\"liveuser-export\",\"version\":2,\"exported_at\":1,\"sessions\":false}\n\
+         {\"kind\":\"user\",\"uid\":\"u-1\",\"name\":\"One\",\"agent\":\"\",\"avatar\":\"\",\"update_at\":7}\n\
+         {\"kind\":\"end\",\"users\":1,\"identities\":0,\"sessions\":0}\n",
+    )
+    .unwrap();
+
+    // No server runs: the import opens (creates) the database itself.
+    let run = cli_under_umask_0022(&config, &["-v", "import", file.to_str().unwrap()]);
+    assert_eq!(run.ok(), "imported 1 users, 0 identities, 0 sessions\n");
+    assert!(run.stderr.contains("directly"), "{}", run.stderr);
+    // The parent liveuser created for the database, the database, sled's files in it.
+    let data = dir.path().join("data");
+    assert!(
+        assert_private(&data) >= 4,
+        "the parent, the database and sled's files were seen"
+    );
 }
 
 #[test]
