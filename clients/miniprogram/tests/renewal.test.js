@@ -4,7 +4,7 @@
 
 const { test } = require('node:test');
 const assert = require('node:assert/strict');
-const { LiveuserError } = require('..');
+const { LiveuserError, fetchRequest } = require('..');
 const h = require('./harness');
 
 const server = h.serverForFile();
@@ -144,6 +144,47 @@ test('a session revoked with `liveuser session revoke --uid` leads to one transp
   assert.equal(request.count('/Wx/Login'), 2, 'the first login and one re-login');
   assert.equal(user.codes.length, 2, 'the re-login used a fresh code');
   assert.equal(client.uid, uid);
+});
+
+/** RenewToken with `refreshToken`, sent by someone other than the client (a thief with a copy). */
+function renewElsewhere(base, refreshToken) {
+  return fetchRequest({
+    url: `${base}/liveuser/Wx/RenewToken`,
+    method: 'POST',
+    data: { refresh_token: refreshToken },
+  });
+}
+
+test('a renewal refused as reuse (the token was renewed elsewhere) leads to one transparent re-login', async () => {
+  const { user, storage, state } = await loggedIn();
+  // A copy of the stored refresh token is renewed elsewhere, and its successor too: the
+  // client's token is now an older token of its session, which the server takes for
+  // theft, revoking the whole session.
+  const stolen = await renewElsewhere(server.base, state.refresh_token);
+  assert.equal(stolen.status, 200);
+  const next = await renewElsewhere(server.base, stolen.data.refresh_token);
+  assert.equal(next.status, 200);
+  h.makeStale(storage);
+  const { client, request } = newClient({ user, storage });
+
+  const results = await Promise.all(Array.from({ length: 5 }, () => client.queryUser([state.uid])));
+
+  for (const users of results) assert.equal(users[0].uid, state.uid);
+  const renewals = request.log.filter((r) => r.path.endsWith('/RenewToken'));
+  assert.deepEqual(
+    renewals.map((r) => `${r.body.refresh_token === state.refresh_token} ${r.status}`),
+    ['true 401'],
+    'one renewal, with the stored token, refused'
+  );
+  assert.equal(request.count('/Wx/Login'), 1, 'one re-login for the five calls');
+  assert.equal(user.codes.length, 2, 'the re-login used a fresh code');
+  assert.equal(request.count('/User/QueryUser'), 5);
+  assert.equal(client.uid, state.uid, 'the same user');
+  assert.deepEqual(h.stored(storage), request.answers[0], 'the new login is stored');
+  // It was reuse, not a plain refusal: the session it hit is revoked, the thief's
+  // newest token included.
+  const thief = await renewElsewhere(server.base, next.data.refresh_token);
+  assert.equal(thief.status, 401);
 });
 
 test('a renewal answer lost on the network is recovered with the same refresh token, without logging out', async () => {
