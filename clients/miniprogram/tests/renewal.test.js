@@ -187,6 +187,37 @@ test('a renewal refused as reuse (the token was renewed elsewhere) leads to one 
   assert.equal(thief.status, 401);
 });
 
+test('a session ended by a login on another device leads to one transparent re-login', async () => {
+  // At most one session per user: a login elsewhere revokes the client's session, its
+  // access token and refresh token both.
+  const capped = await h.startServer({ token: { max_sessions_per_user: 1 } });
+  try {
+    const user = h.mockUser();
+    const { client, request } = h.newClient({ base: capped.base, user });
+    const { uid } = await client.login();
+    const elsewhere = h.newClient({ base: capped.base, user });
+    assert.deepEqual(await elsewhere.client.login(), { uid });
+
+    const users = await client.queryUser([uid]);
+
+    assert.equal(users[0].uid, uid);
+    assert.deepEqual(
+      request.log.map((r) => `${r.path} ${r.status}`),
+      [
+        '/liveuser/Wx/Login 200',
+        '/liveuser/User/QueryUser 401',
+        '/liveuser/Wx/RenewToken 401',
+        '/liveuser/Wx/Login 200',
+        '/liveuser/User/QueryUser 200',
+      ]
+    );
+    assert.equal(user.codes.length, 3, 'a code for each login: here, elsewhere, the re-login');
+    assert.equal(client.uid, uid);
+  } finally {
+    await capped.stop();
+  }
+});
+
 test('a renewal answer lost on the network is recovered with the same refresh token, without logging out', async () => {
   let lost = 0;
   // The server answers the first RenewToken (so it rotates), then the answer is lost.
