@@ -359,7 +359,7 @@ impl<R: BufRead> Reader<R> {
         }
     }
 
-    /// The next record; `None` at the end of a complete file. Blank lines are skipped.
+    /// The next record; `None` at the end of a complete file.
     fn next_record(&mut self, progress: Progress<'_>) -> Result<Option<Record>, AdminError> {
         for text in self.lines.by_ref() {
             self.n += 1;
@@ -375,13 +375,16 @@ impl<R: BufRead> Reader<R> {
                 progress(self.phase, n);
             }
             if text.trim().is_empty() {
-                if self.checker.section == Section::Start {
-                    return Err(bad(
-                        n,
-                        format!("a blank line; an export starts with its {FORMAT} header line"),
-                    ));
-                }
-                continue;
+                // An export writes none: a blank line means the file was edited or is not
+                // an export, and skipping it would hide that.
+                return Err(bad(
+                    n,
+                    if self.checker.section == Section::Start {
+                        format!("a blank line; an export starts with its {FORMAT} header line")
+                    } else {
+                        "a blank line; an export has no blank lines".to_string()
+                    },
+                ));
             }
             if let Some(record) = self.checker.check(n, &text)? {
                 return Ok(Some(record));
@@ -596,16 +599,50 @@ mod tests {
         assert!(err.msg.contains("not supported"), "{}", err.msg);
     }
 
+    /// A blank first line was once reported as "out of order", and blank lines further
+    /// on were skipped although an export never writes one.
+    #[test]
+    fn a_blank_line_is_reported_as_blank_by_number_wherever_it_stands() {
+        let end = r#"{"kind":"end","users":1,"identities":0,"sessions":0}"#;
+        let cases = [
+            (format!("\n{HEADER}\n{USER}\n{end}\n"), 1, "starts with its"),
+            (
+                format!("  \t\n{HEADER}\n{USER}\n{end}\n"),
+                1,
+                "starts with its",
+            ),
+            (
+                format!("{HEADER}\n\n{USER}\n{end}\n"),
+                2,
+                "has no blank lines",
+            ),
+            (
+                format!("{HEADER}\n{USER}\n \n{end}\n"),
+                3,
+                "has no blank lines",
+            ),
+            (
+                format!("{HEADER}\n{USER}\n{end}\n\n"),
+                4,
+                "has no blank lines",
+            ),
+        ];
+        for (text, line, needle) in cases {
+            let err = check_all(&text).unwrap_err();
+            assert!(
+                err.msg.starts_with(&format!("line {line}: a blank line; "))
+                    && err.msg.contains(needle),
+                "{text:?} gave {}",
+                err.msg
+            );
+        }
+    }
+
     #[test]
     fn the_first_bad_line_is_reported_by_number() {
         let end = r#"{"kind":"end","users":1,"identities":0,"sessions":0}"#;
         let cases = [
             (format!("{USER}\n"), 1, "header"),
-            (
-                format!("\n{HEADER}\n{USER}\n"),
-                1,
-                "a blank line; an export starts with",
-            ),
             (format!("{HEADER}\n{USER}\n{USER}\n{end}\n"), 3, "twice"),
             (
                 format!("{HEADER}\n{USER}\nnot json\n"),
