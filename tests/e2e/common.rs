@@ -372,11 +372,7 @@ impl TestApp {
 
     /// POST a JSON body to `path`, optionally with a Bearer token.
     pub fn post(&self, path: &str, body: &Value, bearer: Option<&str>) -> Reply {
-        let mut headers = vec![("content-type", "application/json".to_string())];
-        if let Some(token) = bearer {
-            headers.push(("authorization", format!("Bearer {token}")));
-        }
-        self.raw("POST", path, &headers, body.to_string().as_bytes())
+        post_json(&self.agent, &format!("{}{path}", self.base), body, bearer)
     }
 
     /// Any request, byte for byte.
@@ -482,17 +478,17 @@ pub fn send(
 /// POSTs a JSON body to `base` + `path` (e.g. a [`Binary`]'s), optionally with a Bearer
 /// token.
 pub fn post(base: &str, path: &str, body: Value, bearer: Option<&str>) -> Reply {
+    post_json(&agent(), &format!("{base}{path}"), &body, bearer)
+}
+
+/// A JSON call as a mini-program makes it, for [`TestApp::post`] and [`post`]: the body
+/// with its content type, and the access token when there is one.
+fn post_json(agent: &ureq::Agent, url: &str, body: &Value, bearer: Option<&str>) -> Reply {
     let mut headers = vec![("content-type", "application/json".to_string())];
-    if let Some(t) = bearer {
-        headers.push(("authorization", format!("Bearer {t}")));
+    if let Some(token) = bearer {
+        headers.push(("authorization", format!("Bearer {token}")));
     }
-    send(
-        &agent(),
-        "POST",
-        &format!("{base}{path}"),
-        &headers,
-        body.to_string().as_bytes(),
-    )
+    send(agent, "POST", url, &headers, body.to_string().as_bytes())
 }
 
 /// Logs in at `base` with `code` and asserts success.
