@@ -9,7 +9,8 @@
 //! 1. [`cli`] (the command line: clap types, dispatch, the export and import files) →
 //!    [`app`] (wiring a configuration into a running server) → `admin` (one file per
 //!    operation under `admin/ops/`, the backend that runs them in process or through
-//!    the running server, their HTTP API and client, the export format);
+//!    the running server, their HTTP API and client, the export format with its writer
+//!    and reader under `admin/backup/`);
 //! 2. `http` (server loop, routes, JSON, the one list of error codes, the OpenAPI
 //!    document) → `limits` (rate limits);
 //! 3. [`service`] (the four methods: login, rotation, access checks) → `keys` (signing

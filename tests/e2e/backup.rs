@@ -165,6 +165,22 @@ fn import_checks_every_line_first_and_writes_nothing_from_a_bad_file() {
     std::fs::write(&truncated, &good[..good.len() / 2]).unwrap();
     let r = cli(&fresh_config, &["import", truncated.to_str().unwrap()]);
     assert!(r.failed().contains("line "), "{r:?}");
+    // A blank line is named as such, first or further on.
+    let blank_first = fresh.path().join("blank-first.jsonl");
+    std::fs::write(&blank_first, format!("\n{good}")).unwrap();
+    let r = cli(&fresh_config, &["import", blank_first.to_str().unwrap()]);
+    assert!(
+        r.failed().starts_with("liveuser: line 1: a blank line; "),
+        "{r:?}"
+    );
+    let blank_inside = fresh.path().join("blank-inside.jsonl");
+    lines[3] = "";
+    std::fs::write(&blank_inside, lines.join("\n")).unwrap();
+    let r = cli(&fresh_config, &["import", blank_inside.to_str().unwrap()]);
+    assert!(
+        r.failed().starts_with("liveuser: line 4: a blank line; "),
+        "{r:?}"
+    );
     let listed = cli(&fresh_config, &["user", "list"]);
     assert_eq!(
         listed.ok(),

@@ -1,6 +1,8 @@
 //! The test harness: a real liveuser server on a loopback port 0, a real sled database
 //! in a temp dir, a fake WeChat that is a real HTTP server on loopback, and a blocking
-//! HTTP client (ureq) to talk to them as a mini-program would.
+//! HTTP client (ureq) to talk to them as a mini-program would. The executable itself
+//! ([`Binary`]) runs on loopback ports the harness picks, and is ready when it answers
+//! `GET /healthz` on them.
 //!
 //! The storage backend is a parameter: a test run through [`on_postgres`] (modules list
 //! theirs with [`on_postgres!`](crate::on_postgres)) gets the real PostgreSQL at
@@ -370,11 +372,7 @@ impl TestApp {
 
     /// POST a JSON body to `path`, optionally with a Bearer token.
     pub fn post(&self, path: &str, body: &Value, bearer: Option<&str>) -> Reply {
-        let mut headers = vec![("content-type", "application/json".to_string())];
-        if let Some(token) = bearer {
-            headers.push(("authorization", format!("Bearer {token}")));
-        }
-        self.raw("POST", path, &headers, body.to_string().as_bytes())
+        post_json(&self.agent, &format!("{}{path}", self.base), body, bearer)
     }
 
     /// Any request, byte for byte.
@@ -434,10 +432,15 @@ impl Drop for TestApp {
 }
 
 pub fn agent() -> ureq::Agent {
+    agent_timing_out(Duration::from_secs(30))
+}
+
+/// A client that gives up on a request after `timeout`, and takes any status as an answer.
+fn agent_timing_out(timeout: Duration) -> ureq::Agent {
     ureq::Agent::new_with_config(
         ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(30)))
+            .timeout_global(Some(timeout))
             .build(),
     )
 }
@@ -475,17 +478,17 @@ pub fn send(
 /// POSTs a JSON body to `base` + `path` (e.g. a [`Binary`]'s), optionally with a Bearer
 /// token.
 pub fn post(base: &str, path: &str, body: Value, bearer: Option<&str>) -> Reply {
+    post_json(&agent(), &format!("{base}{path}"), &body, bearer)
+}
+
+/// A JSON call as a mini-program makes it, for [`TestApp::post`] and [`post`]: the body
+/// with its content type, and the access token when there is one.
+fn post_json(agent: &ureq::Agent, url: &str, body: &Value, bearer: Option<&str>) -> Reply {
     let mut headers = vec![("content-type", "application/json".to_string())];
-    if let Some(t) = bearer {
-        headers.push(("authorization", format!("Bearer {t}")));
+    if let Some(token) = bearer {
+        headers.push(("authorization", format!("Bearer {token}")));
     }
-    send(
-        &agent(),
-        "POST",
-        &format!("{base}{path}"),
-        &headers,
-        body.to_string().as_bytes(),
-    )
+    send(agent, "POST", url, &headers, body.to_string().as_bytes())
 }
 
 /// Logs in at `base` with `code` and asserts success.
@@ -652,70 +655,123 @@ pub struct Binary {
     pub log: Arc<Mutex<String>>,
 }
 
+/// Starts of [`Binary::serve`] on fresh ports when a port it picked was taken before the
+/// server bound it: tests run in parallel, and any of them may bind a port in between.
+const START_ATTEMPTS: usize = 5;
+/// How long one start may take to answer `/healthz`.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why one start of the executable gave no running server.
+enum StartFailure {
+    /// A port the harness picked was taken before the server bound it; the log.
+    PortTaken(String),
+    /// Anything else, said with the process's log.
+    Failed(String),
+}
+
 impl Binary {
     /// Writes `config_toml` to `dir/liveuser.toml` and runs `liveuser serve` with it,
-    /// with extra environment variables; waits for the logged listening address.
+    /// with extra environment variables, on loopback ports the harness picks (they
+    /// override `server.listen` and `server.admin_listen`); returns once the server
+    /// answers `GET /healthz`.
     pub fn serve(dir: &std::path::Path, config_toml: &str, env: &[(&str, &str)]) -> Binary {
         Self::serve_with(dir, config_toml, env, |_| {})
     }
 
     /// [`Binary::serve`], with `tweak` applied to the command before it starts (e.g. to
-    /// set resource limits on the child).
+    /// set resource limits on the child); it is applied again to each retried start.
     pub fn serve_with(
         dir: &std::path::Path,
         config_toml: &str,
         env: &[(&str, &str)],
-        tweak: impl FnOnce(&mut std::process::Command),
+        tweak: impl Fn(&mut std::process::Command),
     ) -> Binary {
-        use std::io::BufRead;
         let config = dir.join("liveuser.toml");
         std::fs::write(&config, config_toml).unwrap();
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_liveuser"));
-        command
-            .arg("--config")
-            .arg(&config)
-            .arg("serve")
-            .current_dir(dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped());
-        for (k, v) in env {
-            command.env(k, v);
+        let mut taken = String::new();
+        for _ in 0..START_ATTEMPTS {
+            let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_liveuser"));
+            command
+                .arg("--config")
+                .arg(&config)
+                .arg("serve")
+                .current_dir(dir)
+                .envs(env.iter().copied())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped());
+            tweak(&mut command);
+            match Self::start(command) {
+                Ok(binary) => return binary,
+                Err(StartFailure::PortTaken(log)) => taken = log,
+                Err(StartFailure::Failed(why)) => panic!("{why}"),
+            }
         }
-        tweak(&mut command);
+        panic!(
+            "liveuser found a port taken at each of {START_ATTEMPTS} starts; the last:\n{taken}"
+        );
+    }
+
+    /// Runs `command` on two fresh loopback ports and waits until it is ready.
+    fn start(mut command: std::process::Command) -> Result<Binary, StartFailure> {
+        use std::io::BufRead;
+        let [port, admin_port] = free_ports();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        // Set last, so that they win over the file and the test's variables.
+        command.env("LIVEUSER_SERVER_LISTEN", addr.to_string()).env(
+            "LIVEUSER_SERVER_ADMIN_LISTEN",
+            format!("127.0.0.1:{admin_port}"),
+        );
         let mut child = command.spawn().expect("liveuser starts");
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        {
+        // Read the log all along: a full pipe would stall the server.
+        let reader = {
             let log = log.clone();
-            thread_spawn(move || {
-                let mut sent = false;
+            std::thread::spawn(move || {
                 for line in std::io::BufReader::new(stderr)
                     .lines()
                     .map_while(Result::ok)
                 {
-                    if !sent && let Some(addr) = listening_addr(&line) {
-                        let _ = tx.send(addr);
-                        sent = true;
-                    }
                     let mut log = log.lock().unwrap();
                     log.push_str(&line);
                     log.push('\n');
                 }
-            });
-        }
-        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(addr) => addr,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("liveuser did not log its address:\n{}", log.lock().unwrap());
-            }
+            })
         };
-        Binary {
+        let mut binary = Binary {
             child,
             base: format!("http://{addr}"),
             addr,
             log,
+        };
+        let probe = agent_timing_out(Duration::from_secs(2));
+        let deadline = std::time::Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = binary.child.try_wait().unwrap() {
+                let _ = reader.join();
+                let log = binary.log();
+                if log.contains("cannot listen on") && log.contains("in use") {
+                    return Err(StartFailure::PortTaken(log));
+                }
+                return Err(StartFailure::Failed(format!(
+                    "liveuser exited ({status}) before it answered /healthz:\n{log}"
+                )));
+            }
+            let healthy = probe
+                .get(format!("{}/healthz", binary.base))
+                .call()
+                .is_ok_and(|r| r.status() == 200);
+            // The answer may come from a process that took the port first.
+            if healthy && listens_on(binary.child.id(), port) {
+                return Ok(binary);
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(StartFailure::Failed(format!(
+                    "liveuser did not answer /healthz at {addr} within {START_TIMEOUT:?}:\n{}",
+                    binary.log()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -747,26 +803,56 @@ impl Drop for Binary {
     }
 }
 
-fn thread_spawn(f: impl FnOnce() + Send + 'static) {
-    std::thread::spawn(f);
+/// Two loopback ports free when asked: bound together at port 0 (so they differ), read,
+/// and let go for the server to bind.
+fn free_ports() -> [u16; 2] {
+    let bind = || std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (public, admin) = (bind(), bind());
+    [public, admin].map(|l| l.local_addr().unwrap().port())
 }
 
-/// The address in the "liveuser listening" log line, text or JSON format.
-fn listening_addr(line: &str) -> Option<SocketAddr> {
-    if !line.contains("liveuser listening") {
-        return None;
-    }
-    let rest = line.split("addr").nth(1)?;
-    let addr: String = rest
-        .trim_start_matches(['=', '"', ':'])
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':' || *c == '[' || *c == ']')
+/// Whether process `pid` holds a socket listening on loopback TCP `port`: one of its
+/// open files is the socket that `/proc/net/tcp` lists as listening there.
+#[cfg(target_os = "linux")]
+fn listens_on(pid: u32, port: u16) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    let sockets: std::collections::HashSet<String> = fds
+        .filter_map(|fd| {
+            let target = std::fs::read_link(fd.ok()?.path()).ok()?;
+            let inode = target
+                .to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?;
+            Some(inode.to_string())
+        })
         .collect();
-    addr.parse().ok()
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    // Columns: sl, local_address (hex IP:port), rem_address, st (0A: listening), …,
+    // inode (the tenth).
+    table.lines().skip(1).any(|row| {
+        let columns: Vec<&str> = row.split_whitespace().collect();
+        columns.len() > 9
+            && columns[1]
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok())
+                == Some(port)
+            && columns[3] == "0A"
+            && sockets.contains(columns[9])
+    })
 }
 
-/// A minimal config for the binary: port 0, database in `dir` (or, in a PostgreSQL
-/// test, the schema of `dir`), mock WeChat.
+/// Elsewhere there is no `/proc` to ask: an answer on the port is taken as the child's.
+#[cfg(not(target_os = "linux"))]
+fn listens_on(_pid: u32, _port: u16) -> bool {
+    true
+}
+
+/// A minimal config for the binary: port 0 (which [`Binary::serve`] overrides with ports
+/// of its own), database in `dir` (or, in a PostgreSQL test, the schema of `dir`), mock
+/// WeChat.
 pub fn binary_config(dir: &std::path::Path) -> String {
     let postgres = match postgres_url_for(dir) {
         Some(url) => format!(

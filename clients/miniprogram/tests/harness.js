@@ -1,11 +1,12 @@
 'use strict';
-// Test harness: a real liveuser server (the binary `cargo build` makes) on a free
-// loopback port, in mock WeChat mode, with its database in a temporary directory; and
-// the client-side parts the tests plug into the client (in-memory storage, mock codes,
-// a `request` that counts and can lose answers).
+// Test harness: a real liveuser server (the binary `cargo build` makes) on loopback
+// ports picked here, ready when it answers /healthz, in mock WeChat mode, with its
+// database in a temporary directory; and the client-side parts the tests plug into the
+// client (in-memory storage, mock codes, a `request` that counts and can lose answers).
 
 const { spawn, execFile } = require('node:child_process');
 const fs = require('node:fs');
+const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
 const { before, after } = require('node:test');
@@ -14,6 +15,8 @@ const { createClient, fetchRequest } = require('..');
 const REPO = path.resolve(__dirname, '..', '..', '..');
 const BIN = process.env.LIVEUSER_BIN || path.join(REPO, 'target', 'debug', 'liveuser');
 const START_TIMEOUT_MS = 15000;
+// Starts on fresh ports when a port picked for the server was taken before it bound it.
+const START_ATTEMPTS = 5;
 
 const running = new Set();
 process.on('exit', () => {
@@ -55,57 +58,128 @@ async function startServer(settings = {}) {
   const config = path.join(dir, 'liveuser.toml');
   fs.writeFileSync(config, toml + '\n');
 
-  const child = spawn(bin, ['--config', config, 'serve'], { stdio: ['ignore', 'ignore', 'pipe'] });
-  running.add(child);
-  const exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+  let taken = '';
+  for (let attempt = 0; attempt < START_ATTEMPTS; attempt += 1) {
+    const started = await startOnFreePorts(bin, config);
+    if (!started.child) {
+      taken = started.log;
+      continue;
+    }
+    return served(started, bin, config, dir);
+  }
+  throw new Error(`liveuser found a port taken at each of ${START_ATTEMPTS} starts; the last:\n${taken}`);
+}
 
-  // The log goes to stderr, one JSON object per line. Keep reading it all the time (a
-  // full pipe would stall the server) and keep the start for error messages.
-  let logHead = '';
-  let pending = '';
-  const addr = await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`liveuser did not start in time:\n${logHead}`)), START_TIMEOUT_MS);
-    child.stderr.setEncoding('utf8');
-    child.stderr.on('data', (chunk) => {
-      if (logHead.length < 20000) logHead += chunk;
-      pending += chunk;
-      let nl;
-      while ((nl = pending.indexOf('\n')) >= 0) {
-        const line = pending.slice(0, nl);
-        pending = pending.slice(nl + 1);
-        let event;
-        try {
-          event = JSON.parse(line);
-        } catch (e) {
-          continue;
-        }
-        const message = event.message || (event.fields && event.fields.message);
-        const bound = event.addr || (event.fields && event.fields.addr);
-        if (message === 'liveuser listening' && bound) {
-          clearTimeout(timer);
-          resolve(bound);
-        }
-      }
-    });
-    exited.then(({ code, signal }) => {
-      clearTimeout(timer);
-      reject(new Error(`liveuser exited (${code === null ? signal : code}) before listening:\n${logHead}`));
-    });
+/**
+ * Runs `liveuser serve` on two loopback ports picked here (they override the file's
+ * `listen` and `admin_listen`). Resolves to `{ child, exited, base }` once it answers
+ * `/healthz`, or to `{ log }` when a port was taken before the server bound it (another
+ * test may bind one in between: start again); rejects on any other failure.
+ */
+async function startOnFreePorts(bin, config) {
+  const [port, adminPort] = await freePorts();
+  const env = Object.assign({}, process.env, {
+    LIVEUSER_SERVER_LISTEN: `127.0.0.1:${port}`,
+    LIVEUSER_SERVER_ADMIN_LISTEN: `127.0.0.1:${adminPort}`,
   });
-  const base = `http://${addr}`;
+  const child = spawn(bin, ['--config', config, 'serve'], { stdio: ['ignore', 'ignore', 'pipe'], env });
+  running.add(child);
+  // 'close' comes after the process ended and its stderr was read to the end.
+  let ended = null;
+  const exited = new Promise((resolve) =>
+    child.once('close', (code, signal) => {
+      ended = { code, signal };
+      resolve(ended);
+    })
+  );
+  // Keep reading the log all the time (a full pipe would stall the server) and keep
+  // its start for error messages.
+  let logHead = '';
+  child.stderr.setEncoding('utf8');
+  child.stderr.on('data', (chunk) => {
+    if (logHead.length < 20000) logHead += chunk;
+  });
 
+  const base = `http://127.0.0.1:${port}`;
   const deadline = Date.now() + START_TIMEOUT_MS;
   for (;;) {
+    if (ended) {
+      running.delete(child);
+      if (logHead.includes('cannot listen on') && logHead.includes('in use')) return { log: logHead };
+      const how = ended.code === null ? ended.signal : ended.code;
+      throw new Error(`liveuser exited (${how}) before it answered /healthz:\n${logHead}`);
+    }
+    let healthy = false;
     try {
-      const res = await fetch(`${base}/healthz`);
-      if (res.status === 200) break;
+      const res = await fetch(`${base}/healthz`, { signal: AbortSignal.timeout(2000) });
+      await res.arrayBuffer();
+      healthy = res.status === 200;
     } catch (e) {
       // not ready yet
     }
-    if (Date.now() > deadline) throw new Error(`liveuser at ${base} never answered /healthz`);
+    // The answer may come from a process that took the port first.
+    if (healthy && listensOn(child.pid, port)) return { child, exited, base };
+    if (Date.now() > deadline) {
+      child.kill('SIGKILL');
+      throw new Error(`liveuser at ${base} never answered /healthz:\n${logHead}`);
+    }
     await new Promise((r) => setTimeout(r, 20));
   }
+}
 
+/** Two loopback ports free when asked: bound together at port 0 (so they differ), read, and let go. */
+async function freePorts() {
+  const bound = () =>
+    new Promise((resolve, reject) => {
+      const server = net.createServer();
+      server.once('error', reject);
+      server.listen(0, '127.0.0.1', () => resolve(server));
+    });
+  const servers = [await bound(), await bound()];
+  const ports = servers.map((server) => server.address().port);
+  await Promise.all(servers.map((server) => new Promise((resolve) => server.close(resolve))));
+  return ports;
+}
+
+/**
+ * Whether process `pid` holds a socket listening on loopback TCP `port`: one of its
+ * open files is the socket `/proc/net/tcp` lists as listening there. Without `/proc`
+ * (not Linux) an answer on the port is taken as the child's.
+ */
+function listensOn(pid, port) {
+  if (process.platform !== 'linux') return true;
+  let sockets;
+  try {
+    sockets = new Set(
+      fs
+        .readdirSync(`/proc/${pid}/fd`)
+        .map((fd) => {
+          try {
+            return /^socket:\[(\d+)\]$/.exec(fs.readlinkSync(`/proc/${pid}/fd/${fd}`));
+          } catch (e) {
+            return null; // closed meanwhile
+          }
+        })
+        .filter(Boolean)
+        .map((m) => m[1])
+    );
+  } catch (e) {
+    return false;
+  }
+  // Columns: sl, local_address (hex IP:port), rem_address, st (0A: listening), …, inode (the tenth).
+  return fs
+    .readFileSync('/proc/net/tcp', 'utf8')
+    .split('\n')
+    .slice(1)
+    .some((row) => {
+      const c = row.trim().split(/\s+/);
+      return c.length > 9 && parseInt(c[1].split(':')[1], 16) === port && c[3] === '0A' && sockets.has(c[9]);
+    });
+}
+
+/** The object `startServer` resolves to, for a server that answers at `started.base`. */
+function served(started, bin, config, dir) {
+  const { child, exited, base } = started;
   return {
     base,
     /** Runs `liveuser --config <this server's file> ...args`; resolves to its stdout. */
