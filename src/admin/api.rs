@@ -8,10 +8,10 @@
 //!
 //! | path | request | answer |
 //! |---|---|---|
-//! | `user-get` | [`UserGet`] | [`UserGetOutput`](super::ops::user_get::UserGetOutput) |
-//! | `user-list` | [`UserList`] | [`UserPage`](super::ops::user_list::UserPage) |
+//! | `user-get` | [`UserGet`] | `UserGetOutput` |
+//! | `user-list` | [`UserList`] | `UserPage` |
 //! | `user-put` | [`UserPut`] | [`UserView`](super::ops::UserView) |
-//! | `session-list` | [`SessionList`] | [`SessionPage`](super::ops::session_list::SessionPage) |
+//! | `session-list` | [`SessionList`] | `SessionPage` |
 //! | `session-revoke` | [`SessionRevoke`] | [`RevokeOutput`](super::ops::RevokeOutput) |
 //! | `token-mint` | [`TokenMint`] | [`Minted`](super::ops::Minted) |
 //! | `token-rotate-key` | [`KeyRotate`] | [`KeyRotated`](super::ops::KeyRotated) |

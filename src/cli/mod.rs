@@ -2,7 +2,7 @@
 //!
 //! `serve` runs the server. Every other command is an admin operation: with the server
 //! stopped it opens the database itself, with the server running it goes through the
-//! server's admin API (see [`crate::admin`]); the output is the same either way, and `-v`
+//! server's admin API (see the `admin` module); the output is the same either way, and `-v`
 //! says which path was taken. Tables for people, `--json` for scripts; on failure one
 //! line `liveuser: <reason>` on stderr and exit code 1.
 //!

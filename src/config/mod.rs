@@ -2,7 +2,7 @@
 //!
 //! Three ideas, one file each:
 //!
-//! - [`types`](self::types): the sections and keys as serde structs, each key's default
+//! - `types`: the sections and keys as serde structs, each key's default
 //!   written once, in its section's `Default`;
 //! - `load`: the layers — the file (or the defaults when it is absent and was not named),
 //!   then `LIVEUSER_*` environment overrides — and the errors that name where a bad value
