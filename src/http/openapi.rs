@@ -49,13 +49,22 @@ fn rpc(
     example: Value,
 ) -> Value {
     let mut responses = error_responses(errors);
-    responses.as_object_mut().expect("an object").insert(
-        "200".into(),
-        json!({
-            "description": "Success.",
-            "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{response}")}}}
-        }),
-    );
+    let mut success = json!({
+        "description": "Success.",
+        "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{response}")}}}
+    });
+    if response == "Grant" {
+        // A grant's refresh token is what RenewToken takes: stated as a link, so that
+        // generated tests (schemathesis' stateful phase) renew real tokens too.
+        success["links"] = json!({"RenewToken": {
+            "operationId": "RenewToken",
+            "requestBody": {"refresh_token": "$response.body#/refresh_token"}
+        }});
+    }
+    responses
+        .as_object_mut()
+        .expect("an object")
+        .insert("200".into(), success);
     let mut op = json!({
         "summary": summary,
         "description": description,
@@ -103,7 +112,7 @@ pub(crate) fn document(max_query_uids: usize) -> Value {
         schema["type"] = json!(["string", "null"]);
         schema
     };
-    json!({
+    let mut doc = json!({
         "openapi": "3.1.0",
         "info": {
             "title": "liveuser",
@@ -124,7 +133,7 @@ pub(crate) fn document(max_query_uids: usize) -> Value {
                 "Returns a new access token and, with rotation on, a new refresh token that replaces the one sent. A retired refresh token sent again after the grace period revokes the session.",
                 "RenewTokenRequest", "Grant", false,
                 &["400", "401", "404", "405", "413", "415", "429", "500", "503"],
-                json!({"refresh_token": "lvrt_3q2-7wAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"})
+                json!({"refresh_token": "lvrt_3q2-7wAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"})
             ),
             "/liveuser/User/AddUser": rpc(
                 "Add or update a user record",
@@ -187,7 +196,11 @@ pub(crate) fn document(max_query_uids: usize) -> Value {
                     "required": ["access_token", "refresh_token", "expiry", "uid"],
                     "properties": {
                         "access_token": {"type": "string", "description": "JWT (HS256); send as a Bearer token."},
-                        "refresh_token": {"type": "string", "pattern": "^lvrt_[A-Za-z0-9_-]{43}$"},
+                        "refresh_token": {
+                            "type": "string",
+                            "pattern": "^lvrt_([A-Za-z0-9_-]{70}|[A-Za-z0-9_-]{43})$",
+                            "description": "70 characters after the prefix; a format-1 token (43) renewed with rotation off comes back as it was sent."
+                        },
                         "expiry": {"type": "integer", "description": "The access token's expiry, Unix seconds."},
                         "uid": {"$ref": "#/components/schemas/Uid"}
                     }
@@ -244,5 +257,14 @@ pub(crate) fn document(max_query_uids: usize) -> Value {
                 }
             }
         }
-    })
+    });
+    // Each method's operationId is its name, the last segment of its path (the links
+    // refer to operations by it).
+    for (path, item) in doc["paths"].as_object_mut().expect("an object") {
+        if let Some(op) = item.get_mut("post") {
+            let name = path.rsplit('/').next().unwrap_or_default();
+            op["operationId"] = json!(name);
+        }
+    }
+    doc
 }

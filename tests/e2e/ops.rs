@@ -292,6 +292,20 @@ fn conforms(doc: &Value, schema: &Value, value: &Value, at: &str) -> Result<(), 
     {
         return Err(format!("{at}: longer than {max}"));
     }
+    if let (Some(min), Some(s)) = (schema["minLength"].as_u64(), value.as_str())
+        && (s.chars().count() as u64) < min
+    {
+        return Err(format!("{at}: shorter than {min}"));
+    }
+    // JSON Schema patterns are unanchored ECMA-262 regexes; the document's are written
+    // in the subset both dialects read alike.
+    if let (Some(pattern), Some(s)) = (schema["pattern"].as_str(), value.as_str())
+        && !regex::Regex::new(pattern)
+            .map_err(|e| format!("{at}: pattern {pattern}: {e}"))?
+            .is_match(s)
+    {
+        return Err(format!("{at}: {s:?} does not match {pattern}"));
+    }
     if let Value::Object(map) = value {
         for required in schema["required"].as_array().into_iter().flatten() {
             let name = required.as_str().unwrap();
@@ -349,6 +363,18 @@ fn the_openapi_document_matches_the_real_routes() {
         documented, served,
         "every route is documented, and only those"
     );
+
+    // A grant's refresh token leads to RenewToken, named by its operationId.
+    let renew_id = &paths["/liveuser/Wx/RenewToken"]["post"]["operationId"];
+    assert_eq!(renew_id, "RenewToken");
+    for method in ["/liveuser/Wx/Login", "/liveuser/Wx/RenewToken"] {
+        let link = &paths[method]["post"]["responses"]["200"]["links"]["RenewToken"];
+        assert_eq!(&link["operationId"], renew_id, "{method}: {link}");
+        assert_eq!(
+            link["requestBody"]["refresh_token"],
+            "$response.body#/refresh_token"
+        );
+    }
 
     let login = app.login_ok("openapi");
     let token = login.str("access_token");
