@@ -322,6 +322,32 @@ fn one_address_holding_idle_connections_cannot_lock_out_another() {
 }
 
 #[test]
+fn a_trusted_proxy_is_exempt_from_the_per_address_cap() {
+    let app = TestApp::spawn_with(|c| {
+        c.server.max_connections_per_address = 2;
+        c.server.header_read_timeout_ms = 60_000;
+        c.server.first_request_timeout_ms = 60_000;
+        c.limits.trusted_proxies = vec!["127.0.0.3".parse().unwrap()];
+    });
+    // A proxy carries many clients: every one of its connections is kept and served.
+    let mut proxied: Vec<TcpStream> = (0..6).map(|_| connect_from(&app, [127, 0, 0, 3])).collect();
+    for stream in &mut proxied {
+        assert!(!closed_within(stream, Duration::from_millis(200)));
+    }
+    for stream in &mut proxied {
+        let answer = healthz_on(stream, Duration::from_secs(1)).expect("a proxied connection");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    // Another address in the same run is still capped.
+    let mut direct: Vec<TcpStream> = (0..4).map(|_| connect_from(&app, [127, 0, 0, 4])).collect();
+    let closed = direct
+        .iter_mut()
+        .filter_map(|s| closed_within(s, Duration::from_millis(500)).then_some(()))
+        .count();
+    assert_eq!(closed, 2);
+}
+
+#[test]
 fn a_connection_that_sends_no_first_request_is_closed_before_the_keep_alive_timeout() {
     let app = TestApp::spawn_with(|c| {
         c.server.header_read_timeout_ms = 10_000;
