@@ -213,8 +213,19 @@ fn main() {
     let schema = match args.backend.as_str() {
         "sled" => None,
         "postgres" => {
-            let schema = format!("lu_bench_{}", std::process::id());
-            psql(&args.postgres_url, &format!("CREATE SCHEMA {schema}"));
+            // The server's pool and pgbench's connections are open at once.
+            let max: usize = psql_value(&args.postgres_url, "SHOW max_connections")
+                .parse()
+                .expect("PostgreSQL's max_connections");
+            let needed = args.pool + args.connections + 2;
+            assert!(
+                !workloads.contains(&Workload::Pgbench) || needed <= max,
+                "--pool {} and pgbench's {} connections need {needed} of PostgreSQL's \
+                 max_connections = {max}: lower --pool",
+                args.pool,
+                args.connections
+            );
+            let schema = BenchSchema::create(&args.postgres_url);
             let sep = if args.postgres_url.contains('?') {
                 '&'
             } else {
@@ -222,8 +233,8 @@ fn main() {
             };
             config.storage.backend = liveuser::config::StorageBackend::Postgres;
             config.storage.postgres_url = liveuser::secret::Secret::new(format!(
-                "{}{sep}options=-csearch_path%3D{schema}",
-                args.postgres_url
+                "{}{sep}options=-csearch_path%3D{}",
+                args.postgres_url, schema.name
             ));
             config.storage.postgres_pool_size = args.pool;
             Some(schema)
@@ -263,10 +274,11 @@ fn main() {
         args.users as f64 / seed_secs
     );
 
-    let (mut server, addr, startup) = start_server(&config_path);
+    let (server, addr, startup) = start_server(&config_path);
+    let mut server = ServerChild(server);
     eprintln!(
         "server pid {} on {addr}, healthy {:.0} ms after start",
-        server.id(),
+        server.0.id(),
         startup.as_secs_f64() * 1000.0
     );
 
@@ -275,7 +287,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    if let Some(schema) = &schema
+    if let Some(BenchSchema { name: schema, .. }) = &schema
         && workloads.contains(&Workload::Pgbench)
     {
         psql(
@@ -303,7 +315,7 @@ fn main() {
                 args.duration
             );
             let result = match (workload, &schema) {
-                (Workload::Pgbench, Some(schema)) => pgbench(&args, schema, round),
+                (Workload::Pgbench, Some(schema)) => pgbench(&args, &schema.name, round),
                 _ => runtime.block_on(run_workload(addr, workload, &args, users.clone(), round)),
             };
             eprintln!(
@@ -352,14 +364,14 @@ fn main() {
             after,
         }
     });
-    let (rss_mb, peak_mb) = memory_of(server.id());
+    let (rss_mb, peak_mb) = memory_of(server.0.id());
     let _ = Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
+        .args(["-TERM", &server.0.id().to_string()])
         .status();
-    let _ = server.wait();
+    let _ = server.0.wait();
     let db_mb = match &schema {
         None => dir_size(&config.storage.path) as f64 / 1e6,
-        Some(schema) => {
+        Some(BenchSchema { name: schema, .. }) => {
             let size = psql_value(
                 &args.postgres_url,
                 &format!(
@@ -368,7 +380,6 @@ fn main() {
                      WHERE n.nspname = '{schema}' AND c.relname <> 'pgbench_one' AND c.relkind = 'r'"
                 ),
             );
-            psql(&args.postgres_url, &format!("DROP SCHEMA {schema} CASCADE"));
             size.parse::<f64>().unwrap_or(0.0) / 1e6
         }
     };
@@ -531,6 +542,19 @@ fn reuse(config: &Config, logins: usize) -> Vec<Seeded> {
     })
 }
 
+/// The server child, killed if the run ends before stopping it (a panic in a workload),
+/// so that a failed run leaves no server holding its port and database connections.
+struct ServerChild(Child);
+
+impl Drop for ServerChild {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Starts the server child and waits until `/healthz` answers; returns the time that took.
 fn start_server(config_path: &Path) -> (Child, SocketAddr, Duration) {
     let started = Instant::now();
@@ -564,7 +588,33 @@ fn start_server(config_path: &Path) -> (Child, SocketAddr, Duration) {
     }
 }
 
-/// Runs `sql` with psql on `url` (the benchmark's schema set-up and removal).
+/// The benchmark's own schema on PostgreSQL, dropped when the run ends, however it ends.
+struct BenchSchema {
+    url: String,
+    name: String,
+}
+
+impl BenchSchema {
+    fn create(url: &str) -> Self {
+        let name = format!("lu_bench_{}", std::process::id());
+        psql(url, &format!("CREATE SCHEMA {name}"));
+        BenchSchema {
+            url: url.to_string(),
+            name,
+        }
+    }
+}
+
+impl Drop for BenchSchema {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args(["-q", "-d", &self.url, "-c"])
+            .arg(format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name))
+            .status();
+    }
+}
+
+/// Runs `sql` with psql on `url` (the benchmark's schema set-up).
 fn psql(url: &str, sql: &str) {
     let status = Command::new("psql")
         .args(["-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", sql])
