@@ -608,6 +608,7 @@ impl BenchSchema {
 impl Drop for BenchSchema {
     fn drop(&mut self) {
         let _ = Command::new("psql")
+            .env("PGOPTIONS", "-c client_min_messages=warning")
             .args(["-q", "-d", &self.url, "-c"])
             .arg(format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name))
             .status();
