@@ -7,13 +7,16 @@
 //! | `uid_user`          | uid                                        | [`UserRecord`]             |
 //! | `openid_identity`   | openid                                     | [`Identity`]               |
 //! | `sid_session`       | sid (16 bytes)                             | [`Session`]                |
-//! | `uid_created_sid`   | uid ‖ 0x00 ‖ created_at (8 bytes, BE) ‖ sid | empty (index)              |
+//! | `uid_created_sid`   | uid ‖ 0x00 ‖ created_at (8 bytes, BE) ‖ sid | login order (8 bytes, BE)  |
 //! | `meta`              | key name                                   | raw bytes (generated keys) |
 //! | `meta`              | key name ‖ `.retired`                      | `Vec<`[`RetiredKey`]`>`    |
 //!
 //! Uids never contain 0x00, so `uid ‖ 0x00` is an exact prefix for one user's sessions,
 //! and the big-endian login time after it keeps them in creation order: the cap on live
-//! sessions finds the oldest without reading the others. Refresh tokens have no records
+//! sessions finds the oldest without reading the others. Logins within one second are
+//! ordered by the entry's value, a counter that starts each process at the wall clock in
+//! microseconds and counts up, so it rises from login to login across restarts (an entry
+//! without one, from an upgraded database, counts as the oldest of its second). Refresh tokens have no records
 //! of their own: a session is found by the id its tokens derive
 //! ([`RefreshToken::sid`](crate::token::RefreshToken::sid)) and holds the hashes it
 //! needs, so a renewal rewrites one record and the database does not grow with
@@ -58,6 +61,8 @@ pub struct SledStore {
     commit: GroupCommit,
     user_cache: Cache<Uid, Arc<UserRecord>>,
     session_cache: Cache<Sid, Session>,
+    /// The next login's order among the logins of its second (see the module docs).
+    login_order: std::sync::atomic::AtomicU64,
     /// Session records read from sled past the cache (tests check what a login reads).
     #[cfg(test)]
     session_reads: std::sync::atomic::AtomicUsize,
@@ -155,6 +160,11 @@ impl SledStore {
             // The cache sizes of `[storage]`'s defaults, until `with_caches` says otherwise.
             user_cache: Cache::new(StorageConfig::default().user_cache_entries),
             session_cache: Cache::new(StorageConfig::default().session_cache_entries),
+            login_order: std::sync::atomic::AtomicU64::new(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_micros() as u64),
+            ),
             #[cfg(test)]
             session_reads: Default::default(),
         })
@@ -210,8 +220,11 @@ impl SledStore {
     /// skipped by readers), and drops any cached copy. A session replaced under another
     /// owner or login time (an import) loses its old entry.
     fn put_session(&self, session: &Session) -> StoreResult<()> {
+        let order = self
+            .login_order
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.uid_sessions
-            .insert(index_key(session), &[])
+            .insert(index_key(session), &order.to_be_bytes())
             .map_err(io)?;
         let old = self
             .sessions
@@ -237,11 +250,7 @@ impl SledStore {
     /// sessions count until the sweep removes them; that only makes this read more.)
     /// Returns how many it revoked.
     fn evict_for(&self, session: &Session, max_live: usize) -> StoreResult<usize> {
-        let prefix = index_prefix(&session.uid);
-        let mut entries = Vec::new();
-        for item in self.uid_sessions.scan_prefix(&prefix).keys() {
-            entries.push(item.map_err(io)?);
-        }
+        let entries = self.index_of(&session.uid)?;
         if entries.len() < max_live {
             return Ok(0);
         }
@@ -264,6 +273,22 @@ impl SledStore {
             }
         }
         Ok(revoked)
+    }
+
+    /// The index entries of `uid`'s sessions in login order: by the second of the login
+    /// (the key), then by the login order within it (the value).
+    fn index_of(&self, uid: &Uid) -> StoreResult<Vec<sled::IVec>> {
+        let prefix = index_prefix(uid);
+        let mut entries = Vec::new();
+        for item in self.uid_sessions.scan_prefix(&prefix) {
+            let (key, value) = item.map_err(io)?;
+            let order = <[u8; 8]>::try_from(value.as_ref()).map_or(0, u64::from_be_bytes);
+            entries.push((key, order));
+        }
+        // The scan is in key order already; only logins within one second move.
+        let second = |key: &sled::IVec| key.get(prefix.len()..prefix.len() + 8).map(<[u8]>::to_vec);
+        entries.sort_by(|(a, x), (b, y)| second(a).cmp(&second(b)).then(x.cmp(y)));
+        Ok(entries.into_iter().map(|(key, _)| key).collect())
     }
 
     /// Revokes `sid` if it is active; whether it was.
@@ -377,8 +402,8 @@ impl Store for SledStore {
 
     async fn sessions_of(&self, uid: &Uid) -> StoreResult<Vec<Session>> {
         let mut out: Vec<Session> = Vec::new();
-        for item in self.uid_sessions.scan_prefix(index_prefix(uid)).keys() {
-            let sid = sid_of_index_key(&item.map_err(io)?)?;
+        for key in self.index_of(uid)? {
+            let sid = sid_of_index_key(&key)?;
             if let Some(session) = self.read_session(sid)?
                 && session.uid == *uid
             {

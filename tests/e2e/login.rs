@@ -204,6 +204,27 @@ fn the_per_user_session_cap_evicts_the_oldest_session() {
 }
 
 #[test]
+fn logins_within_one_second_are_evicted_in_the_order_they_came() {
+    // Session times are whole seconds; the cap must still know which of several logins
+    // in one second came first. Eight users, three quick logins each, a cap of two: the
+    // first login of each is the one evicted.
+    let app = TestApp::spawn_with(|c| c.token.max_sessions_per_user = 2);
+    for n in 0..8 {
+        let code = format!("quick-{n}");
+        let logins: Vec<_> = (0..3).map(|_| app.login_ok(&code)).collect();
+        let live: Vec<u16> = logins
+            .iter()
+            .map(|l| app.query(&l.str("access_token"), &[]).status)
+            .collect();
+        assert_eq!(
+            live,
+            [401, 200, 200],
+            "user {n}: the first login is evicted"
+        );
+    }
+}
+
+#[test]
 fn the_unionid_and_session_key_are_stored_and_the_session_key_is_never_answered() {
     use liveuser::store::Store;
     let app = TestApp::spawn_wechat(|_| {});
@@ -273,6 +294,7 @@ crate::on_postgres!(
     a_failed_exchange_is_not_remembered,
     eight_concurrent_logins_with_one_code_make_one_call_and_one_user,
     the_per_user_session_cap_evicts_the_oldest_session,
+    logins_within_one_second_are_evicted_in_the_order_they_came,
     the_unionid_and_session_key_are_stored_and_the_session_key_is_never_answered,
     login_validates_the_code,
 );

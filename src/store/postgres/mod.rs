@@ -238,7 +238,7 @@ const SESSION_GET: &str = concat!("SELECT ", session_cols!(), " FROM sessions WH
 const SESSIONS_OF: &str = concat!(
     "SELECT ",
     session_cols!(),
-    " FROM sessions WHERE uid = $1 ORDER BY created_at, sid"
+    " FROM sessions WHERE uid = $1 ORDER BY created_at, login_seq"
 );
 
 const SESSIONS_LIST: &str = concat!(
@@ -257,7 +257,7 @@ WITH evicted AS (
     WHERE $9::bigint IS NOT NULL AND NOT revoked AND sid IN (
         SELECT sid FROM sessions
         WHERE uid = $2 AND NOT revoked AND $3 < expires_at AND $3 < idle_expires_at
-        ORDER BY created_at DESC, sid DESC
+        ORDER BY created_at DESC, login_seq DESC
         OFFSET greatest($9::bigint - 1, 0))
     RETURNING sid, pg_notify($10, 's' || encode(sid, 'hex'))::text
 ), created AS (

@@ -52,10 +52,12 @@ CREATE TABLE sessions (
     current_hash    bytea NOT NULL CHECK (octet_length(current_hash) = 32),
     previous_hash   bytea CHECK (octet_length(previous_hash) = 32),
     rotated_at_ms   bigint,
+    -- Login order, for the logins of one user within one second (created_at is seconds).
+    login_seq       bigint GENERATED ALWAYS AS IDENTITY,
     CONSTRAINT sessions_previous_complete CHECK ((previous_hash IS NULL) = (rotated_at_ms IS NULL))
 ) WITH (fillfactor = 70);
 -- A user's sessions in creation order: the session cap at login, `session list --uid`.
-CREATE INDEX sessions_uid_created ON sessions (uid, created_at, sid);
+CREATE INDEX sessions_uid_created ON sessions (uid, created_at, login_seq);
 
 -- Small records about the database itself (e.g. how the servers sign: `generated`, or
 -- `configured:<kid>`, never a secret).
