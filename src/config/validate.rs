@@ -216,9 +216,9 @@ fn rules() -> Vec<Rule> {
         range!(wx.max_concurrent in 1..=256, Count),
         Rule::Must {
             key: key!(log.level),
-            holds: |c| tracing_subscriber::EnvFilter::try_new(&c.log.level).is_ok(),
-            reason: "must be a level (error, warn, info, debug, trace) or a tracing filter \
-                     directive",
+            holds: |c| is_log_filter(&c.log.level),
+            reason: "must be a level (error, warn, info, debug, trace, off) or tracing filter \
+                     directives, each a level or `target=level`",
         },
     ]
 }
@@ -389,6 +389,19 @@ impl Config {
     }
 }
 
+/// Whether `level` is a filter liveuser takes: what `tracing` parses, where a directive
+/// without `=` must be a level. (`tracing` reads a bare word as a target: `verbose` would
+/// log nothing at all, not even the start-up lines.)
+fn is_log_filter(level: &str) -> bool {
+    const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+    tracing_subscriber::EnvFilter::try_new(level).is_ok()
+        && level.split(',').map(str::trim).all(|directive| {
+            directive.contains('=')
+                || directive.contains('[')
+                || LEVELS.iter().any(|l| l.eq_ignore_ascii_case(directive))
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
@@ -401,6 +414,24 @@ mod tests {
         let err = load_for_test("[token]\naccess_ttl_secs = 5\n", &[]).unwrap_err();
         assert_eq!(err.key.as_deref(), Some("token.access_ttl_secs"));
         assert_eq!(err.source, "test.toml");
+    }
+
+    #[test]
+    fn a_log_level_that_would_log_nothing_is_refused() {
+        for level in ["verbose", "info,verbose", "", "info,foo=bar=baz"] {
+            let err = load_for_test(&format!("[log]\nlevel = \"{level}\"\n"), &[]).unwrap_err();
+            assert_eq!(err.key.as_deref(), Some("log.level"), "{level:?}");
+        }
+        for level in [
+            "info",
+            "WARN",
+            "info,liveuser=debug",
+            "debug,ureq::run=trace",
+            "off",
+        ] {
+            let config = load_for_test(&format!("[log]\nlevel = \"{level}\"\n"), &[]);
+            assert!(config.is_ok(), "{level:?}: {:?}", config.err());
+        }
     }
 
     #[test]

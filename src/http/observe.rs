@@ -25,6 +25,8 @@ const REQUEST_ID_MAX: usize = 64;
 
 /// Longest path written to the log.
 const PATH_MAX: usize = 128;
+/// The longest path segment the access log shows (longer ones may be tokens).
+const SEGMENT_MAX: usize = 24;
 
 /// What one listener logs and counts.
 #[derive(Debug)]
@@ -126,10 +128,24 @@ fn is_plain_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
+/// The path as the access log shows it: at most [`PATH_MAX`] characters, and every
+/// segment longer than [`SEGMENT_MAX`] shown as `…`. liveuser's own paths have short
+/// segments; a long one is what a client put there by mistake, and may be a token.
 fn loggable_path(path: &str) -> String {
+    let scrubbed: Vec<&str> = path
+        .split('/')
+        .map(|segment| {
+            if segment.chars().nth(SEGMENT_MAX).is_some() {
+                "…"
+            } else {
+                segment
+            }
+        })
+        .collect();
+    let path = scrubbed.join("/");
     match path.char_indices().nth(PATH_MAX) {
         Some((cut, _)) => format!("{}…", &path[..cut]),
-        None => path.to_string(),
+        None => path,
     }
 }
 
@@ -158,6 +174,17 @@ mod tests {
     fn unknown_paths_share_one_metrics_label() {
         assert_eq!(api_method("/liveuser/Wx/Login"), "Login");
         assert_eq!(api_method("/wp-admin"), "other");
+    }
+
+    #[test]
+    fn a_token_in_the_path_is_not_logged() {
+        let refresh = format!("lvrt_{}", "A".repeat(70));
+        let logged = loggable_path(&format!("/liveuser/{refresh}/x"));
+        assert_eq!(logged, "/liveuser/…/x");
+        assert_eq!(
+            loggable_path("/liveuser/User/QueryUser"),
+            "/liveuser/User/QueryUser"
+        );
     }
 
     #[test]
