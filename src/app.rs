@@ -296,8 +296,12 @@ async fn reload_keys_on_change<S: Store>(
     mut changes: watch::Receiver<u64>,
 ) {
     while changes.changed().await.is_ok() {
-        if let Err(e) = service.reload_signing_keys(&token).await {
-            tracing::warn!(error = %e, "reloading the signing keys failed; retrying in 1 s");
+        let reloaded = match service.reload_signing_keys(&token).await {
+            Ok(()) => service.reload_refresh_key().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = reloaded {
+            tracing::warn!(error = %e, "reloading the keys failed; retrying in 1 s");
             tokio::time::sleep(Duration::from_secs(1)).await;
             changes.mark_changed();
         }

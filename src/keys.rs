@@ -75,6 +75,23 @@ pub(crate) async fn refresh_key<S: Store>(store: &S) -> Result<Vec<u8>, StoreErr
         .await
 }
 
+/// Makes `key` the key that tags refresh tokens, as an import into an empty database
+/// does with the key of the database the file came from: without it, the imported
+/// sessions' tokens older than the last rotation could not be told from invented ones,
+/// and presenting one would not revoke its family. Whether the key changed.
+pub(crate) async fn adopt_refresh_key<S: Store>(
+    store: &S,
+    key: Vec<u8>,
+    now: u64,
+) -> Result<bool, StoreError> {
+    if refresh_key(store).await? == key {
+        return Ok(false);
+    }
+    // The database is empty, so no token was tagged with the key replaced: it retires now.
+    store.rotate_key(REFRESH_KEY, key, now, now).await?;
+    Ok(true)
+}
+
 /// The keys in force at `now` for `token`, generating and storing a signing key on first
 /// start when none is configured.
 pub(crate) async fn load<S: Store>(

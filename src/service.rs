@@ -9,7 +9,7 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use tokio::sync::OnceCell;
 
@@ -130,7 +130,8 @@ pub struct Service<S> {
     store: Arc<S>,
     clock: SharedClock,
     access: AccessTokens,
-    refresh_key: RefreshKey,
+    /// Replaced when an import adopts the key of the database it came from.
+    refresh_key: RwLock<Arc<RefreshKey>>,
     wx: WxClient,
     codes: LoginCodes,
     policy: Policy,
@@ -159,7 +160,7 @@ impl<S: Store> Service<S> {
             store,
             clock,
             access,
-            refresh_key,
+            refresh_key: RwLock::new(Arc::new(refresh_key)),
             wx,
             codes: LoginCodes::default(),
             policy,
@@ -271,7 +272,7 @@ impl<S: Store> Service<S> {
         lifetime_secs: u64,
         evict: bool,
     ) -> Result<Grant> {
-        let token = RefreshToken::issue(&self.refresh_key);
+        let token = RefreshToken::issue(&self.refresh_key());
         let expires_at = now.saturating_add(lifetime_secs);
         let session = Session {
             sid: token.sid(),
@@ -325,7 +326,7 @@ impl<S: Store> Service<S> {
                 .ok_or_else(refused)?;
             return Ok(self.grant(&session, token.encode(), now));
         }
-        let successor = token.successor(&self.refresh_key).ok_or_else(refused)?;
+        let successor = token.successor(&self.refresh_key()).ok_or_else(refused)?;
         let successor_hash = successor.hash();
         let session = match self
             .store
@@ -354,7 +355,7 @@ impl<S: Store> Service<S> {
             }
             return Err(self.reuse(&session, client).await);
         }
-        if token.is_authentic(&self.refresh_key) && token.generation() < session.generation {
+        if token.is_authentic(&self.refresh_key()) && token.generation() < session.generation {
             return Err(self.reuse(&session, client).await);
         }
         Err(refused())
@@ -450,6 +451,24 @@ impl<S: Store> Service<S> {
         let keys = crate::keys::load(self.store.as_ref(), token, self.now()).await?;
         self.access.set_keys(keys);
         Ok(())
+    }
+
+    /// Reloads the key that tags refresh tokens from the store (after an import adopted
+    /// the key of the database it came from).
+    pub async fn reload_refresh_key(&self) -> std::result::Result<(), StoreError> {
+        let key = crate::keys::refresh_key(self.store.as_ref()).await?;
+        *self
+            .refresh_key
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(RefreshKey::new(key));
+        Ok(())
+    }
+
+    fn refresh_key(&self) -> Arc<RefreshKey> {
+        self.refresh_key
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Removes dead sessions and forgotten login codes; returns the sessions removed.

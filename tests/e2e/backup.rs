@@ -441,12 +441,95 @@ fn an_import_line_that_gives_a_field_twice_is_refused_naming_the_line_and_field(
     assert_eq!(listed["users"][0]["name"], "One");
 }
 
+/// Renews `token` on `base`; the status.
+fn renew_status(base: &str, token: &str) -> u16 {
+    post(
+        base,
+        "/liveuser/Wx/RenewToken",
+        json!({"refresh_token": token}),
+        None,
+    )
+    .status
+}
+
+#[test]
+fn a_moved_session_is_still_revoked_by_a_token_two_rotations_old() {
+    // A family rotated twice, and a second user's session, exported with sessions.
+    let source = tempfile::tempdir().unwrap();
+    let source_config = write_config(source.path());
+    let mut server = Binary::serve(source.path(), &binary_config(source.path()), &[]);
+    let login = |code: &str| {
+        post(
+            &server.base,
+            "/liveuser/Wx/Login",
+            json!({"code": code}),
+            None,
+        )
+    };
+    let mut hank = vec![login("hank").str("refresh_token")];
+    for _ in 0..2 {
+        let last = hank.last().unwrap().clone();
+        let r = post(
+            &server.base,
+            "/liveuser/Wx/RenewToken",
+            json!({"refresh_token": last}),
+            None,
+        );
+        assert_eq!(r.status, 200, "{}", r.text);
+        hank.push(r.str("refresh_token"));
+    }
+    let ivy = login("ivy").str("refresh_token");
+    assert!(server.terminate().success());
+    let file = source.path().join("move.jsonl");
+    cli(
+        &source_config,
+        &["export", "--sessions", "--out", file.to_str().unwrap()],
+    )
+    .ok();
+
+    // Into a stopped database, and through a running server on an empty one.
+    for running in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_config(dir.path());
+        let serve = || Binary::serve(dir.path(), &binary_config(dir.path()), &[]);
+        let server = if running {
+            let server = serve();
+            cli(&config, &["import", file.to_str().unwrap()]).ok();
+            server
+        } else {
+            cli(&config, &["import", file.to_str().unwrap()]).ok();
+            serve()
+        };
+        // The oldest token is reuse: refused, and its family with it.
+        assert_eq!(
+            renew_status(&server.base, &hank[0]),
+            401,
+            "running: {running}"
+        );
+        assert_eq!(
+            renew_status(&server.base, &hank[2]),
+            401,
+            "running: {running}: the family is revoked"
+        );
+        // The other session renews, and so do the tokens it is given.
+        let r = post(
+            &server.base,
+            "/liveuser/Wx/RenewToken",
+            json!({"refresh_token": ivy}),
+            None,
+        );
+        assert_eq!(r.status, 200, "running: {running}: {}", r.text);
+        assert_eq!(renew_status(&server.base, &r.str("refresh_token")), 200);
+    }
+}
+
 // The same tests with PostgreSQL as the backend.
 crate::on_postgres!(
     export_then_import_into_a_fresh_database_round_trips_every_record,
     import_checks_every_line_first_and_writes_nothing_from_a_bad_file,
     a_format_1_export_imports_and_its_clients_tokens_still_renew,
     an_import_line_that_gives_a_field_twice_is_refused_naming_the_line_and_field,
+    a_moved_session_is_still_revoked_by_a_token_two_rotations_old,
 );
 
 #[test]

@@ -50,6 +50,11 @@ impl<S: Store> Exporter<S> {
         let mut out = Vec::with_capacity(64 * 1024);
         match std::mem::replace(&mut self.stage, Stage::Done) {
             Stage::Header => {
+                let refresh_key = if self.sessions {
+                    Some(hex(&crate::keys::refresh_key(self.store.as_ref()).await?))
+                } else {
+                    None
+                };
                 push(
                     &mut out,
                     &Line::Header {
@@ -57,6 +62,7 @@ impl<S: Store> Exporter<S> {
                         version: VERSION,
                         exported_at: self.now,
                         sessions: self.sessions,
+                        refresh_key,
                     },
                 );
                 self.stage = Stage::Users(None);

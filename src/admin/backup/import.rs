@@ -68,6 +68,8 @@ struct Checker {
     openids: HashSet<String>,
     sids: HashSet<Sid>,
     counts: Counts,
+    /// The header's refresh-token key, if it has one.
+    refresh_key: Option<Vec<u8>>,
 }
 
 fn bad(line: u64, reason: impl std::fmt::Display) -> AdminError {
@@ -90,6 +92,7 @@ impl Checker {
             openids: HashSet::new(),
             sids: HashSet::new(),
             counts: Counts::default(),
+            refresh_key: None,
         }
     }
 
@@ -122,7 +125,10 @@ impl Checker {
         self.section = section.max(Section::Users);
         match line {
             Line::Header {
-                format, version, ..
+                format,
+                version,
+                refresh_key,
+                ..
             } => {
                 if format != FORMAT {
                     return Err(bad(n, format!("format must be {FORMAT:?}")));
@@ -136,6 +142,14 @@ impl Checker {
                     ));
                 }
                 self.version = version;
+                self.refresh_key = match refresh_key {
+                    None => None,
+                    Some(key) => Some(
+                        crate::primitives::unhex(&key)
+                            .filter(|k| k.len() == 32)
+                            .ok_or_else(|| bad(n, "refresh_key must be 64 hexadecimal digits"))?,
+                    ),
+                };
                 Ok(None)
             }
             Line::User {
@@ -402,10 +416,10 @@ impl<R: BufRead> Reader<R> {
 }
 
 /// Checks a whole file without writing anything.
-fn validate(reader: impl BufRead, progress: Progress<'_>) -> Result<Counts, AdminError> {
+fn validate(reader: impl BufRead, progress: Progress<'_>) -> Result<Checker, AdminError> {
     let mut reader = Reader::new(reader, Phase::Validating);
     while reader.next_record(progress)?.is_some() {}
-    Ok(reader.checker.counts)
+    Ok(reader.checker)
 }
 
 /// Imports a file: `open` is called twice, once to validate every line and once to
@@ -417,13 +431,23 @@ pub(crate) async fn import<S: Store, R: BufRead + Send>(
     progress: Progress<'_>,
 ) -> Result<Counts, AdminError> {
     let cannot_read = |e: std::io::Error| AdminError::invalid(format!("cannot read the file: {e}"));
-    let counts = validate(open().map_err(cannot_read)?, progress)?;
-    if !merge && !store.is_empty().await? {
+    let checked = validate(open().map_err(cannot_read)?, progress)?;
+    let counts = checked.counts;
+    let empty = store.is_empty().await?;
+    if !merge && !empty {
         return Err(AdminError::new(
             ErrorCode::FailedPrecondition,
             "the database already holds users; import restores into an empty database \
              (add --merge to write into this one, replacing records with the same keys)",
         ));
+    }
+    // Into an empty database, the sessions come with the key that tagged their tokens
+    // (see the module documentation of `backup`).
+    if empty && let Some(key) = checked.refresh_key {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        crate::keys::adopt_refresh_key(store, key, now).await?;
     }
     let mut reader = Reader::new(open().map_err(cannot_read)?, Phase::Writing);
     let mut batch = Restore::default();
@@ -458,7 +482,7 @@ mod tests {
     use super::*;
 
     fn check_all(text: &str) -> Result<Counts, AdminError> {
-        validate(text.as_bytes(), &|_, _| {})
+        validate(text.as_bytes(), &|_, _| {}).map(|checked| checked.counts)
     }
 
     const HEADER: &str = r#"{"kind":"header","format":"liveuser-export","version":1,"exported_at":1,"sessions":true}"#;

@@ -5,7 +5,7 @@
 //! An export is, line by line:
 //!
 //! ```text
-//! {"kind":"header","format":"liveuser-export","version":2,"exported_at":…,"sessions":true}
+//! {"kind":"header","format":"liveuser-export","version":2,"exported_at":…,"sessions":true,"refresh_key":"…"}
 //! {"kind":"user","uid":"…","name":"…","agent":"…","avatar":"…","update_at":…}      (every user)
 //! {"kind":"identity","openid":"…","uid":"…","unionid":null}                         (every identity)
 //! {"kind":"session","sid":"…","uid":"…",…,"generation":N,"current":"<hash>","previous":…}  (with --sessions)
@@ -20,6 +20,14 @@
 //!   milliseconds) — the stored form, never a token itself — so restored clients can
 //!   renew. A hash is what the database needs to accept a token, so an export with
 //!   sessions is as sensitive as the database: it is written with mode 0600.
+//! - With sessions, the header carries the key that tags refresh tokens (hex). An import
+//!   into an empty database adopts it, so that a token of an imported session two or more
+//!   rotations old is still recognised as its family's (and revokes it), while a corrupted
+//!   one is not. The key only authenticates tokens: making one for a session also takes
+//!   the session's seed, which is stored nowhere. An import with `--merge` into a
+//!   database that has sessions of its own keeps that database's key; the imported
+//!   sessions' tokens then renew as before, but their older tokens are refused without
+//!   revoking.
 //! - The signing keys are not exported: access tokens issued before a restore into a
 //!   fresh database are refused, and clients renew with their (restored) refresh token.
 //! - The end line carries the counts, so a truncated file is recognised.
@@ -58,6 +66,10 @@ pub(crate) enum Line {
         exported_at: u64,
         /// Whether sessions are included.
         sessions: bool,
+        /// With sessions: the key that tags the database's refresh tokens, in hex (see
+        /// the module documentation).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        refresh_key: Option<String>,
     },
     /// A user record.
     User {

@@ -20,6 +20,8 @@ impl<S: Store> Admin<S> {
         progress: Progress<'_>,
     ) -> Result<Counts, AdminError> {
         let counts = backup::import(self.store(), open, merge, progress).await?;
+        // An import into an empty database may have adopted the file's refresh-token key.
+        self.service.reload_refresh_key().await?;
         // The gauges of users and sessions are recounted at the next scrape.
         self.service.metrics().census_stale();
         Ok(counts)
