@@ -29,7 +29,7 @@ pub(crate) fn api<S: Store>(
     limits: Arc<Limits>,
     max_query_uids: usize,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
-    healthz(service.clone())
+    let routes = healthz(service.clone())
         .or(login(service.clone(), body_limit, limits.clone()))
         .unify()
         .or(renew_token(service.clone(), body_limit, limits))
@@ -41,9 +41,22 @@ pub(crate) fn api<S: Store>(
         .or(super::meta::metrics(service))
         .unify()
         .or(super::meta::openapi(max_query_uids))
-        .unify()
-        .recover(recover)
-        .unify()
+        .unify();
+    exact_path().and(routes).recover(recover).unify()
+}
+
+/// Paths match exactly: warp's path matching also takes a trailing `/`, and no path of
+/// liveuser's has one, so `/liveuser/Wx/Login/` is an unknown path like any other.
+fn exact_path() -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::path::full()
+        .and_then(|path: warp::path::FullPath| async move {
+            if path.as_str().len() > 1 && path.as_str().ends_with('/') {
+                Err(warp::reject::not_found())
+            } else {
+                Ok(())
+            }
+        })
+        .untuple_one()
 }
 
 /// `GET /healthz`: `{"status":"ok"}` (storage is open before the listener starts).

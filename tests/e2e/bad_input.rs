@@ -156,10 +156,16 @@ fn an_unknown_path_is_bad_route_404() {
         "/liveuser/Wx/Logout",
         "/liveuser/wx/login",
         "/liveuser/Wx/Login/extra",
+        "/liveuser/Wx/Login/",
+        "/liveuser/User/QueryUser/",
         "/metrics2",
     ] {
         let r = app.raw("POST", path, &json_header(), b"{}");
         r.assert_error(404, "bad_route");
+    }
+    for path in ["/healthz/", "/metrics/", "/liveuser/openapi.json/"] {
+        app.raw("GET", path, &[], b"")
+            .assert_error(404, "bad_route");
     }
 }
 
