@@ -212,7 +212,18 @@ where
             Err(std::process::ExitCode::SUCCESS)
         }
         Err(e) if e.kind() == Kind::DisplayHelpOnMissingArgumentOrSubcommand => {
-            let _ = e.print();
+            // A group without its subcommand (`liveuser user`): one line that names the
+            // group, like every other usage error. Its usage line says which it is.
+            let rendered = e.render().to_string();
+            let command: Vec<&str> = rendered
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("Usage: "))
+                .unwrap_or("liveuser")
+                .split_whitespace()
+                .take_while(|w| !w.starts_with(['[', '<']))
+                .collect();
+            let command = command.join(" ");
+            eprintln!("liveuser: `{command}` needs a subcommand (try `{command} --help`)");
             Err(std::process::ExitCode::FAILURE)
         }
         Err(e) => {

@@ -215,6 +215,15 @@ fn usage_errors_and_failures_are_one_line_with_exit_code_1() {
             .failed()
             .contains("frobnicate")
     );
+    for group in ["user", "session", "token"] {
+        let line = cli(&config, &[group]).failed().to_string();
+        assert_eq!(
+            line,
+            format!(
+                "liveuser: `liveuser {group}` needs a subcommand (try `liveuser {group} --help`)"
+            )
+        );
+    }
     let help = cli(&config, &["session", "list", "--help"]);
     assert!(help.ok().contains("--uid"), "{}", help.stdout);
 }
