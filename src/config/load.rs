@@ -156,13 +156,33 @@ impl Config {
             source: if from_env.contains(key) {
                 format!("environment variable {}", env_name(key))
             } else {
-                file_label.to_string()
+                match text.and_then(|text| line_of(text, key)) {
+                    Some(line) => format!("{file_label}: line {line}"),
+                    None => file_label.to_string(),
+                }
             },
             key: Some(key.to_string()),
             reason,
         })?;
         Ok(Loaded { config, warnings })
     }
+}
+
+/// The line of the file that sets `key` (`section.name`), for errors found after
+/// parsing. liveuser's keys are plain names in `[section]` tables.
+fn line_of(text: &str, key: &str) -> Option<usize> {
+    let (section, name) = key.split_once('.')?;
+    let mut current = "";
+    for (i, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if let Some(header) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            current = header.trim();
+        } else if current == section && line.split_once('=').is_some_and(|(k, _)| k.trim() == name)
+        {
+            return Some(i + 1);
+        }
+    }
+    None
 }
 
 /// `token.secret` → `LIVEUSER_TOKEN_SECRET`.

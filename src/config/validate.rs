@@ -411,9 +411,16 @@ mod tests {
 
     #[test]
     fn a_bad_value_is_refused_naming_the_key() {
-        let err = load_for_test("[token]\naccess_ttl_secs = 5\n", &[]).unwrap_err();
+        let err = load_for_test(
+            "[token]\nissuer = \"x\" # [server]\naccess_ttl_secs = 5\n",
+            &[],
+        )
+        .unwrap_err();
         assert_eq!(err.key.as_deref(), Some("token.access_ttl_secs"));
-        assert_eq!(err.source, "test.toml");
+        assert_eq!(
+            err.source, "test.toml: line 3",
+            "the file and the line that sets it"
+        );
     }
 
     #[test]
