@@ -721,6 +721,32 @@ mod tests {
             .block_on(f)
     }
 
+    #[test]
+    fn a_users_sessions_are_in_login_second_then_login_order() {
+        let (_dir, store) = store();
+        // Two logins in one second, the later one with the smaller id; and a login of an
+        // earlier second whose counter is the largest (a wall clock stepped back between
+        // two runs of the server): the second decides first, the counter within it.
+        let (later, earlier, before) = (
+            session("u", 1, T0),
+            session("u", 2, T0),
+            session("u", 3, T0 - 60),
+        );
+        for (s, order) in [(&later, 20u64), (&earlier, 10), (&before, 30)] {
+            store
+                .uid_sessions
+                .insert(index_key(s), &order.to_be_bytes())
+                .unwrap();
+        }
+        let sids: Vec<u8> = store
+            .index_of(&Uid::parse("u").unwrap())
+            .unwrap()
+            .iter()
+            .map(|key| sid_of_index_key(key).unwrap().0[0])
+            .collect();
+        assert_eq!(sids, [3, 2, 1]);
+    }
+
     fn live(store: &SledStore, uid: &str, now: u64) -> Vec<u8> {
         block_on(store.sessions_of(&Uid::parse(uid).unwrap()))
             .unwrap()

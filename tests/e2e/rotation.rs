@@ -192,7 +192,8 @@ fn absolute_expiry_is_never_extended_by_rotation() {
         assert!(r.body["expiry"].as_u64().unwrap() <= start + 1000);
         token = r.str("refresh_token");
     }
-    app.advance(101); // 1001 s after login
+    // 1000 s after login: the expiry second itself is past the session's life.
+    app.advance(100);
     app.renew(&token).assert_error(401, "unauthenticated");
 }
 
@@ -204,7 +205,8 @@ fn an_idle_session_expires_and_use_keeps_it_alive() {
     let t1 = app.renew(&t0).str("refresh_token");
     app.advance(90);
     let t2 = app.renew(&t1).str("refresh_token");
-    app.advance(101);
+    // 100 s after the last use: the idle expiry second itself is too late.
+    app.advance(100);
     app.renew(&t2).assert_error(401, "unauthenticated");
 }
 
