@@ -146,6 +146,7 @@ fn is_http_url(s: &str) -> bool {
         .strip_prefix("https://")
         .or_else(|| s.strip_prefix("http://"));
     matches!(rest, Some(host) if !host.is_empty() && !host.starts_with('/'))
+        && !s.chars().any(char::is_whitespace)
 }
 
 /// A session id: 16 bytes, shown as 32 hex digits. One per login; every refresh token
@@ -358,7 +359,16 @@ mod tests {
             };
             assert!(patch.validate().is_ok(), "{ok}");
         }
-        for bad in ["https://", "https:///x", "javascript:alert(1)", "HTTP//x"] {
+        for bad in [
+            "https://",
+            "https:///x",
+            "javascript:alert(1)",
+            "HTTP//x",
+            "https:// ",
+            "https://a b",
+            "https://\u{a0}",
+            "https://a\u{3000}.png",
+        ] {
             let patch = UserPatch {
                 avatar: Some(bad.into()),
                 ..Default::default()

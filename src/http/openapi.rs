@@ -95,9 +95,9 @@ fn text(max: usize) -> Value {
 }
 
 /// Empty, or `http://` or `https://` followed by a host (not a `/`), without control
-/// characters.
-const AVATAR: &str =
-    "^(https?://[^/\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*)?$";
+/// characters or white space (Unicode White_Space, spelled out: `\\s` differs between
+/// regex dialects).
+const AVATAR: &str = "^(https?://[^/\\u0000-\\u0020\\u007F-\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000][^\\u0000-\\u0020\\u007F-\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000]*)?$";
 
 /// No character of Unicode category Cc.
 const NO_CONTROL: &str = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$";
