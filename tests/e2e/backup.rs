@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::common::{Binary, binary_config, cli, post, write_config};
+use crate::common::{Binary, binary_config, cli, post, renew, write_config};
 
 /// The file's lines without the header (whose export time differs between runs).
 fn body_lines(path: &std::path::Path) -> Vec<String> {
@@ -441,17 +441,6 @@ fn an_import_line_that_gives_a_field_twice_is_refused_naming_the_line_and_field(
     assert_eq!(listed["users"][0]["name"], "One");
 }
 
-/// Renews `token` on `base`; the status.
-fn renew_status(base: &str, token: &str) -> u16 {
-    post(
-        base,
-        "/liveuser/Wx/RenewToken",
-        json!({"refresh_token": token}),
-        None,
-    )
-    .status
-}
-
 #[test]
 fn a_moved_session_is_still_revoked_by_a_token_two_rotations_old() {
     // A family rotated twice, and a second user's session, exported with sessions.
@@ -468,13 +457,7 @@ fn a_moved_session_is_still_revoked_by_a_token_two_rotations_old() {
     };
     let mut hank = vec![login("hank").str("refresh_token")];
     for _ in 0..2 {
-        let last = hank.last().unwrap().clone();
-        let r = post(
-            &server.base,
-            "/liveuser/Wx/RenewToken",
-            json!({"refresh_token": last}),
-            None,
-        );
+        let r = renew(&server.base, hank.last().unwrap());
         assert_eq!(r.status, 200, "{}", r.text);
         hank.push(r.str("refresh_token"));
     }
@@ -502,24 +485,19 @@ fn a_moved_session_is_still_revoked_by_a_token_two_rotations_old() {
         };
         // The oldest token is reuse: refused, and its family with it.
         assert_eq!(
-            renew_status(&server.base, &hank[0]),
+            renew(&server.base, &hank[0]).status,
             401,
             "running: {running}"
         );
         assert_eq!(
-            renew_status(&server.base, &hank[2]),
+            renew(&server.base, &hank[2]).status,
             401,
             "running: {running}: the family is revoked"
         );
         // The other session renews, and so do the tokens it is given.
-        let r = post(
-            &server.base,
-            "/liveuser/Wx/RenewToken",
-            json!({"refresh_token": ivy}),
-            None,
-        );
+        let r = renew(&server.base, &ivy);
         assert_eq!(r.status, 200, "running: {running}: {}", r.text);
-        assert_eq!(renew_status(&server.base, &r.str("refresh_token")), 200);
+        assert_eq!(renew(&server.base, &r.str("refresh_token")).status, 200);
     }
 }
 

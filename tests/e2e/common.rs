@@ -481,6 +481,16 @@ pub fn post(base: &str, path: &str, body: Value, bearer: Option<&str>) -> Reply 
     post_json(&agent(), &format!("{base}{path}"), &body, bearer)
 }
 
+/// `Wx.RenewToken` with `token` on the server at `base`.
+pub fn renew(base: &str, token: &str) -> Reply {
+    post(
+        base,
+        "/liveuser/Wx/RenewToken",
+        json!({ "refresh_token": token }),
+        None,
+    )
+}
+
 /// A JSON call as a mini-program makes it, for [`TestApp::post`] and [`post`]: the body
 /// with its content type, and the access token when there is one.
 fn post_json(agent: &ureq::Agent, url: &str, body: &Value, bearer: Option<&str>) -> Reply {

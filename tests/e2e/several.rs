@@ -13,21 +13,12 @@ use serde_json::{Value, json};
 
 use crate::common::{
     Binary, Reply, agent, binary_config, cli, login, on_postgres, post, postgres_server, psql,
-    schema_url, send,
+    renew, schema_url, send,
 };
 
 /// Says a measured figure on the terminal (past the harness's output capture).
 fn report(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
-}
-
-fn renew(base: &str, token: &str) -> Reply {
-    post(
-        base,
-        "/liveuser/Wx/RenewToken",
-        json!({ "refresh_token": token }),
-        None,
-    )
 }
 
 fn query(base: &str, token: &str, uids: &[&str]) -> Reply {
