@@ -132,20 +132,20 @@ fn is_plain_id(id: &str) -> bool {
 /// segment longer than [`SEGMENT_MAX`] shown as `…`. liveuser's own paths have short
 /// segments; a long one is what a client put there by mistake, and may be a token.
 fn loggable_path(path: &str) -> String {
-    let scrubbed: Vec<&str> = path
-        .split('/')
-        .map(|segment| {
-            if segment.chars().nth(SEGMENT_MAX).is_some() {
-                "…"
-            } else {
-                segment
-            }
-        })
-        .collect();
-    let path = scrubbed.join("/");
+    let too_long = |segment: &str| segment.chars().nth(SEGMENT_MAX).is_some();
+    // Every request passes here: rebuild the path only when it has a long segment.
+    let path: std::borrow::Cow<'_, str> = if path.split('/').any(too_long) {
+        let segments: Vec<&str> = path
+            .split('/')
+            .map(|s| if too_long(s) { "…" } else { s })
+            .collect();
+        segments.join("/").into()
+    } else {
+        path.into()
+    };
     match path.char_indices().nth(PATH_MAX) {
         Some((cut, _)) => format!("{}…", &path[..cut]),
-        None => path,
+        None => path.into_owned(),
     }
 }
 

@@ -286,8 +286,12 @@ impl SledStore {
             entries.push((key, order));
         }
         // The scan is in key order already; only logins within one second move.
-        let second = |key: &sled::IVec| key.get(prefix.len()..prefix.len() + 8).map(<[u8]>::to_vec);
-        entries.sort_by(|(a, x), (b, y)| second(a).cmp(&second(b)).then(x.cmp(y)));
+        let second = prefix.len()..prefix.len() + 8;
+        entries.sort_by(|(a, x), (b, y)| {
+            a.get(second.clone())
+                .cmp(&b.get(second.clone()))
+                .then(x.cmp(y))
+        });
         Ok(entries.into_iter().map(|(key, _)| key).collect())
     }
 
