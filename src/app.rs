@@ -296,11 +296,11 @@ async fn reload_keys_on_change<S: Store>(
     mut changes: watch::Receiver<u64>,
 ) {
     while changes.changed().await.is_ok() {
-        let reloaded = match service.reload_signing_keys(&token).await {
-            Ok(()) => service.reload_refresh_key().await,
-            Err(e) => Err(e),
+        let reloaded = async {
+            service.reload_signing_keys(&token).await?;
+            service.reload_refresh_key().await
         };
-        if let Err(e) = reloaded {
+        if let Err(e) = reloaded.await {
             tracing::warn!(error = %e, "reloading the keys failed; retrying in 1 s");
             tokio::time::sleep(Duration::from_secs(1)).await;
             changes.mark_changed();

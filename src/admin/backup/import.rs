@@ -423,12 +423,13 @@ fn validate(reader: impl BufRead, progress: Progress<'_>) -> Result<Checker, Adm
 }
 
 /// Imports a file: `open` is called twice, once to validate every line and once to
-/// write. Refuses a database that holds users unless `merge`.
+/// write. Refuses a database that holds users unless `merge`. `now`: Unix seconds.
 pub(crate) async fn import<S: Store, R: BufRead + Send>(
     store: &S,
     open: impl Fn() -> std::io::Result<R> + Send,
     merge: bool,
     progress: Progress<'_>,
+    now: u64,
 ) -> Result<Counts, AdminError> {
     let cannot_read = |e: std::io::Error| AdminError::invalid(format!("cannot read the file: {e}"));
     let checked = validate(open().map_err(cannot_read)?, progress)?;
@@ -444,9 +445,6 @@ pub(crate) async fn import<S: Store, R: BufRead + Send>(
     // Into an empty database, the sessions come with the key that tagged their tokens
     // (see the module documentation of `backup`).
     if empty && let Some(key) = checked.refresh_key {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
         crate::keys::adopt_refresh_key(store, key, now).await?;
     }
     let mut reader = Reader::new(open().map_err(cannot_read)?, Phase::Writing);

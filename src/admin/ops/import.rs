@@ -19,7 +19,8 @@ impl<S: Store> Admin<S> {
         merge: bool,
         progress: Progress<'_>,
     ) -> Result<Counts, AdminError> {
-        let counts = backup::import(self.store(), open, merge, progress).await?;
+        let now = self.service.now();
+        let counts = backup::import(self.store(), open, merge, progress, now).await?;
         // An import into an empty database may have adopted the file's refresh-token key.
         self.service.reload_refresh_key().await?;
         // The gauges of users and sessions are recounted at the next scrape.
