@@ -78,18 +78,18 @@ pub(crate) async fn refresh_key<S: Store>(store: &S) -> Result<Vec<u8>, StoreErr
 /// Makes `key` the key that tags refresh tokens, as an import into an empty database
 /// does with the key of the database the file came from: without it, the imported
 /// sessions' tokens older than the last rotation could not be told from invented ones,
-/// and presenting one would not revoke its family. Whether the key changed.
+/// and presenting one would not revoke its family.
 pub(crate) async fn adopt_refresh_key<S: Store>(
     store: &S,
     key: Vec<u8>,
     now: u64,
-) -> Result<bool, StoreError> {
-    if refresh_key(store).await? == key {
-        return Ok(false);
+) -> Result<(), StoreError> {
+    if refresh_key(store).await? != key {
+        // The database is empty, so no token was tagged with the key replaced: it
+        // retires now.
+        store.rotate_key(REFRESH_KEY, key, now, now).await?;
     }
-    // The database is empty, so no token was tagged with the key replaced: it retires now.
-    store.rotate_key(REFRESH_KEY, key, now, now).await?;
-    Ok(true)
+    Ok(())
 }
 
 /// The keys in force at `now` for `token`, generating and storing a signing key on first
