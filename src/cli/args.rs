@@ -176,7 +176,8 @@ pub struct ExportArgs {
 pub struct ImportArgs {
     /// A file written by `liveuser export`.
     pub(crate) file: PathBuf,
-    /// Write into a database that already holds users, replacing same-key records.
+    /// Write into a database that already holds users, replacing same-key records (but
+    /// never a revoked session, nor one renewed or used since the file was written).
     #[arg(long)]
     pub(crate) merge: bool,
 }

@@ -26,7 +26,9 @@ mod upgrade;
 use std::future::Future;
 use std::sync::Arc;
 
-use crate::model::{Identity, RetiredKey, Session, Sid, TokenHash, Uid, UserPatch, UserRecord};
+use crate::model::{
+    self, Identity, RetiredKey, Session, Sid, TokenHash, Uid, UserPatch, UserRecord,
+};
 
 pub use self::any::AnyStore;
 pub use self::flush::FlushObserver;
@@ -130,7 +132,8 @@ pub enum RotateOutcome {
 /// A page of records and the key to continue after.
 pub type Page<T> = Vec<T>;
 
-/// Records to write as they are (import): each replaces a record with the same key.
+/// Records to write as they are (import): each replaces a record with the same key,
+/// except a session that [`restores_over`] says must stay as stored.
 #[derive(Debug, Clone, Default)]
 pub struct Restore {
     /// User records.
@@ -151,6 +154,20 @@ impl Restore {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Whether an imported copy of a session may replace `stored`, the database's own copy
+/// of it. Not over a revoked session (a merge must not bring back a family revoked since
+/// the export, for reuse perhaps), nor over one further along than the copy — rotated
+/// more often or used later (its current token would be rolled back to one the client
+/// has already spent) — nor over one of another user (a session never changes owner).
+///
+/// The PostgreSQL backend says the same in the `WHERE` of its `ON CONFLICT` clause.
+pub fn restores_over(imported: &Session, stored: &Session) -> bool {
+    stored.state != model::SessionState::Revoked
+        && stored.uid == imported.uid
+        && stored.generation <= imported.generation
+        && stored.last_used_at <= imported.last_used_at
 }
 
 /// Counts for the metrics: stored users and sessions live at the time of counting.
@@ -287,7 +304,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = StoreResult<Page<(String, Identity)>>> + Send;
 
     /// Writes `batch` as it is: users, identities, then sessions; each replaces a record
-    /// with the same key.
+    /// with the same key, but a session only where [`restores_over`] allows (checked
+    /// atomically against concurrent renewals and revocations).
     fn restore(&self, batch: &Restore) -> impl Future<Output = StoreResult<()>> + Send;
 
     /// Whether no user and no identity is stored.
@@ -332,5 +350,50 @@ pub trait Store: Send + Sync + 'static {
     /// embedded, so it is there as long as the process is). Cheap: no round trip.
     fn database_up(&self) -> Option<bool> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{SessionState, TokenHash};
+
+    fn session(uid: &str, generation: u32, last_used_at: u64) -> Session {
+        Session {
+            sid: Sid([1; 16]),
+            uid: Uid::parse(uid).unwrap(),
+            created_at: 100,
+            last_used_at,
+            expires_at: 1000,
+            idle_expires_at: 900,
+            state: SessionState::Active,
+            generation,
+            current: TokenHash([generation as u8; 32]),
+            previous: None,
+        }
+    }
+
+    #[test]
+    fn an_imported_session_replaces_only_a_live_copy_of_its_own_that_is_not_further_along() {
+        let stored = session("u", 2, 200);
+        assert!(restores_over(&session("u", 2, 200), &stored), "the same");
+        assert!(restores_over(&session("u", 3, 250), &stored), "newer");
+        assert!(
+            !restores_over(&session("u", 1, 250), &stored),
+            "fewer rotations"
+        );
+        assert!(
+            !restores_over(&session("u", 3, 199), &stored),
+            "used earlier"
+        );
+        assert!(
+            !restores_over(&session("v", 3, 250), &stored),
+            "another owner"
+        );
+        let revoked = Session {
+            state: SessionState::Revoked,
+            ..stored
+        };
+        assert!(!restores_over(&session("u", 9, 999), &revoked), "revoked");
     }
 }

@@ -240,6 +240,55 @@ impl SledStore {
         Ok(())
     }
 
+    /// Writes an imported session unless the stored one must stay
+    /// ([`restores_over`](super::restores_over)), with a compare-and-swap, so a renewal
+    /// or a revocation that lands in between is judged, not overwritten. Its user-index
+    /// entry is written first, as at a login, and only when the stored session has no
+    /// entry under that key already.
+    fn restore_session(&self, session: &Session) -> StoreResult<()> {
+        let entry = index_key(session);
+        let mut entry_written = false;
+        loop {
+            let old = self.sessions.get(session.sid.0).map_err(io)?;
+            let stored = old
+                .as_deref()
+                .map(|v| Session::decode(&session.sid.0, v))
+                .transpose()?;
+            let stored_entry = stored.as_ref().map(index_key);
+            if let Some(stored) = &stored
+                && !super::restores_over(session, stored)
+            {
+                if entry_written && stored_entry.as_ref() != Some(&entry) {
+                    self.uid_sessions.remove(&entry).map_err(io)?;
+                }
+                return Ok(());
+            }
+            if !entry_written && stored_entry.as_ref() != Some(&entry) {
+                let order = self
+                    .login_order
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.uid_sessions
+                    .insert(&entry, &order.to_be_bytes())
+                    .map_err(io)?;
+                entry_written = true;
+            }
+            let swapped = self
+                .sessions
+                .compare_and_swap(session.sid.0, old, Some(session.encode()))
+                .map_err(io)?
+                .is_ok();
+            if swapped {
+                if let Some(stored_entry) = stored_entry
+                    && stored_entry != entry
+                {
+                    self.uid_sessions.remove(stored_entry).map_err(io)?;
+                }
+                self.session_cache.invalidate(&session.sid);
+                return Ok(());
+            }
+        }
+    }
+
     /// Makes room for one more live session of `session.uid`: revokes the oldest of its
     /// sessions live at `session.created_at` so that at most `max_live - 1` remain live.
     ///
@@ -576,7 +625,7 @@ impl Store for SledStore {
                 .map_err(io)?;
         }
         for session in &batch.sessions {
-            self.put_session(session)?;
+            self.restore_session(session)?;
         }
         self.commit.durable().await
     }
@@ -919,19 +968,42 @@ mod tests {
         assert_eq!(live(&store, "u", T0 + 600), vec![2]);
     }
 
-    #[test]
-    fn a_restored_session_under_another_owner_leaves_no_stale_index_entry() {
-        let (_dir, store) = store();
-        block_on(store.create_session(&session("u", 1, T0), None)).unwrap();
-        let moved = session("v", 1, T0 + 5);
+    fn restore_one(store: &SledStore, session: Session) {
         block_on(store.restore(&Restore {
-            sessions: vec![moved],
+            sessions: vec![session],
             ..Restore::default()
         }))
         .unwrap();
-        assert!(live(&store, "u", T0 + 6).is_empty());
-        assert_eq!(live(&store, "v", T0 + 6), vec![1]);
+    }
+
+    #[test]
+    fn a_restored_session_with_another_login_time_leaves_no_stale_index_entry() {
+        let (_dir, store) = store();
+        block_on(store.create_session(&session("u", 1, T0), None)).unwrap();
+        restore_one(&store, session("u", 1, T0 + 5));
+        assert_eq!(live(&store, "u", T0 + 6), vec![1]);
         assert_eq!(store.uid_sessions.len(), 1);
+        let stored = store.read_session(Sid([1; 16])).unwrap().unwrap();
+        assert_eq!(stored.created_at, T0 + 5);
+    }
+
+    #[test]
+    fn a_restored_session_that_must_stay_as_stored_leaves_no_index_entry() {
+        let (_dir, store) = store();
+        let mine = session("u", 1, T0);
+        block_on(store.create_session(&mine, None)).unwrap();
+        // Another owner, and an older copy of the session: neither is written.
+        restore_one(&store, session("v", 1, T0 + 5));
+        let mut renewed = mine.clone();
+        renewed.generation = 3;
+        restore_one(&store, renewed.clone());
+        let mut older = session("u", 1, T0 - 5);
+        older.generation = 2;
+        restore_one(&store, older);
+        assert!(live(&store, "v", T0 + 6).is_empty());
+        assert_eq!(live(&store, "u", T0 + 6), vec![1]);
+        assert_eq!(store.uid_sessions.len(), 1);
+        assert_eq!(store.read_session(Sid([1; 16])).unwrap(), Some(renewed));
     }
 
     #[test]

@@ -501,6 +501,177 @@ fn a_moved_session_is_still_revoked_by_a_token_two_rotations_old() {
     }
 }
 
+/// The sessions `session list --json` shows for `uid`.
+fn sessions_of(config: &std::path::Path, uid: &str) -> Vec<Value> {
+    let listed: Value =
+        serde_json::from_str(cli(config, &["session", "list", "--uid", uid, "--json"]).ok())
+            .unwrap();
+    listed["sessions"].as_array().unwrap().clone()
+}
+
+/// A merge once wrote every session of the file over the stored one, as active: a
+/// family revoked since the export (for reuse, perhaps) came back to life, and one
+/// renewed since was rolled back to a token its client had already spent.
+#[test]
+fn a_merge_never_brings_a_revoked_session_back_or_rolls_a_renewed_one_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Binary::serve(dir.path(), &binary_config(dir.path()), &[]);
+    let config = dir.path().join("liveuser.toml");
+    let login = |code: &str| {
+        post(
+            &server.base,
+            "/liveuser/Wx/Login",
+            json!({"code": code}),
+            None,
+        )
+    };
+    let (amy, bea, cat) = (login("amy"), login("bea"), login("cat"));
+    let file = dir.path().join("backup.jsonl");
+    cli(
+        &config,
+        &["export", "--sessions", "--out", file.to_str().unwrap()],
+    )
+    .ok();
+
+    // After the backup amy renews, bea's session is revoked, cat's is left as it was.
+    let amy_next = renew(&server.base, &amy.str("refresh_token"));
+    assert_eq!(amy_next.status, 200, "{}", amy_next.text);
+    cli(&config, &["session", "revoke", "--uid", &bea.str("uid")]).ok();
+
+    let merged = cli(&config, &["import", "--merge", file.to_str().unwrap()]);
+    assert_eq!(merged.ok(), "imported 3 users, 3 identities, 3 sessions\n");
+    // bea's family stays revoked: the token the file knew as current is refused.
+    renew(&server.base, &bea.str("refresh_token")).assert_error(401, "unauthenticated");
+    assert_eq!(sessions_of(&config, &bea.str("uid"))[0]["state"], "revoked");
+    // amy's session stays where the renewal left it: the token given since renews.
+    let r = renew(&server.base, &amy_next.str("refresh_token"));
+    assert_eq!(
+        r.status, 200,
+        "the renewed session was rolled back: {}",
+        r.text
+    );
+    // cat's, the same in the file as in the database, renews.
+    let r = renew(&server.base, &cat.str("refresh_token"));
+    assert_eq!(r.status, 200, "{}", r.text);
+}
+
+/// A session is one login of one user: a file that names another owner for it (edited,
+/// or not an export of this database) must not hand its refresh token that user's account.
+#[test]
+fn a_merge_never_gives_a_session_to_another_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Binary::serve(dir.path(), &binary_config(dir.path()), &[]);
+    let config = dir.path().join("liveuser.toml");
+    let login = |code: &str| {
+        post(
+            &server.base,
+            "/liveuser/Wx/Login",
+            json!({"code": code}),
+            None,
+        )
+    };
+    let (fay, gus) = (login("fay"), login("gus"));
+    let file = dir.path().join("backup.jsonl");
+    cli(
+        &config,
+        &["export", "--sessions", "--out", file.to_str().unwrap()],
+    )
+    .ok();
+    let fay_sid = sessions_of(&config, &fay.str("uid"))[0]["sid"].clone();
+    let edited: Vec<String> = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let mut value: Value = serde_json::from_str(line).unwrap();
+            if value["kind"] == "session" && value["sid"] == fay_sid {
+                value["uid"] = json!(gus.str("uid"));
+            }
+            value.to_string()
+        })
+        .collect();
+    std::fs::write(&file, edited.join("\n") + "\n").unwrap();
+
+    cli(&config, &["import", "--merge", file.to_str().unwrap()]).ok();
+    let of_gus: Vec<Value> = sessions_of(&config, &gus.str("uid"))
+        .iter()
+        .map(|s| s["sid"].clone())
+        .collect();
+    assert!(!of_gus.contains(&fay_sid), "{of_gus:?}");
+    let r = renew(&server.base, &fay.str("refresh_token"));
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.str("uid"), fay.str("uid"));
+}
+
+/// Without rotation a renewal changes only a session's last use and idle expiry: a merge
+/// of a file from before it must not move them back.
+#[test]
+fn a_merge_keeps_a_session_used_since_the_export_as_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!("{}[token]\nrotation = false\n", binary_config(dir.path()));
+    let server = Binary::serve(dir.path(), &toml, &[]);
+    let config = dir.path().join("liveuser.toml");
+    let dan = post(
+        &server.base,
+        "/liveuser/Wx/Login",
+        json!({"code": "dan"}),
+        None,
+    );
+    let file = dir.path().join("backup.jsonl");
+    cli(
+        &config,
+        &["export", "--sessions", "--out", file.to_str().unwrap()],
+    )
+    .ok();
+    let before = sessions_of(&config, &dan.str("uid"));
+    // Times are whole seconds: a renewal in a later second than the export.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(renew(&server.base, &dan.str("refresh_token")).status, 200);
+    let used = sessions_of(&config, &dan.str("uid"));
+    assert!(
+        used[0]["last_used_at"].as_u64() > before[0]["last_used_at"].as_u64(),
+        "{used:?}"
+    );
+
+    cli(&config, &["import", "--merge", file.to_str().unwrap()]).ok();
+    assert_eq!(sessions_of(&config, &dan.str("uid")), used);
+}
+
+/// What a merge is for still works: a stale copy of a session takes the newer one.
+#[test]
+fn a_merge_brings_a_stale_copy_of_a_session_up_to_date() {
+    let source = tempfile::tempdir().unwrap();
+    let source_config = write_config(source.path());
+    let mut server = Binary::serve(source.path(), &binary_config(source.path()), &[]);
+    let eve = post(
+        &server.base,
+        "/liveuser/Wx/Login",
+        json!({"code": "eve"}),
+        None,
+    );
+    let export = |name: &str| {
+        let file = source.path().join(name);
+        cli(
+            &source_config,
+            &["export", "--sessions", "--out", file.to_str().unwrap()],
+        )
+        .ok();
+        file
+    };
+    let old = export("old.jsonl");
+    let next = renew(&server.base, &eve.str("refresh_token"));
+    assert_eq!(next.status, 200, "{}", next.text);
+    let new = export("new.jsonl");
+    assert!(server.terminate().success());
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    cli(&config, &["import", old.to_str().unwrap()]).ok();
+    cli(&config, &["import", "--merge", new.to_str().unwrap()]).ok();
+    let server = Binary::serve(dir.path(), &binary_config(dir.path()), &[]);
+    let r = renew(&server.base, &next.str("refresh_token"));
+    assert_eq!(r.status, 200, "the newer copy was not taken: {}", r.text);
+}
+
 // The same tests with PostgreSQL as the backend.
 crate::on_postgres!(
     export_then_import_into_a_fresh_database_round_trips_every_record,
@@ -508,6 +679,10 @@ crate::on_postgres!(
     a_format_1_export_imports_and_its_clients_tokens_still_renew,
     an_import_line_that_gives_a_field_twice_is_refused_naming_the_line_and_field,
     a_moved_session_is_still_revoked_by_a_token_two_rotations_old,
+    a_merge_never_brings_a_revoked_session_back_or_rolls_a_renewed_one_back,
+    a_merge_never_gives_a_session_to_another_user,
+    a_merge_keeps_a_session_used_since_the_export_as_it_is,
+    a_merge_brings_a_stale_copy_of_a_session_up_to_date,
 );
 
 #[test]

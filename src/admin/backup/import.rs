@@ -3,8 +3,10 @@
 //! Import reads the file twice: first it validates every line (format, limits, order,
 //! duplicates, references, the counts) and stops at the first bad one with its line
 //! number, having written nothing; then it writes in batches. Records replace records
-//! with the same key. Into a database that already holds users it imports only when
-//! asked to merge, since a restore is meant for an empty one.
+//! with the same key, except sessions that the database holds revoked, under another
+//! user, or further along than the file (see [`Store::restore`]). Into a database that
+//! already holds users it imports only when asked to merge, since a restore is meant for
+//! an empty one.
 //!
 //! Format 1 sessions are converted as a database upgrade converts them: the session id
 //! becomes the first 16 bytes of the current token's hash (what a format-1 token's

@@ -804,7 +804,13 @@ impl Store for PgStore {
                          expires_at = EXCLUDED.expires_at, idle_expires_at = EXCLUDED.idle_expires_at,
                          revoked = EXCLUDED.revoked, generation = EXCLUDED.generation,
                          current_hash = EXCLUDED.current_hash,
-                         previous_hash = EXCLUDED.previous_hash, rotated_at_ms = EXCLUDED.rotated_at_ms",
+                         previous_hash = EXCLUDED.previous_hash, rotated_at_ms = EXCLUDED.rotated_at_ms
+                     -- store::restores_over: never over a revoked session, one further
+                     -- along, or one of another user. The row is locked and this is
+                     -- judged on its latest version, so a concurrent renewal is seen.
+                     WHERE NOT sessions.revoked AND sessions.uid = EXCLUDED.uid
+                         AND sessions.generation <= EXCLUDED.generation
+                         AND sessions.last_used_at <= EXCLUDED.last_used_at",
                 )
                 .await
                 .map_err(db)?;
