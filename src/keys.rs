@@ -19,11 +19,19 @@
 //!
 //! Either way the new key signs from the moment it is in force, and a previous key
 //! verifies only tokens that expire before it retires (see [`KeyRing`]).
+//!
+//! The key that tags refresh tokens is generated at first start and kept in the store
+//! too. [`rotate_refresh_key`] (`liveuser token rotate-refresh-key`) replaces it; the
+//! replaced key keeps verifying tags for `token.refresh_ttl_secs`, the longest a session
+//! it tagged can live (see [`RefreshKeys`]). An export with sessions carries the keys in
+//! force, and an import into an empty database adopts them ([`adopt_refresh_keys`]).
 
 use crate::config::TokenConfig;
+use crate::model::RetiredKey;
 use crate::primitives::random_bytes;
+use crate::secret::Secret;
 use crate::store::{Store, StoreError};
-use crate::token::{KeyRing, kid_of};
+use crate::token::{KeyRing, RefreshKey, RefreshKeys, kid_of, refresh_key_id};
 
 /// Name of the generated signing key in the `meta` tree.
 pub(crate) const SIGNING_KEY: &str = "signing_key";
@@ -60,34 +68,143 @@ pub enum KeyError {
 /// What a rotation did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyRotation {
-    /// The kid of the new signing key.
+    /// The kid (for a refresh key, the id) of the new key.
     pub kid: String,
-    /// The kid of the key it replaced.
+    /// The kid or id of the key it replaced.
     pub previous_kid: Option<String>,
     /// When the replaced key stops verifying (Unix seconds).
     pub retire_at: u64,
 }
 
-/// The key that derives rotated refresh tokens, generated and stored at first start.
-pub(crate) async fn refresh_key<S: Store>(store: &S) -> Result<Vec<u8>, StoreError> {
-    store
-        .key_or_init(REFRESH_KEY, || random_bytes::<32>().to_vec())
-        .await
+/// The refresh keys in force, as stored: what the service verifies with and what an
+/// export with sessions carries.
+#[derive(Debug, Clone)]
+pub(crate) struct RefreshKeyMaterial {
+    /// The key that tags new tokens.
+    pub(crate) current: Secret<Vec<u8>>,
+    /// The replaced keys [`RefreshKeys`] keeps in force, latest retire time first.
+    pub(crate) retired: Vec<RetiredKey>,
 }
 
-/// Makes `key` the key that tags refresh tokens, as an import into an empty database
-/// does with the key of the database the file came from: without it, the imported
-/// sessions' tokens older than the last rotation could not be told from invented ones,
-/// and presenting one would not revoke its family.
-pub(crate) async fn adopt_refresh_key<S: Store>(
+impl RefreshKeyMaterial {
+    /// The keys, ready to tag and verify.
+    pub(crate) fn keys(&self) -> RefreshKeys {
+        RefreshKeys::new(
+            RefreshKey::new(self.current.expose().clone()),
+            self.retired
+                .iter()
+                .map(|k| (RefreshKey::new(k.key.expose().clone()), k.retire_at))
+                .collect(),
+        )
+    }
+}
+
+/// The refresh keys in force at `now`: the current one (generated and stored at first
+/// start) and the retired ones not yet retired, as many as [`RefreshKeys`] keeps.
+pub(crate) async fn refresh_key_material<S: Store>(
     store: &S,
-    key: Vec<u8>,
+    now: u64,
+) -> Result<RefreshKeyMaterial, StoreError> {
+    let current = store
+        .key_or_init(REFRESH_KEY, || random_bytes::<32>().to_vec())
+        .await?;
+    let mut retired = store.retired_keys(REFRESH_KEY).await?;
+    retired.retain(|k| now < k.retire_at);
+    let mut material = RefreshKeyMaterial {
+        current: Secret::new(current),
+        retired,
+    };
+    // The ring decides which retired keys count; the material keeps exactly those.
+    let kept = material.keys().retired_ids();
+    material
+        .retired
+        .sort_by_key(|k| std::cmp::Reverse(k.retire_at));
+    let mut seen = Vec::new();
+    material.retired.retain(|k| {
+        let id = refresh_key_id(k.key.expose());
+        let keep = !seen.contains(&id) && kept.iter().any(|(kept, _)| *kept == id);
+        seen.push(id);
+        keep
+    });
+    Ok(material)
+}
+
+/// [`refresh_key_material`], ready to use.
+pub(crate) async fn refresh_keys<S: Store>(store: &S, now: u64) -> Result<RefreshKeys, StoreError> {
+    Ok(refresh_key_material(store, now).await?.keys())
+}
+
+/// Replaces the key that tags refresh tokens with a fresh one. New sessions and every
+/// rotation's successor are tagged with it from now on; the replaced key keeps verifying
+/// tags until `now + token.refresh_ttl_secs`, so the older tokens of sessions alive today
+/// are still recognised (reuse) until those sessions end. A leaked key is answered so: a
+/// session renewed after the rotation has a current token the old key cannot make.
+pub(crate) async fn rotate_refresh_key<S: Store>(
+    store: &S,
+    token: &TokenConfig,
+    now: u64,
+) -> Result<KeyRotation, StoreError> {
+    // Generated first if absent, so that there is a key to keep verifying.
+    refresh_key_material(store, now).await?;
+    let fresh = random_bytes::<32>().to_vec();
+    let retire_at = now.saturating_add(token.refresh_ttl_secs);
+    let replaced = store
+        .rotate_key(REFRESH_KEY, fresh.clone(), retire_at, now)
+        .await?;
+    let rotation = KeyRotation {
+        kid: refresh_key_id(&fresh),
+        previous_kid: replaced.as_deref().map(refresh_key_id),
+        retire_at,
+    };
+    tracing::info!(
+        id = %rotation.kid,
+        previous_id = ?rotation.previous_kid,
+        retire_at,
+        "refresh key rotated"
+    );
+    Ok(rotation)
+}
+
+/// Makes `adopted` the refresh keys, as an import into an empty database does with the
+/// keys of the database the file came from: without them, the imported sessions' tokens
+/// older than the last rotation could not be told from invented ones, and presenting one
+/// would not revoke its family.
+///
+/// [`Store::rotate_key`] keeps the key it replaces until the retire time it is given, so
+/// the retired keys go in oldest first, each replaced by the next with its own retire
+/// time, and the current key last. The database is empty, so its own key tagged no token
+/// and retires now.
+pub(crate) async fn adopt_refresh_keys<S: Store>(
+    store: &S,
+    adopted: RefreshKeyMaterial,
     now: u64,
 ) -> Result<(), StoreError> {
-    if refresh_key(store).await? != key {
-        // The database is empty, so no token was tagged with the key replaced: it
-        // retires now.
-        store.rotate_key(REFRESH_KEY, key, now, now).await?;
+    let mut retired: Vec<RetiredKey> = adopted
+        .retired
+        .into_iter()
+        .filter(|k| now < k.retire_at)
+        .collect();
+    retired.sort_by_key(|k| k.retire_at);
+    let stored = refresh_key_material(store, now).await?;
+    let has = |key: &RetiredKey| stored.retired.iter().any(|k| k.key == key.key);
+    if stored.current == adopted.current && retired.iter().all(has) {
+        return Ok(());
+    }
+    let mut in_place = stored.current.expose().clone();
+    let mut retire_at = now;
+    for key in retired
+        .into_iter()
+        .map(|k| (k.key.expose().clone(), k.retire_at))
+        .chain(std::iter::once((adopted.current.expose().clone(), 0)))
+    {
+        let (bytes, its_retire_at) = key;
+        if bytes != in_place {
+            store
+                .rotate_key(REFRESH_KEY, bytes.clone(), retire_at, now)
+                .await?;
+            in_place = bytes;
+        }
+        retire_at = its_retire_at;
     }
     Ok(())
 }
@@ -329,6 +446,107 @@ mod tests {
         check_key_source(&store, &generated()).await.unwrap();
         let err = check_key_source(&store, &secret("a")).await.unwrap_err();
         assert!(err.to_string().contains("generated"), "{err}");
+    }
+
+    fn ids(material: &RefreshKeyMaterial) -> (String, Vec<(String, u64)>) {
+        (
+            refresh_key_id(material.current.expose()),
+            material
+                .retired
+                .iter()
+                .map(|k| (refresh_key_id(k.key.expose()), k.retire_at))
+                .collect(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_rotated_refresh_key_verifies_for_one_session_lifetime() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&dir.path().join("db"), 1 << 20).unwrap();
+        let token = TokenConfig {
+            refresh_ttl_secs: 1000,
+            ..generated()
+        };
+        let first = refresh_key_material(&store, 100).await.unwrap();
+        let rotation = rotate_refresh_key(&store, &token, 200).await.unwrap();
+        assert_eq!(rotation.previous_kid, Some(ids(&first).0.clone()));
+        assert_eq!(rotation.retire_at, 1200);
+        let after = refresh_key_material(&store, 300).await.unwrap();
+        assert_eq!(
+            ids(&after),
+            (rotation.kid.clone(), vec![(ids(&first).0, 1200)])
+        );
+        let keys = after.keys();
+        assert_eq!(keys.current().id(), rotation.kid);
+        assert_eq!(keys.in_force(1199).count(), 2);
+        let retired = refresh_key_material(&store, 1200).await.unwrap();
+        assert!(
+            retired.retired.is_empty(),
+            "retired after the session lifetime"
+        );
+    }
+
+    #[tokio::test]
+    async fn only_the_retired_refresh_keys_the_ring_keeps_are_carried() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&dir.path().join("db"), 1 << 20).unwrap();
+        let token = TokenConfig {
+            refresh_ttl_secs: 1000,
+            ..generated()
+        };
+        let mut rotations = Vec::new();
+        for at in 0..6 {
+            rotations.push(rotate_refresh_key(&store, &token, 100 + at).await.unwrap());
+        }
+        let material = refresh_key_material(&store, 200).await.unwrap();
+        let (current, retired) = ids(&material);
+        assert_eq!(current, rotations[5].kid);
+        let expected: Vec<(String, u64)> = rotations[1..5]
+            .iter()
+            .rev()
+            .map(|r| (r.kid.clone(), r.retire_at + 1))
+            .collect();
+        assert_eq!(retired, expected);
+        assert_eq!(material.keys().retired_ids(), expected);
+    }
+
+    #[tokio::test]
+    async fn an_empty_database_adopts_a_files_refresh_keys_with_their_retire_times() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&dir.path().join("db"), 1 << 20).unwrap();
+        let own = refresh_key_material(&store, 100).await.unwrap();
+        let key = |b: u8| Secret::new(vec![b; 32]);
+        let adopted = RefreshKeyMaterial {
+            current: key(1),
+            retired: vec![
+                RetiredKey {
+                    key: key(2),
+                    retire_at: 900,
+                },
+                RetiredKey {
+                    key: key(3),
+                    retire_at: 700,
+                },
+                RetiredKey {
+                    key: key(4),
+                    retire_at: 50,
+                },
+            ],
+        };
+        adopt_refresh_keys(&store, adopted.clone(), 100)
+            .await
+            .unwrap();
+        let stored = refresh_key_material(&store, 101).await.unwrap();
+        let id = |b: u8| refresh_key_id(&[b; 32]);
+        assert_eq!(ids(&stored), (id(1), vec![(id(2), 900), (id(3), 700)]));
+        assert!(
+            !ids(&stored).1.iter().any(|(i, _)| *i == ids(&own).0),
+            "the database's own key tagged nothing and is gone"
+        );
+        // Adopting the same keys again changes nothing.
+        adopt_refresh_keys(&store, adopted, 101).await.unwrap();
+        let again = refresh_key_material(&store, 102).await.unwrap();
+        assert_eq!(ids(&again), ids(&stored));
     }
 
     #[tokio::test]

@@ -270,7 +270,8 @@ pub struct Identity {
 pub struct RetiredKey {
     /// The key bytes.
     pub key: Secret<Vec<u8>>,
-    /// When it stops verifying: the rotation time plus the access-token lifetime.
+    /// When it stops verifying: the rotation time plus the access-token lifetime (a
+    /// signing key) or the session lifetime (a refresh key).
     pub retire_at: u64,
 }
 

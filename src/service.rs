@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 use crate::model::{Identity, Session, SessionState, Sid, Uid, UserPatch, UserRecord, check_text};
 use crate::primitives::sha256;
 use crate::store::{RotateOutcome, Store, StoreError};
-use crate::token::{AccessTokens, RefreshKey, RefreshToken};
+use crate::token::{AccessTokens, RefreshKeys, RefreshToken};
 use crate::wechat::{WxClient, WxError};
 
 /// How long a login code stays idempotent: WeChat codes live five minutes.
@@ -130,8 +130,9 @@ pub struct Service<S> {
     store: Arc<S>,
     clock: SharedClock,
     access: AccessTokens,
-    /// Replaced when an import adopts the key of the database it came from.
-    refresh_key: RwLock<Arc<RefreshKey>>,
+    /// Replaced when the refresh key rotates or an import adopts the keys of the
+    /// database it came from.
+    refresh_keys: RwLock<Arc<RefreshKeys>>,
     wx: WxClient,
     codes: LoginCodes,
     policy: Policy,
@@ -152,7 +153,7 @@ impl<S: Store> Service<S> {
         store: Arc<S>,
         clock: SharedClock,
         access: AccessTokens,
-        refresh_key: RefreshKey,
+        refresh_keys: RefreshKeys,
         wx: WxClient,
         policy: Policy,
     ) -> Self {
@@ -160,7 +161,7 @@ impl<S: Store> Service<S> {
             store,
             clock,
             access,
-            refresh_key: RwLock::new(Arc::new(refresh_key)),
+            refresh_keys: RwLock::new(Arc::new(refresh_keys)),
             wx,
             codes: LoginCodes::default(),
             policy,
@@ -178,13 +179,13 @@ impl<S: Store> Service<S> {
         clock: SharedClock,
     ) -> std::result::Result<Self, StoreError> {
         let signing = crate::keys::load(store.as_ref(), &config.token, clock.now()).await?;
-        let refresh = crate::keys::refresh_key(store.as_ref()).await?;
+        let refresh = crate::keys::refresh_keys(store.as_ref(), clock.now()).await?;
         let t = &config.token;
         Ok(Service::new(
             store,
             clock,
             AccessTokens::with_keys(signing, &t.issuer, &t.audience, t.access_ttl_secs),
-            RefreshKey::new(refresh),
+            refresh,
             WxClient::from_config(&config.wx),
             Policy::new(t, config.server.max_query_uids),
         ))
@@ -272,7 +273,7 @@ impl<S: Store> Service<S> {
         lifetime_secs: u64,
         evict: bool,
     ) -> Result<Grant> {
-        let token = RefreshToken::issue(&self.refresh_key());
+        let token = RefreshToken::issue(self.refresh_keys().current());
         let expires_at = now.saturating_add(lifetime_secs);
         let session = Session {
             sid: token.sid(),
@@ -301,7 +302,7 @@ impl<S: Store> Service<S> {
     /// as stored:
     /// - the token the last rotation retired, presented within the grace period while
     ///   its successor is unused, is a retry (or a request that lost a race to renew it)
-    ///   and gets the same successor;
+    ///   and gets the same successor (under whichever refresh key in force made it);
     /// - that token after the grace period, or an authentic token of the session older
     ///   than that, is reuse: the session is revoked;
     /// - anything else (a corrupted or invented token, a format-1 token older than the
@@ -326,7 +327,8 @@ impl<S: Store> Service<S> {
                 .ok_or_else(refused)?;
             return Ok(self.grant(&session, token.encode(), now));
         }
-        let successor = token.successor(&self.refresh_key()).ok_or_else(refused)?;
+        let keys = self.refresh_keys();
+        let successor = token.successor(keys.current()).ok_or_else(refused)?;
         let successor_hash = successor.hash();
         let session = match self
             .store
@@ -347,7 +349,7 @@ impl<S: Store> Service<S> {
         {
             let in_grace =
                 within_grace(previous.rotated_at_ms, now_ms, self.policy.reuse_grace_secs);
-            if in_grace && session.current == successor_hash {
+            if in_grace && let Some(successor) = given_successor(&token, &session, &keys, now) {
                 // The rotation was written by another request, perhaps not yet
                 // flushed: answer only once it is durable.
                 self.store.sync().await?;
@@ -355,7 +357,7 @@ impl<S: Store> Service<S> {
             }
             return Err(self.reuse(&session, client).await);
         }
-        if token.is_authentic(&self.refresh_key()) && token.generation() < session.generation {
+        if token.tagged_by(&keys, now).is_some() && token.generation() < session.generation {
             return Err(self.reuse(&session, client).await);
         }
         Err(refused())
@@ -453,19 +455,32 @@ impl<S: Store> Service<S> {
         Ok(())
     }
 
-    /// Reloads the key that tags refresh tokens from the store (after an import adopted
-    /// the key of the database it came from).
+    /// Rotates the key that tags refresh tokens and puts the new keys in force at once:
+    /// new sessions and successors are tagged with the new key, and the replaced one
+    /// verifies for `token.refresh_ttl_secs`.
+    pub async fn rotate_refresh_key(
+        &self,
+        token: &TokenConfig,
+    ) -> std::result::Result<KeyRotation, StoreError> {
+        let rotation =
+            crate::keys::rotate_refresh_key(self.store.as_ref(), token, self.now()).await?;
+        self.reload_refresh_key().await?;
+        Ok(rotation)
+    }
+
+    /// Reloads the keys that tag refresh tokens from the store (after a rotation, or an
+    /// import that adopted the keys of the database it came from).
     pub async fn reload_refresh_key(&self) -> std::result::Result<(), StoreError> {
-        let key = crate::keys::refresh_key(self.store.as_ref()).await?;
+        let keys = crate::keys::refresh_keys(self.store.as_ref(), self.now()).await?;
         *self
-            .refresh_key
+            .refresh_keys
             .write()
-            .unwrap_or_else(PoisonError::into_inner) = Arc::new(RefreshKey::new(key));
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
         Ok(())
     }
 
-    fn refresh_key(&self) -> Arc<RefreshKey> {
-        self.refresh_key
+    fn refresh_keys(&self) -> Arc<RefreshKeys> {
+        self.refresh_keys
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
@@ -498,6 +513,20 @@ impl<S: Store> Service<S> {
 /// retry at all. (A clock stepped back to before the rotation counts as no time passed.)
 fn within_grace(rotated_at_ms: u64, now_ms: u64, grace_secs: u64) -> bool {
     grace_secs > 0 && now_ms <= rotated_at_ms.saturating_add(grace_secs.saturating_mul(1000))
+}
+
+/// The successor a rotation gave `token`, if it is `session`'s current token: tagged with
+/// the current refresh key, or with a retired one still in force (the rotation came
+/// before a refresh-key rotation, and this is its retry).
+fn given_successor(
+    token: &RefreshToken,
+    session: &Session,
+    keys: &RefreshKeys,
+    now: u64,
+) -> Option<RefreshToken> {
+    keys.in_force(now)
+        .filter_map(|key| token.successor(key))
+        .find(|successor| successor.hash() == session.current)
 }
 
 /// `uids` with repeats removed, first occurrence kept, order kept.

@@ -18,6 +18,14 @@
 //!   authentic token older than the session's current one is reuse; a corrupted or
 //!   invented one is not authentic and revokes nothing.
 //!
+//! The refresh key rotates ([`RefreshKeys`]): the current key tags every new token, a
+//! login's and a rotation's successor alike, and the keys it replaced verify tags for as
+//! long as a session they tagged can live. A token carries no key id: a presented token's
+//! tag is compared with each key in force (a handful at most), which only the rare
+//! presentations that are not a session's current token need — the current token is
+//! recognised by its stored hash, whichever key tagged it, so a rotation changes neither
+//! the token format nor what is stored per session.
+//!
 //! Format-1 tokens (32 random bytes, 43 characters after the prefix, issued before
 //! format 2) still parse: `F` is their 32 bytes, their generation 0, and they have no
 //! tag; renewing one returns a format-2 successor. Only their SHA-256 is stored.
@@ -150,6 +158,12 @@ impl RefreshToken {
         }
     }
 
+    /// The key in force at `now` whose tag the token carries, if any (each compared in
+    /// constant time).
+    pub fn tagged_by<'k>(&self, keys: &'k RefreshKeys, now: u64) -> Option<&'k RefreshKey> {
+        keys.in_force(now).find(|key| self.is_authentic(key))
+    }
+
     /// Whether the tag is the refresh key's (constant time). Format-1 tokens have no tag
     /// and are never authentic: they are recognised only by their stored hash.
     pub fn is_authentic(&self, key: &RefreshKey) -> bool {
@@ -181,6 +195,7 @@ impl fmt::Debug for RefreshToken {
 pub struct RefreshKey {
     /// HMAC-SHA256 with the key already absorbed, cloned for each tag.
     mac: Hmac<Sha256>,
+    id: String,
 }
 
 impl fmt::Debug for RefreshKey {
@@ -194,7 +209,13 @@ impl RefreshKey {
     pub fn new(bytes: Vec<u8>) -> Self {
         RefreshKey {
             mac: Hmac::<Sha256>::new_from_slice(&bytes).expect("HMAC takes any key"),
+            id: refresh_key_id(&bytes),
         }
+    }
+
+    /// The key's id, for operators and logs (see [`refresh_key_id`]).
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
     /// HMAC-SHA256(key, seed ‖ generation), cut to 16 bytes.
@@ -206,6 +227,88 @@ impl RefreshKey {
         let mut tag = [0u8; 16];
         tag.copy_from_slice(&full[..16]);
         tag
+    }
+}
+
+/// The id of a refresh key: a short hash of it, stable, revealing nothing about the key
+/// (and unlike any signing key's kid, which hashes under another label).
+pub fn refresh_key_id(key: &[u8]) -> String {
+    let mut tagged = b"liveuser-refresh-key:".to_vec();
+    tagged.extend_from_slice(key);
+    hex(&sha256(&tagged)[..8])
+}
+
+/// Most retired refresh keys kept in force beside the current one: a presented token that
+/// is not its session's current one is checked against each.
+pub const MAX_RETIRED_REFRESH_KEYS: usize = 4;
+
+/// The refresh keys in force: the current key tags; the keys it replaced only verify,
+/// each until its retire time.
+///
+/// A key is retired `token.refresh_ttl_secs` after the rotation that replaced it, the
+/// longest a session it tagged can live. Until then a session's older tokens tagged with
+/// it are still known as the session's (reuse), and a token made with it by whoever
+/// stole it is still recognised as such. Beyond [`MAX_RETIRED_REFRESH_KEYS`] (several
+/// rotations within one session lifetime) the ones retiring first are dropped: their
+/// sessions renew as before, but an older token of theirs is then refused without
+/// revoking.
+#[derive(Clone)]
+pub struct RefreshKeys {
+    current: RefreshKey,
+    retired: Vec<(RefreshKey, u64)>,
+}
+
+impl fmt::Debug for RefreshKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RefreshKeys")
+            .field("current", &self.current.id)
+            .field("retired", &self.retired_ids())
+            .finish()
+    }
+}
+
+impl RefreshKeys {
+    /// `current` with the keys it replaced and their retire times; keys equal to the
+    /// current one or given twice count once, and only the
+    /// [`MAX_RETIRED_REFRESH_KEYS`] that retire last are kept.
+    pub fn new(current: RefreshKey, retired: Vec<(RefreshKey, u64)>) -> Self {
+        let mut retired = retired;
+        retired.sort_by_key(|(_, retire_at)| std::cmp::Reverse(*retire_at));
+        let mut kept: Vec<(RefreshKey, u64)> = Vec::new();
+        for (key, retire_at) in retired {
+            if key.id != current.id && !kept.iter().any(|(k, _)| k.id == key.id) {
+                kept.push((key, retire_at));
+            }
+        }
+        kept.truncate(MAX_RETIRED_REFRESH_KEYS);
+        RefreshKeys {
+            current,
+            retired: kept,
+        }
+    }
+
+    /// The key that tags new tokens.
+    pub fn current(&self) -> &RefreshKey {
+        &self.current
+    }
+
+    /// The ids of the retired keys kept, with their retire times, latest first.
+    pub fn retired_ids(&self) -> Vec<(String, u64)> {
+        self.retired
+            .iter()
+            .map(|(k, retire_at)| (k.id.clone(), *retire_at))
+            .collect()
+    }
+
+    /// The keys that verify at `now`: the current one first, then the retired ones not
+    /// yet retired.
+    pub fn in_force(&self, now: u64) -> impl Iterator<Item = &RefreshKey> {
+        std::iter::once(&self.current).chain(
+            self.retired
+                .iter()
+                .filter(move |(_, retire_at)| now < *retire_at)
+                .map(|(key, _)| key),
+        )
     }
 }
 
@@ -580,6 +683,71 @@ mod tests {
             );
             assert_ne!(forged.hash(), t.hash());
         }
+    }
+
+    #[test]
+    fn a_token_is_tagged_by_the_current_key_or_by_a_retired_one_until_it_retires() {
+        let (old, new, other) = (
+            key(),
+            RefreshKey::new(vec![2; 32]),
+            RefreshKey::new(vec![3; 32]),
+        );
+        let keys = RefreshKeys::new(new.clone(), vec![(old.clone(), 5000)]);
+        let before = RefreshToken::issue(&old);
+        let after = RefreshToken::issue(keys.current());
+        assert_eq!(
+            after.tagged_by(&keys, 4999).map(RefreshKey::id),
+            Some(new.id())
+        );
+        assert_eq!(
+            before.tagged_by(&keys, 4999).map(RefreshKey::id),
+            Some(old.id())
+        );
+        assert!(before.tagged_by(&keys, 5000).is_none(), "retired");
+        assert!(
+            after.tagged_by(&keys, 5000).is_some(),
+            "the current key never retires"
+        );
+        assert!(RefreshToken::issue(&other).tagged_by(&keys, 0).is_none());
+        let legacy = RefreshToken::parse(&format!(
+            "{REFRESH_PREFIX}{}",
+            URL_SAFE_NO_PAD.encode([5u8; 32])
+        ))
+        .unwrap();
+        assert!(legacy.tagged_by(&keys, 0).is_none(), "format 1 has no tag");
+    }
+
+    #[test]
+    fn the_ring_keeps_each_retired_key_once_and_only_the_ones_retiring_last() {
+        let k = |b: u8| RefreshKey::new(vec![b; 32]);
+        let mut retired: Vec<(RefreshKey, u64)> =
+            (10..20).map(|b| (k(b), 1000 + u64::from(b))).collect();
+        retired.push((k(19), 500));
+        retired.push((k(1), 9999));
+        let keys = RefreshKeys::new(k(1), retired);
+        let expected: Vec<(String, u64)> = (16..20)
+            .rev()
+            .map(|b| (k(b).id().to_string(), 1000 + u64::from(b)))
+            .collect();
+        assert_eq!(keys.retired_ids(), expected);
+        assert_eq!(keys.retired_ids().len(), MAX_RETIRED_REFRESH_KEYS);
+        assert_eq!(keys.in_force(0).count(), 1 + MAX_RETIRED_REFRESH_KEYS);
+        assert_eq!(keys.in_force(1017).count(), 3, "two have retired");
+    }
+
+    #[test]
+    fn a_refresh_key_id_names_the_key_without_revealing_it_and_differs_from_a_kid() {
+        let bytes = [9u8; 32];
+        let id = refresh_key_id(&bytes);
+        assert_eq!(id.len(), 16);
+        assert_eq!(id, RefreshKey::new(bytes.to_vec()).id());
+        assert_ne!(id, refresh_key_id(&[8u8; 32]));
+        assert_ne!(id, kid_of(&bytes), "a key used for both is not named alike");
+        assert_eq!(
+            format!("{:?}", RefreshKeys::new(key(), Vec::new())),
+            format!("RefreshKeys {{ current: {:?}, retired: [] }}", key().id()),
+            "ids only"
+        );
     }
 
     #[test]

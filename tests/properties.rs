@@ -18,7 +18,7 @@ use liveuser::fuzzing::{ApiError, ErrorCode};
 use liveuser::model::{SessionState, Sid, TokenHash, Uid};
 use liveuser::service::{Grant, Policy, Service, ServiceError};
 use liveuser::store::{SledStore, Store};
-use liveuser::token::{AccessTokens, RefreshKey, RefreshToken};
+use liveuser::token::{AccessTokens, RefreshKey, RefreshKeys, RefreshToken};
 use liveuser::wechat::WxClient;
 use proptest::prelude::*;
 
@@ -141,7 +141,7 @@ impl World {
                 "liveuser",
                 60,
             ),
-            RefreshKey::new(vec![7; 32]),
+            RefreshKeys::new(RefreshKey::new(vec![7; 32]), Vec::new()),
             WxClient::Mock,
             Policy::new(&token, 100),
         );

@@ -15,6 +15,7 @@
 //! | `session-revoke` | [`SessionRevoke`] | [`RevokeOutput`](super::ops::RevokeOutput) |
 //! | `token-mint` | [`TokenMint`] | [`Minted`](super::ops::Minted) |
 //! | `token-rotate-key` | [`KeyRotate`] | [`KeyRotated`](super::ops::KeyRotated) |
+//! | `token-rotate-refresh-key` | [`RefreshKeyRotate`] | [`RefreshKeyRotated`](super::ops::RefreshKeyRotated) |
 //! | `export` | [`ExportRequest`] | the export, streamed as JSON lines |
 //! | `import?merge=BOOL` | an export file | [`Counts`] |
 
@@ -34,8 +35,8 @@ use warp::{Filter, Rejection};
 use super::backup::Counts;
 use super::endpoint::Endpoint;
 use super::ops::{
-    Admin, AdminError, ExportRequest, KeyRotate, Operation, SessionList, SessionRevoke, TokenMint,
-    UserGet, UserList, UserPut,
+    Admin, AdminError, ExportRequest, KeyRotate, Operation, RefreshKeyRotate, SessionList,
+    SessionRevoke, TokenMint, UserGet, UserList, UserPut,
 };
 use crate::http::{BodyError, ErrorCode, capped, capped_stream, error_response, header_value};
 use crate::primitives::{hex, random_bytes};
@@ -105,6 +106,8 @@ pub(crate) fn routes<S: Store>(
         .or(op::<TokenMint, S>(admin.clone()))
         .unify()
         .or(op::<KeyRotate, S>(admin.clone()))
+        .unify()
+        .or(op::<RefreshKeyRotate, S>(admin.clone()))
         .unify()
         .or(export(admin.clone()))
         .unify()

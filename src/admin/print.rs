@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::backup::Counts;
-use super::ops::{KeyRotated, Minted, RevokeOutput, SessionView, UserView};
+use super::ops::{KeyRotated, Minted, RefreshKeyRotated, RevokeOutput, SessionView, UserView};
 
 /// A table: a header row and data rows, columns padded to their widest cell.
 pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -136,6 +136,18 @@ pub(crate) fn key_rotated(k: &KeyRotated) -> String {
             time(k.retire_at)
         ),
         None => format!("signing key rotated: new kid {}\n", k.kid),
+    }
+}
+
+/// What a refresh-key rotation did.
+pub(crate) fn refresh_key_rotated(k: &RefreshKeyRotated) -> String {
+    match &k.previous_id {
+        Some(previous) => format!(
+            "refresh key rotated: new id {}; id {previous} verifies the tokens it tagged until {}\n",
+            k.id,
+            time(k.retire_at)
+        ),
+        None => format!("refresh key rotated: new id {}\n", k.id),
     }
 }
 

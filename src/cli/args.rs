@@ -158,6 +158,13 @@ pub enum TokenCommand {
     /// switches immediately). With token.secret configured, rotate in the configuration
     /// instead: move the old value to token.previous_secret and set a new token.secret.
     RotateKey,
+    /// Replace the key that tags refresh tokens; nobody is logged out.
+    ///
+    /// For a refresh key that may be known outside (an export with --sessions or a copy
+    /// of the database in the wrong hands). New sessions and every renewal are tagged
+    /// with the new key at once; the old key keeps verifying for token.refresh_ttl_secs,
+    /// so older tokens of today's sessions are still recognised as reuse.
+    RotateRefreshKey,
 }
 
 /// `export …`

@@ -17,7 +17,7 @@ use std::io::Write;
 use std::sync::Arc;
 
 use crate::admin::ops::{
-    KeyRotate, SessionList, SessionRevoke, TokenMint, UserGet, UserList, UserPut,
+    KeyRotate, RefreshKeyRotate, SessionList, SessionRevoke, TokenMint, UserGet, UserList, UserPut,
 };
 use crate::admin::{AdminError, Backend, print};
 use crate::clock::SystemClock;
@@ -87,6 +87,16 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 emit(&print::json(&rotated))?;
             } else {
                 emit(&print::key_rotated(&rotated))?;
+            }
+            Ok(backend.close()?)
+        }
+        Command::Token(TokenCommand::RotateRefreshKey) => {
+            let backend = connect(&config, out, false)?;
+            let rotated = backend.run(RefreshKeyRotate {})?;
+            if out.json {
+                emit(&print::json(&rotated))?;
+            } else {
+                emit(&print::refresh_key_rotated(&rotated))?;
             }
             Ok(backend.close()?)
         }

@@ -501,6 +501,54 @@ fn a_moved_session_is_still_revoked_by_a_token_two_rotations_old() {
     }
 }
 
+/// An import once adopted the header's refresh key whatever the file held: a crafted file
+/// of one user with `"sessions": false` replaced the key of an empty database, so whoever
+/// wrote it knew the key that tags the tokens of every session opened afterwards.
+#[test]
+fn only_a_file_with_sessions_brings_its_refresh_key_into_an_empty_database() {
+    use liveuser::token::{RefreshKey, RefreshToken};
+    let crafted = [0x5a_u8; 32];
+    let hex: String = crafted.iter().map(|b| format!("{b:02x}")).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let file = |name: &str, sessions: bool| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "{{\"kind\":\"header\",\"format\":\"liveuser-export\",\"version\":2,\"exported_at\":1,\"sessions\":{sessions},\"refresh_key\":\"{hex}\"}}\n\
+                 {{\"kind\":\"user\",\"uid\":\"u-1\",\"name\":\"\",\"agent\":\"\",\"avatar\":\"\",\"update_at\":1}}\n\
+                 {{\"kind\":\"end\",\"users\":1,\"identities\":0,\"sessions\":0}}\n"
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let without = file("without-sessions.jsonl", false);
+    let refused = cli(&config, &["import", without.to_str().unwrap()]);
+    let line = refused.failed();
+    assert!(
+        line.contains("line 1: refresh_key comes only with sessions"),
+        "{line}"
+    );
+    // A file that says it has sessions but holds none: imported, and the key, which
+    // tagged none of its sessions, is not adopted.
+    let empty = file("no-sessions.jsonl", true);
+    cli(&config, &["import", empty.to_str().unwrap()]).ok();
+    let server = Binary::serve(dir.path(), &binary_config(dir.path()), &[]);
+    let login = post(
+        &server.base,
+        "/liveuser/Wx/Login",
+        json!({"code": "kim"}),
+        None,
+    );
+    let token = RefreshToken::parse(&login.str("refresh_token")).unwrap();
+    assert!(
+        !token.is_authentic(&RefreshKey::new(crafted.to_vec())),
+        "a new session's token is tagged with the file's key"
+    );
+}
+
 /// The sessions `session list --json` shows for `uid`.
 fn sessions_of(config: &std::path::Path, uid: &str) -> Vec<Value> {
     let listed: Value =
@@ -679,6 +727,7 @@ crate::on_postgres!(
     a_format_1_export_imports_and_its_clients_tokens_still_renew,
     an_import_line_that_gives_a_field_twice_is_refused_naming_the_line_and_field,
     a_moved_session_is_still_revoked_by_a_token_two_rotations_old,
+    only_a_file_with_sessions_brings_its_refresh_key_into_an_empty_database,
     a_merge_never_brings_a_revoked_session_back_or_rolls_a_renewed_one_back,
     a_merge_never_gives_a_session_to_another_user,
     a_merge_keeps_a_session_used_since_the_export_as_it_is,

@@ -14,6 +14,7 @@ mod fuzz;
 mod key_rotation;
 mod login;
 mod ops;
+mod refresh_keys;
 mod rotation;
 mod several;
 mod tokens;

@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use super::{Counts, FORMAT, Line, PAGE, PreviousLine, VERSION};
+use super::{Counts, FORMAT, Line, PAGE, PreviousLine, RetiredKeyLine, VERSION};
 use crate::model::{Session, Sid, Uid};
 use crate::primitives::hex;
 use crate::store::{Store, StoreError};
@@ -50,10 +50,23 @@ impl<S: Store> Exporter<S> {
         let mut out = Vec::with_capacity(64 * 1024);
         match std::mem::replace(&mut self.stage, Stage::Done) {
             Stage::Header => {
-                let refresh_key = if self.sessions {
-                    Some(hex(&crate::keys::refresh_key(self.store.as_ref()).await?))
+                let (refresh_key, retired_refresh_keys) = if self.sessions {
+                    let keys =
+                        crate::keys::refresh_key_material(self.store.as_ref(), self.now).await?;
+                    let retired: Vec<RetiredKeyLine> = keys
+                        .retired
+                        .iter()
+                        .map(|k| RetiredKeyLine {
+                            key: hex(k.key.expose()),
+                            retire_at: k.retire_at,
+                        })
+                        .collect();
+                    (
+                        Some(hex(keys.current.expose())),
+                        (!retired.is_empty()).then_some(retired),
+                    )
                 } else {
-                    None
+                    (None, None)
                 };
                 push(
                     &mut out,
@@ -63,6 +76,7 @@ impl<S: Store> Exporter<S> {
                         exported_at: self.now,
                         sessions: self.sessions,
                         refresh_key,
+                        retired_refresh_keys,
                     },
                 );
                 self.stage = Stage::Users(None);

@@ -18,16 +18,20 @@
 use std::collections::HashSet;
 use std::io::BufRead;
 
-use super::{Counts, FORMAT, Line, OLDEST_VERSION, PAGE, PreviousLine, TokenLine, VERSION};
+use super::{
+    Counts, FORMAT, Line, OLDEST_VERSION, PAGE, PreviousLine, RetiredKeyLine, TokenLine, VERSION,
+};
 use crate::admin::AdminError;
 use crate::http::ErrorCode;
+use crate::keys::RefreshKeyMaterial;
 use crate::model::{
-    Identity, Rotation, Session, SessionState, Sid, TokenHash, Uid, UserPatch, UserRecord,
-    check_text,
+    Identity, RetiredKey, Rotation, Session, SessionState, Sid, TokenHash, Uid, UserPatch,
+    UserRecord, check_text,
 };
 use crate::primitives::unhex;
 use crate::secret::Secret;
 use crate::store::{Restore, Store};
+use crate::token::MAX_RETIRED_REFRESH_KEYS;
 
 /// Longest openid accepted (WeChat's are 28 characters).
 const OPENID_MAX: usize = 128;
@@ -70,8 +74,10 @@ struct Checker {
     openids: HashSet<String>,
     sids: HashSet<Sid>,
     counts: Counts,
-    /// The header's refresh-token key, if it has one.
-    refresh_key: Option<Vec<u8>>,
+    /// Whether the header says the file has sessions.
+    sessions: bool,
+    /// The header's refresh keys, if it has them.
+    refresh_keys: Option<RefreshKeyMaterial>,
 }
 
 fn bad(line: u64, reason: impl std::fmt::Display) -> AdminError {
@@ -97,7 +103,8 @@ impl Checker {
             openids: HashSet::new(),
             sids: HashSet::new(),
             counts: Counts::default(),
-            refresh_key: None,
+            sessions: false,
+            refresh_keys: None,
         }
     }
 
@@ -132,7 +139,9 @@ impl Checker {
             Line::Header {
                 format,
                 version,
+                sessions,
                 refresh_key,
+                retired_refresh_keys,
                 ..
             } => {
                 if format != FORMAT {
@@ -147,14 +156,9 @@ impl Checker {
                     ));
                 }
                 self.version = version;
-                self.refresh_key = match refresh_key {
-                    None => None,
-                    Some(key) => Some(
-                        crate::primitives::unhex(&key)
-                            .filter(|k| k.len() == 32)
-                            .ok_or_else(|| bad(n, "refresh_key must be 64 hexadecimal digits"))?,
-                    ),
-                };
+                self.sessions = sessions;
+                self.refresh_keys = check_refresh_keys(sessions, refresh_key, retired_refresh_keys)
+                    .map_err(|e| bad(n, e))?;
                 Ok(None)
             }
             Line::User {
@@ -225,6 +229,12 @@ impl Checker {
                 previous,
                 tokens,
             } => {
+                if !self.sessions {
+                    return Err(bad(
+                        n,
+                        "a session line in a file whose header says \"sessions\": false",
+                    ));
+                }
                 let sid =
                     Sid::parse(&sid).ok_or_else(|| bad(n, "sid must be 32 hexadecimal digits"))?;
                 let uid = Uid::parse(&uid).map_err(|e| bad(n, format!("uid {e}")))?;
@@ -323,6 +333,55 @@ impl Checker {
             }
         }
     }
+}
+
+/// Reads the header's refresh keys: 32 bytes each, only in a file with sessions (the
+/// keys are there for the sessions they tagged), retired ones only beside a current one
+/// and no more than the service keeps in force.
+fn check_refresh_keys(
+    sessions: bool,
+    current: Option<String>,
+    retired: Option<Vec<RetiredKeyLine>>,
+) -> Result<Option<RefreshKeyMaterial>, String> {
+    let key = |hex: &str, what: &str| {
+        unhex(hex)
+            .filter(|k| k.len() == 32)
+            .map(Secret::new)
+            .ok_or_else(|| format!("{what} must be 64 hexadecimal digits"))
+    };
+    let Some(current) = current else {
+        return match retired {
+            None => Ok(None),
+            Some(_) => Err("retired_refresh_keys needs a refresh_key".into()),
+        };
+    };
+    if !sessions {
+        return Err(
+            "refresh_key comes only with sessions (\"sessions\": true); an export without \
+             them carries no key"
+                .into(),
+        );
+    }
+    let retired = retired.unwrap_or_default();
+    if retired.len() > MAX_RETIRED_REFRESH_KEYS {
+        return Err(format!(
+            "retired_refresh_keys holds {} keys; at most {MAX_RETIRED_REFRESH_KEYS} are in force",
+            retired.len()
+        ));
+    }
+    Ok(Some(RefreshKeyMaterial {
+        current: key(&current, "refresh_key")?,
+        retired: retired
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                Ok(RetiredKey {
+                    key: key(&k.key, &format!("retired_refresh_keys[{i}].key"))?,
+                    retire_at: k.retire_at,
+                })
+            })
+            .collect::<Result<_, String>>()?,
+    }))
 }
 
 /// Checks the format-1 parts of a session line: no generation, every token hash
@@ -449,10 +508,14 @@ pub(crate) async fn import<S: Store, R: BufRead + Send>(
              (add --merge to write into this one, replacing records with the same keys)",
         ));
     }
-    // Into an empty database, the sessions come with the key that tagged their tokens
-    // (see the module documentation of `backup`).
-    if empty && let Some(key) = checked.refresh_key {
-        crate::keys::adopt_refresh_key(store, key, now).await?;
+    // Into an empty database, the sessions come with the keys that tagged their tokens
+    // (see the module documentation of `backup`); without sessions there is nothing for
+    // a key to tag, so none is adopted.
+    if empty
+        && counts.sessions > 0
+        && let Some(keys) = checked.refresh_keys
+    {
+        crate::keys::adopt_refresh_keys(store, keys, now).await?;
     }
     let mut reader = Reader::new(open().map_err(cannot_read)?, Phase::Writing);
     let mut batch = Restore::default();
@@ -626,6 +689,80 @@ mod tests {
         let future = HEADER_2.replace(r#""version":2"#, r#""version":3"#);
         let err = check_all(&format!("{future}\n")).unwrap_err();
         assert!(err.msg.contains("not supported"), "{}", err.msg);
+    }
+
+    /// A header of format 2 with `sessions` and the fields `extra` (each starting with a
+    /// comma).
+    fn header_2(sessions: bool, extra: &str) -> String {
+        format!(
+            r#"{{"kind":"header","format":"liveuser-export","version":2,"exported_at":1,"sessions":{sessions}{extra}}}"#
+        )
+    }
+
+    /// A `"sessions": false` file with a key replaced the key of the empty database it
+    /// was imported into, though it had no session the key could have tagged.
+    #[test]
+    fn refresh_keys_come_only_with_sessions_and_no_more_than_are_kept_in_force() {
+        let key = "ab".repeat(32);
+        let retired = |n: usize| {
+            let list: Vec<String> = (0..n)
+                .map(|i| format!(r#"{{"key":"{:064x}","retire_at":{}}}"#, i + 1, 100 + i))
+                .collect();
+            format!(r#","retired_refresh_keys":[{}]"#, list.join(","))
+        };
+        let with_key = |more: &str| format!(r#","refresh_key":"{key}"{more}"#);
+        let end = r#"{"kind":"end","users":1,"identities":0,"sessions":0}"#;
+        let cases = [
+            (header_2(false, &with_key("")), "comes only with sessions"),
+            (header_2(true, &retired(1)), "needs a refresh_key"),
+            (
+                header_2(true, &format!(r#","refresh_key":"{}""#, "ab".repeat(31))),
+                "refresh_key must be 64 hexadecimal digits",
+            ),
+            (
+                header_2(
+                    true,
+                    &with_key(r#","retired_refresh_keys":[{"key":"zz","retire_at":5}]"#),
+                ),
+                "retired_refresh_keys[0].key must be 64 hexadecimal digits",
+            ),
+            (
+                header_2(true, &with_key(&retired(MAX_RETIRED_REFRESH_KEYS + 1))),
+                "at most 4 are in force",
+            ),
+        ];
+        for (header, needle) in cases {
+            let err = check_all(&format!("{header}\n{USER}\n{end}\n")).unwrap_err();
+            assert!(
+                err.msg.starts_with("line 1: ") && err.msg.contains(needle),
+                "{header} gave {}",
+                err.msg
+            );
+        }
+        // A session line under a header that says there are none.
+        let text = format!(
+            "{}\n{USER}\n{}\n{END_1}\n",
+            header_2(false, ""),
+            session_2("0", "null")
+        );
+        let err = check_all(&text).unwrap_err();
+        assert!(
+            err.msg.starts_with("line 3: ") && err.msg.contains(r#""sessions": false"#),
+            "{}",
+            err.msg
+        );
+
+        let text = format!(
+            "{}\n{USER}\n{end}\n",
+            header_2(true, &with_key(&retired(MAX_RETIRED_REFRESH_KEYS)))
+        );
+        let keys = validate(text.as_bytes(), &|_, _| {})
+            .unwrap()
+            .refresh_keys
+            .unwrap();
+        assert_eq!(keys.current.expose(), &vec![0xab; 32]);
+        assert_eq!(keys.retired.len(), MAX_RETIRED_REFRESH_KEYS);
+        assert_eq!(keys.retired[1].retire_at, 101);
     }
 
     /// A format-1 file with one session of `tokens` token records, and how long checking

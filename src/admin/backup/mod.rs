@@ -5,7 +5,7 @@
 //! An export is, line by line:
 //!
 //! ```text
-//! {"kind":"header","format":"liveuser-export","version":2,"exported_at":…,"sessions":true,"refresh_key":"…"}
+//! {"kind":"header","format":"liveuser-export","version":2,"exported_at":…,"sessions":true,"refresh_key":"…","retired_refresh_keys":[…]}
 //! {"kind":"user","uid":"…","name":"…","agent":"…","avatar":"…","update_at":…}      (every user)
 //! {"kind":"identity","openid":"…","uid":"…","unionid":null}                         (every identity)
 //! {"kind":"session","sid":"…","uid":"…",…,"generation":N,"current":"<hash>","previous":…}  (with --sessions)
@@ -20,14 +20,18 @@
 //!   milliseconds) — the stored form, never a token itself — so restored clients can
 //!   renew. A hash is what the database needs to accept a token, so an export with
 //!   sessions is as sensitive as the database: it is written with mode 0600.
-//! - With sessions, the header carries the key that tags refresh tokens (hex). An import
-//!   into an empty database adopts it, so that a token of an imported session two or more
-//!   rotations old is still recognised as its family's (and revokes it), while a corrupted
-//!   one is not. The key only authenticates tokens: making one for a session also takes
-//!   the session's seed, which is stored nowhere. An import with `--merge` into a
-//!   database that has sessions of its own keeps that database's key; the imported
-//!   sessions' tokens then renew as before, but their older tokens are refused without
-//!   revoking.
+//! - With sessions, the header carries the key that tags refresh tokens (hex), and the
+//!   keys a refresh-key rotation replaced that still verify, with their retire times
+//!   (`retired_refresh_keys`, left out when there are none). An import into an empty
+//!   database adopts them when the file holds sessions (the sessions they tagged), so
+//!   that a token of an imported session two or more rotations old is still recognised
+//!   as its family's (and revokes it), while a corrupted one is not. The keys only
+//!   authenticate tokens: making one for a session also takes the session's seed, which
+//!   is stored nowhere. A file without sessions carries no key, and one whose header
+//!   says `"sessions": false` but has a key or a session line is refused. An import with
+//!   `--merge` into a database that has sessions of its own keeps that database's keys;
+//!   the imported sessions' tokens then renew as before, but their older tokens are
+//!   refused without revoking.
 //! - The signing keys are not exported: access tokens issued before a restore into a
 //!   fresh database are refused, and clients renew with their (restored) refresh token.
 //! - The end line carries the counts, so a truncated file is recognised.
@@ -70,6 +74,9 @@ pub(crate) enum Line {
         /// the module documentation).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         refresh_key: Option<String>,
+        /// With sessions: the replaced refresh keys that still verify.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retired_refresh_keys: Option<Vec<RetiredKeyLine>>,
     },
     /// A user record.
     User {
@@ -127,6 +134,16 @@ pub(crate) enum Line {
         /// Session lines.
         sessions: u64,
     },
+}
+
+/// A replaced refresh key of the header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RetiredKeyLine {
+    /// The key, 64 hex digits.
+    pub key: String,
+    /// When it stops verifying, Unix seconds.
+    pub retire_at: u64,
 }
 
 /// One refresh-token record of a format-1 session line.

@@ -14,6 +14,7 @@
 mod export;
 mod import;
 mod key_rotate;
+mod refresh_key_rotate;
 mod session_list;
 mod session_revoke;
 mod token_mint;
@@ -36,6 +37,7 @@ use crate::store::{Store, StoreError};
 
 pub(crate) use self::export::ExportRequest;
 pub(crate) use self::key_rotate::{KeyRotate, KeyRotated};
+pub(crate) use self::refresh_key_rotate::{RefreshKeyRotate, RefreshKeyRotated};
 pub(crate) use self::session_list::SessionList;
 pub(crate) use self::session_revoke::{RevokeOutput, SessionRevoke};
 pub(crate) use self::token_mint::{Minted, TokenMint};
