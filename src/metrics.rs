@@ -41,6 +41,7 @@ pub struct Metrics {
     users: IntGauge,
     rotations: IntCounter,
     reuse_detections: IntCounter,
+    key_leaks: IntCounter,
     flush_seconds: Histogram,
     flush_writers: Histogram,
     census: Census,
@@ -125,6 +126,12 @@ impl Metrics {
             "Retired refresh tokens presented again; each revoked its session family.",
         )
         .expect("valid metric");
+        let key_leaks = IntCounter::new(
+            "liveuser_refresh_key_leak_detected_total",
+            "Refresh tokens with a valid tag that no rotation issued (made with the refresh \
+             key outside liveuser); each revoked its session family.",
+        )
+        .expect("valid metric");
         let flush_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "liveuser_storage_flush_duration_seconds",
@@ -152,6 +159,7 @@ impl Metrics {
             Box::new(users.clone()),
             Box::new(rotations.clone()),
             Box::new(reuse_detections.clone()),
+            Box::new(key_leaks.clone()),
             Box::new(flush_seconds.clone()),
             Box::new(flush_writers.clone()),
         ] {
@@ -169,6 +177,7 @@ impl Metrics {
             users,
             rotations,
             reuse_detections,
+            key_leaks,
             flush_seconds,
             flush_writers,
             census: Census::default(),
@@ -215,6 +224,11 @@ impl Metrics {
     /// A retired refresh token was presented again.
     pub fn reuse_detected(&self) {
         self.reuse_detections.inc();
+    }
+
+    /// A refresh token made with the refresh key, not by a rotation, was presented.
+    pub fn refresh_key_leak_detected(&self) {
+        self.key_leaks.inc();
     }
 
     /// A first login created a user.

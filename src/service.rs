@@ -305,6 +305,9 @@ impl<S: Store> Service<S> {
     ///   and gets the same successor (under whichever refresh key in force made it);
     /// - that token after the grace period, or an authentic token of the session older
     ///   than that, is reuse: the session is revoked;
+    /// - an authentic token at or past the session's generation that is not its current
+    ///   token was made with the refresh key, not by a rotation: the session is revoked
+    ///   and the leak logged and counted;
     /// - anything else (a corrupted or invented token, a format-1 token older than the
     ///   last rotation, a token of a dead or unknown session) is refused and revokes
     ///   nothing.
@@ -357,10 +360,43 @@ impl<S: Store> Service<S> {
             }
             return Err(self.reuse(&session, client).await);
         }
-        if token.tagged_by(&keys, now).is_some() && token.generation() < session.generation {
-            return Err(self.reuse(&session, client).await);
+        if session.current != hash
+            && let Some(key) = token.tagged_by(&keys, now)
+        {
+            if token.generation() < session.generation {
+                return Err(self.reuse(&session, client).await);
+            }
+            return Err(self.made_with_the_key(&session, key.id(), client).await);
         }
         Err(refused())
+    }
+
+    /// An authentic token that no rotation handed out — at or past its session's
+    /// generation, and not its current token: whoever holds the refresh key made it
+    /// (from an export, a copy of the database) with the seed of a token of the session,
+    /// trying generations ahead to find the current one. Revoke the family, so that a
+    /// wrong guess costs the session instead of going unseen; log it; refuse.
+    async fn made_with_the_key(
+        &self,
+        session: &Session,
+        key_id: &str,
+        client: Option<IpAddr>,
+    ) -> ServiceError {
+        match self.store.revoke_sessions(&[session.sid]).await {
+            Ok(revoked) => self.metrics.sessions_changed(-(revoked as i64)),
+            Err(e) => return e.into(),
+        }
+        self.metrics.refresh_key_leak_detected();
+        tracing::warn!(
+            uid = %session.uid,
+            family = %session.sid,
+            client = %client.map_or_else(|| "unknown".to_string(), |c| c.to_string()),
+            refresh_key = %key_id,
+            "a refresh token no rotation issued carries a valid tag: the refresh key is \
+             known outside liveuser (rotate it: liveuser token rotate-refresh-key); the \
+             session family is revoked"
+        );
+        ServiceError::Unauthenticated(REFRESH_REFUSED.into())
     }
 
     /// Reuse of a retired refresh token: revoke the family, log it, refuse.

@@ -15,8 +15,10 @@
 //! - its successor: `(F, generation + 1, tag)`, deterministic, so a retry within the
 //!   grace period gets the same successor without anything secret being stored;
 //! - whether it is authentic: the tag, which only the refresh key can produce. An
-//!   authentic token older than the session's current one is reuse; a corrupted or
-//!   invented one is not authentic and revokes nothing.
+//!   authentic token older than the session's current one is reuse; one at or past the
+//!   session's generation that is not its current token was made by no rotation, only by
+//!   whoever holds the key (it leaked); a corrupted or invented one is not authentic and
+//!   revokes nothing.
 //!
 //! The refresh key rotates ([`RefreshKeys`]): the current key tags every new token, a
 //! login's and a rotation's successor alike, and the keys it replaced verify tags for as

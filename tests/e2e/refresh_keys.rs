@@ -78,6 +78,26 @@ fn a_retry_across_a_refresh_key_rotation_gets_the_same_successor() {
     assert_eq!(r.status, 200, "{}", r.text);
 }
 
+/// After a rotation a session that has not renewed since has a current token tagged with
+/// the old key. The same generation tagged with the new key is no token a rotation gave
+/// anyone: whoever made it holds the new key, and the family is revoked.
+#[test]
+fn a_token_of_its_sessions_generation_under_another_key_is_taken_for_a_leaked_key() {
+    let app = TestApp::spawn();
+    let f0 = app.login_ok("flo").str("refresh_token");
+    let f1 = app.renew(&f0).str("refresh_token");
+    app.block_on(app.service().rotate_refresh_key(&app.config.token))
+        .unwrap();
+    let forged = RefreshToken::parse(&f0)
+        .unwrap()
+        .successor(&RefreshKey::new(stored_key(&app)))
+        .unwrap()
+        .encode();
+    assert_ne!(forged, f1);
+    app.renew(&forged).assert_error(401, "unauthenticated");
+    app.renew(&f1).assert_error(401, "unauthenticated");
+}
+
 /// The header of the export `file`.
 fn header(file: &std::path::Path) -> Value {
     let text = std::fs::read_to_string(file).unwrap();
@@ -187,5 +207,6 @@ fn the_cli_rotates_the_refresh_key_and_an_export_carries_the_keys_still_in_force
 crate::on_postgres!(
     rotating_the_refresh_key_logs_nobody_out_and_old_tokens_still_count_as_reuse,
     a_retry_across_a_refresh_key_rotation_gets_the_same_successor,
+    a_token_of_its_sessions_generation_under_another_key_is_taken_for_a_leaked_key,
     the_cli_rotates_the_refresh_key_and_an_export_carries_the_keys_still_in_force,
 );

@@ -5,7 +5,7 @@ use std::thread;
 
 use serde_json::json;
 
-use crate::common::{Binary, TestApp, binary_config, jwt_claims, login, post};
+use crate::common::{Binary, TestApp, agent, binary_config, cli, jwt_claims, login, post, send};
 
 #[test]
 fn each_renewal_returns_a_new_refresh_token_and_a_fresh_access_token() {
@@ -361,6 +361,102 @@ fn a_corrupted_or_invented_token_that_resembles_a_live_one_revokes_nothing() {
     assert_eq!(r.status, 200, "the session survived: {}", r.text);
 }
 
+/// With the refresh key (from an export with sessions, or a copy of the database) and one
+/// old token of a session, a token of any generation can be made. One ahead of the
+/// session was refused and revoked nothing, so whoever had the key could try generations
+/// until one was current, unseen. A token that no rotation issued now revokes its family
+/// and is counted and logged, so a wrong guess costs the session and shows.
+#[test]
+fn a_token_made_with_the_refresh_key_ahead_of_its_session_revokes_the_family() {
+    use liveuser::token::{RefreshKey, RefreshToken, refresh_key_id};
+    let dir = tempfile::tempdir().unwrap();
+    let server = Binary::serve(dir.path(), &binary_config(dir.path()), &[]);
+    let first = login(&server.base, "mia");
+    let (uid, t0) = (first.str("uid"), first.str("refresh_token"));
+    let sid = jwt_claims(&first.str("access_token"))["sid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let t1 = crate::common::renew(&server.base, &t0).str("refresh_token");
+    let r2 = crate::common::renew(&server.base, &t1);
+    assert_eq!(r2.status, 200, "{}", r2.text);
+    let other = login(&server.base, "ned").str("refresh_token");
+
+    let file = dir.path().join("leaked.jsonl");
+    cli(
+        &dir.path().join("liveuser.toml"),
+        &["export", "--sessions", "--out", file.to_str().unwrap()],
+    )
+    .ok();
+    let text = std::fs::read_to_string(&file).unwrap();
+    let header: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    let hex = header["refresh_key"].as_str().unwrap().to_string();
+    let bytes: Vec<u8> = (0..32)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    let key = RefreshKey::new(bytes.clone());
+    // The session is at generation 2; the guess is generation 3.
+    let mut ahead = RefreshToken::parse(&t0).unwrap();
+    for _ in 0..3 {
+        ahead = ahead.successor(&key).unwrap();
+    }
+    let forged = crate::common::renew(&server.base, &ahead.encode());
+    forged.assert_error(401, "unauthenticated");
+    let refused = crate::common::renew(&server.base, "lvrt_unknown");
+    assert_eq!(forged.body["msg"], refused.body["msg"], "the one refusal");
+
+    crate::common::renew(&server.base, &r2.str("refresh_token"))
+        .assert_error(401, "unauthenticated");
+    post(
+        &server.base,
+        "/liveuser/User/QueryUser",
+        json!({"uids": []}),
+        Some(&r2.str("access_token")),
+    )
+    .assert_error(401, "unauthenticated");
+    let r = crate::common::renew(&server.base, &other);
+    assert_eq!(r.status, 200, "another session is left alone: {}", r.text);
+
+    let metrics = send(
+        &agent(),
+        "GET",
+        &format!("{}/metrics", server.base),
+        &[],
+        b"",
+    );
+    assert!(
+        metrics
+            .text
+            .lines()
+            .any(|l| l == "liveuser_refresh_key_leak_detected_total 1"),
+        "{}",
+        metrics.text
+    );
+    let mut warning = None;
+    for _ in 0..100 {
+        warning = server
+            .log()
+            .lines()
+            .find(|l| l.contains("WARN") && l.contains("refresh key is known"))
+            .map(str::to_string);
+        if warning.is_some() {
+            break;
+        }
+        thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let warning = warning.unwrap_or_else(|| panic!("no warning:\n{}", server.log()));
+    for needle in [&uid, &sid, "127.0.0.1", &refresh_key_id(&bytes)] {
+        assert!(warning.contains(needle), "names {needle}: {warning}");
+    }
+    let log = server.log();
+    for secret in [&ahead.encode()[5..], &t0[5..], &hex] {
+        assert!(
+            !log.contains(secret),
+            "a token or the key is in the log:\n{log}"
+        );
+    }
+}
+
 #[test]
 fn a_token_two_or_more_rotations_old_revokes_its_family_even_within_the_grace() {
     let app = TestApp::spawn();
@@ -421,5 +517,6 @@ crate::on_postgres!(
     the_background_sweep_removes_dead_sessions,
     a_corrupted_or_invented_token_that_resembles_a_live_one_revokes_nothing,
     a_token_two_or_more_rotations_old_revokes_its_family_even_within_the_grace,
+    a_token_made_with_the_refresh_key_ahead_of_its_session_revokes_the_family,
     rotation_switched_off_refuses_tokens_rotated_before_without_revoking,
 );
