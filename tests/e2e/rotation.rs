@@ -457,6 +457,54 @@ fn a_token_made_with_the_refresh_key_ahead_of_its_session_revokes_the_family() {
     }
 }
 
+/// The same 52 bytes with the spare low bits of the last base64 character set: another
+/// spelling of `token`.
+fn respelled(token: &str) -> String {
+    const ALPHABET: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let last = token.chars().last().unwrap();
+    let at = ALPHABET.find(last).unwrap();
+    assert_eq!(
+        at & 0x0f,
+        0,
+        "a canonical token leaves the spare bits clear"
+    );
+    let other = ALPHABET.as_bytes()[at | 0x05] as char;
+    format!("{}{other}", &token[..token.len() - 1])
+}
+
+/// A token is its one canonical spelling. Another spelling of the same bytes, if it were
+/// read as the token, would renew as the current one, retry as the just-retired one, or
+/// revoke the family as an older one: it is refused, and changes nothing.
+#[test]
+fn another_base64_spelling_of_a_token_is_refused_and_revokes_nothing() {
+    let app = TestApp::spawn();
+    let t0 = app.login_ok("rae").str("refresh_token");
+    let t1 = app.renew(&t0).str("refresh_token");
+    let t2 = app.renew(&t1).str("refresh_token");
+    // A decoder that ignores the spare bits, as many do, reads both spellings alike.
+    use base64::Engine;
+    use base64::engine::{GeneralPurpose, GeneralPurposeConfig};
+    let lenient = GeneralPurpose::new(
+        &base64::alphabet::URL_SAFE,
+        GeneralPurposeConfig::new()
+            .with_encode_padding(false)
+            .with_decode_allow_trailing_bits(true)
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::RequireNone),
+    );
+    for token in [&t0, &t1, &t2] {
+        let other = respelled(token);
+        assert_ne!(&other, token);
+        assert_eq!(
+            lenient.decode(&other[5..]).unwrap(),
+            lenient.decode(&token[5..]).unwrap()
+        );
+        app.renew(&other).assert_error(401, "unauthenticated");
+    }
+    let r = app.renew(&t2);
+    assert_eq!(r.status, 200, "the session is as it was: {}", r.text);
+    assert_eq!(app.renew(&r.str("refresh_token")).status, 200);
+}
+
 #[test]
 fn a_token_two_or_more_rotations_old_revokes_its_family_even_within_the_grace() {
     let app = TestApp::spawn();
@@ -518,5 +566,6 @@ crate::on_postgres!(
     a_corrupted_or_invented_token_that_resembles_a_live_one_revokes_nothing,
     a_token_two_or_more_rotations_old_revokes_its_family_even_within_the_grace,
     a_token_made_with_the_refresh_key_ahead_of_its_session_revokes_the_family,
+    another_base64_spelling_of_a_token_is_refused_and_revokes_nothing,
     rotation_switched_off_refuses_tokens_rotated_before_without_revoking,
 );
