@@ -1,10 +1,10 @@
 //! The HTTP layer: the server loop and the public routes.
 //!
 //! The server owns its accept loop (rather than `warp::serve`) so it can put the peer
-//! address on each request, terminate TLS, bound header and body reads and the number of
-//! connections (in all, and per client address), log and count every request, and drain
-//! connections on shutdown. It serves a TCP listener or, for the admin API, a Unix
-//! socket ([`Listener`]).
+//! address on each request, terminate TLS, bound header and body reads, answers that a
+//! client takes none of, and the number of connections (in all, and per client
+//! address), log and count every request, and drain connections on shutdown. It serves
+//! a TCP listener or, for the admin API, a Unix socket ([`Listener`]).
 
 mod body;
 mod deadline;
@@ -15,6 +15,7 @@ pub(crate) mod observe;
 mod openapi;
 mod per_address;
 pub(crate) mod routes;
+mod stalled_write;
 mod strict;
 pub(crate) mod tls;
 pub(crate) mod wire;
@@ -43,6 +44,7 @@ pub(crate) use error::{ErrorCode, error_response};
 use first_request::FirstRequest;
 use per_address::{Admitted, PerAddress};
 use routes::PeerAddr;
+use stalled_write::StalledWrite;
 
 /// Connection settings of a listener.
 #[derive(Debug, Clone)]
@@ -52,6 +54,9 @@ pub(crate) struct ConnSettings {
     pub header_read_timeout: Duration,
     /// How long a client may take to send a request body once its headers are in.
     pub body_read_timeout: Duration,
+    /// How long an answer may wait on a client that takes none of it; see
+    /// [`stalled_write`].
+    pub write_timeout: Duration,
     /// Open connections at most; beyond it the listener stops accepting until one closes.
     pub max_connections: usize,
     /// Open connections per client address at most (0: no cap); see [`per_address`].
@@ -85,6 +90,7 @@ impl ConnSettings {
         ConnSettings {
             header_read_timeout: Duration::from_millis(server.header_read_timeout_ms),
             body_read_timeout: Duration::from_millis(server.body_read_timeout_ms),
+            write_timeout: Duration::from_millis(server.write_timeout_ms),
             max_connections: server.max_connections,
             max_connections_per_address: server.max_connections_per_address,
             exempt_addresses: config.limits.trusted_proxies.clone().into(),
@@ -196,6 +202,8 @@ pub(crate) async fn serve<L, F>(
         });
         let watcher = graceful.watcher();
         let settings = settings.clone();
+        // Beneath TLS, so that the handshake and every record are bound too.
+        let stream = StalledWrite::new(stream, settings.write_timeout);
         tokio::spawn(async move {
             let served = async {
                 match &settings.tls {
