@@ -69,7 +69,11 @@ export interface Client {
   addUser(fields: UserRecord): Promise<void>;
   /** The records that exist, in the order asked. */
   queryUser(uids: string[]): Promise<UserRecord[]>;
-  /** Any authenticated method: POST `path` (e.g. `"/liveuser/User/QueryUser"`) with `body`. */
+  /**
+   * Any authenticated method: POST `path` (e.g. `"/liveuser/User/QueryUser"`) with `body`.
+   * Only liveuser's paths are taken (`/liveuser/` and segments of letters, digits, `_`
+   * and `-`); any other rejects with code `invalid_path` and sends nothing.
+   */
   call<T = unknown>(path: string, body?: object): Promise<T>;
   /** The logged-in user's uid, or `null`. */
   readonly uid: string | null;
@@ -87,13 +91,16 @@ export const fetchRequest: Request;
 
 /**
  * An error the server answered (its `code` and `msg`), or `code: "network"` with
- * `status: 0` when no answer came in time. `message` is `msg`; it never holds a token.
+ * `status: 0` when no answer came in time, or `code: "invalid_path"` with `status: 0`
+ * when `call` was given a path that is not liveuser's. `message` is `msg`; it never
+ * holds a token.
  */
 export class LiveuserError extends Error {
   constructor(code: string, msg: string, status: number, retryAfter?: number);
   readonly name: 'LiveuserError';
   /** `invalid_argument`, `malformed`, `unauthenticated`, `permission_denied`, `bad_route`,
-   *  `too_large`, `resource_exhausted`, `unavailable`, `internal`, or `network`. */
+   *  `too_large`, `resource_exhausted`, `unavailable`, `internal`, or, from the client
+   *  itself, `network` and `invalid_path`. */
   readonly code: string;
   readonly msg: string;
   /** The HTTP status, 0 when no answer came. */

@@ -33,10 +33,19 @@ const NETWORK_RETRY_MS = 200;
 const DEFAULT_TIMEOUT_MS = 8000;
 
 /**
+ * The paths `call` sends the access token to: liveuser's own methods. The path is put
+ * after `baseUrl`, so anything else could move the request to another port or host
+ * (`'2:18099/steal'` after `http://127.0.0.1`) or out of liveuser's paths (`..`, `%2e`,
+ * `?`, `\`), with the Bearer token.
+ */
+const LIVEUSER_PATH = /^\/liveuser(\/[A-Za-z0-9_-]+)+$/;
+
+/**
  * An error answered by the server (`code` and `msg` from its error body, `status`), or
- * `code: "network"` with `status: 0` when no HTTP answer came (in time). The message is
- * `msg`: the server's sentence, or for `network` what failed. Never a request body or
- * header, and anything token-shaped is blanked.
+ * `code: "network"` with `status: 0` when no HTTP answer came (in time), or
+ * `code: "invalid_path"`, `status: 0`, when `call` was given a path that is not
+ * liveuser's. The message is `msg`: the server's sentence, or what failed. Never a
+ * request body or header, and anything token-shaped is blanked.
  */
 class LiveuserError extends Error {
   constructor(code, msg, status, retryAfter) {
@@ -419,6 +428,14 @@ function createClient(options) {
   }
 
   async function call(path, body) {
+    if (typeof path !== 'string' || !LIVEUSER_PATH.test(path)) {
+      throw new LiveuserError(
+        'invalid_path',
+        'call() takes a path of liveuser, like /liveuser/User/QueryUser (letters, digits, _ and - between the slashes)',
+        0,
+        undefined
+      );
+    }
     const payload = body === undefined ? {} : body;
     let state = await tokensForCall();
     let res = await send(path, payload, state.access_token);

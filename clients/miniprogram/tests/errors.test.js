@@ -140,6 +140,42 @@ test('every request of a client carries its timeout: 8000 ms unless options.time
   }
 });
 
+test('call() takes only liveuser\'s paths, so the access token cannot be sent elsewhere', async () => {
+  const { client, request } = newClient();
+  const elsewhere = [
+    '2:18099/steal', // after http://127.0.0.1 this was http://127.0.0.12:18099/steal
+    '@127.0.0.12/steal',
+    '//127.0.0.12/steal',
+    '',
+    'liveuser/User/QueryUser',
+    '/liveuser',
+    '/liveuser/',
+    '/liveuser/User//QueryUser',
+    '/liveuser/../admin/v1/user-list',
+    '/liveuser/%2e%2e/admin',
+    '/liveuser/.',
+    '/liveuser\\..\\admin',
+    '/liveuser/User/QueryUser?redirect=x',
+    '/liveuser/User/QueryUser#x',
+    '/admin/v1/user-list',
+    '/healthz',
+    undefined,
+    42,
+  ];
+  for (const path of elsewhere) {
+    const err = await h.rejection(client.call(path, {}));
+    assert.ok(err instanceof LiveuserError, String(path));
+    assert.equal(err.code, 'invalid_path', String(path));
+    assert.equal(err.status, 0);
+    assert.match(err.message, /\/liveuser\/User\/QueryUser/);
+  }
+  assert.equal(request.log.length, 0, 'nothing was sent, not even a login');
+
+  assert.deepEqual(await client.call('/liveuser/User/QueryUser', { uids: ['nobody'] }), { users: [] });
+  const err = await h.rejection(client.call('/liveuser/User/No_Such-Method2', {}));
+  assert.equal(err.code, 'bad_route', 'a well-formed path goes to the server, which judges it');
+});
+
 test('an answer without liveuser\'s error body (a proxy\'s page) gets a code from its status', async () => {
   const intercept = (opts, send, path) => {
     if (path.endsWith('/QueryUser')) {
