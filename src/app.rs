@@ -1,6 +1,7 @@
 //! Wiring: from a [`Config`] to a running server.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,6 +45,14 @@ pub enum StartError {
     #[error("cannot write the admin token file {path}: {source}")]
     AdminToken {
         /// The file.
+        path: String,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// The admin socket could not be bound.
+    #[error("cannot listen on the admin socket {path}: {source}")]
+    AdminSocket {
+        /// The socket's path.
         path: String,
         /// What failed.
         source: std::io::Error,
@@ -106,6 +115,130 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError>
     Ok((listener, bound))
 }
 
+/// The admin API's listeners and the files that tell the CLI where they are.
+struct AdminListeners {
+    tcp: TcpListener,
+    addr: SocketAddr,
+    socket: Option<(AdminSocket, PathBuf)>,
+    endpoint: Arc<Endpoint>,
+    endpoint_file: PathBuf,
+}
+
+#[cfg(unix)]
+type AdminSocket = tokio::net::UnixListener;
+/// There is no admin socket off Unix.
+#[cfg(not(unix))]
+type AdminSocket = std::convert::Infallible;
+
+impl AdminListeners {
+    /// Binds `server.admin_listen` and the admin socket beside the database, and writes
+    /// the endpoint file that names both with a fresh token.
+    async fn bind(config: &Config) -> Result<Self, StartError> {
+        let (tcp, addr) = bind(config.server.admin_listen).await?;
+        if !addr.ip().is_loopback() {
+            tracing::warn!(admin_addr = %addr, "the admin API is plain HTTP and is not on loopback; keep it on a trusted network");
+        }
+        let socket = bind_admin_socket(&endpoint::socket_for(&config.storage.path))?;
+        let endpoint = Arc::new(Endpoint::generate(
+            addr,
+            socket.as_ref().map(|(_, path)| path.clone()),
+        ));
+        let endpoint_file = endpoint::path_for(&config.storage.path);
+        endpoint
+            .write(&endpoint_file)
+            .map_err(|source| StartError::AdminToken {
+                path: endpoint_file.display().to_string(),
+                source,
+            })?;
+        Ok(AdminListeners {
+            tcp,
+            addr,
+            socket,
+            endpoint,
+            endpoint_file,
+        })
+    }
+
+    /// Serves `routes` on both listeners until `stopped`, then removes the files.
+    async fn serve<F>(self, routes: F, settings: ConnSettings, stopped: watch::Receiver<bool>)
+    where
+        F: warp::Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+    {
+        let until_stopped = |mut stopped: watch::Receiver<bool>| async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        let tcp = http::serve(
+            self.tcp,
+            routes.clone(),
+            settings.clone(),
+            until_stopped(stopped.clone()),
+        );
+        let socket_path = match self.socket {
+            #[cfg(unix)]
+            Some((socket, path)) => {
+                tokio::join!(
+                    tcp,
+                    http::serve(socket, routes, settings, until_stopped(stopped))
+                );
+                Some(path)
+            }
+            _ => {
+                tcp.await;
+                None
+            }
+        };
+        let _ = std::fs::remove_file(&self.endpoint_file);
+        if let Some(path) = socket_path {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// The longest path a Unix socket address holds (`sun_path` less its final NUL, on
+/// Linux; where it is shorter, `bind` says so).
+#[cfg(unix)]
+const SOCKET_PATH_MAX: usize = 107;
+
+/// Binds the admin socket at `path`, mode 0600: only the server's user (and root) can
+/// connect. The database is open, and so locked, by now: a socket found there was left
+/// by a server that is gone (killed before it could remove it), and is replaced.
+#[cfg(unix)]
+fn bind_admin_socket(path: &Path) -> Result<Option<(AdminSocket, PathBuf)>, StartError> {
+    use std::os::unix::fs::PermissionsExt;
+    let socket_error = |source| StartError::AdminSocket {
+        path: path.display().to_string(),
+        source,
+    };
+    let length = path.as_os_str().len();
+    if length > SOCKET_PATH_MAX {
+        return Err(socket_error(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "the path is {length} bytes long and a Unix socket's may be at most \
+                 {SOCKET_PATH_MAX}; choose a shorter storage.path"
+            ),
+        )));
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(socket_error(e)),
+    }
+    // The umask (0077 since the database was opened) keeps others out until the chmod.
+    let listener = tokio::net::UnixListener::bind(path).map_err(socket_error)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(socket_error)?;
+    Ok(Some((listener, path.to_path_buf())))
+}
+
+#[cfg(not(unix))]
+fn bind_admin_socket(_path: &Path) -> Result<Option<(AdminSocket, PathBuf)>, StartError> {
+    Ok(None)
+}
+
 /// Opens storage, binds `config.server.listen` (HTTPS with `tls_cert`/`tls_key`) and
 /// `config.server.admin_listen`, writes the admin endpoint file, and serves until shut
 /// down.
@@ -148,21 +281,9 @@ pub async fn start(config: &Config, clock: SharedClock) -> Result<Running, Start
     let admin = if store.is_shared() {
         None
     } else {
-        let (admin_listener, admin_addr) = bind(config.server.admin_listen).await?;
-        if !admin_addr.ip().is_loopback() {
-            tracing::warn!(%admin_addr, "the admin API is plain HTTP and is not on loopback; keep it on a trusted network");
-        }
-        let endpoint = Arc::new(Endpoint::generate(admin_addr));
-        let endpoint_file = endpoint::path_for(&config.storage.path);
-        endpoint
-            .write(&endpoint_file)
-            .map_err(|source| StartError::AdminToken {
-                path: endpoint_file.display().to_string(),
-                source,
-            })?;
-        Some((admin_listener, admin_addr, endpoint, endpoint_file))
+        Some(AdminListeners::bind(config).await?)
     };
-    let admin_addr = admin.as_ref().map(|a| a.1);
+    let admin_addr = admin.as_ref().map(|a| a.addr);
 
     if config.wx.mode == WxMode::Mock {
         tracing::warn!(
@@ -208,14 +329,14 @@ pub async fn start(config: &Config, clock: SharedClock) -> Result<Running, Start
             )),
         )
     };
-    let admin = admin.map(|(listener, _, endpoint, file)| {
+    let admin = admin.map(|listeners| {
         let routes = admin_api::routes(
             Arc::new(Admin::new(service.clone(), config.token.clone())),
-            endpoint,
+            listeners.endpoint.clone(),
             config.storage.path.clone(),
         );
         let settings = ConnSettings::from_config(config, Arc::new(Observer::new("admin", None)));
-        (listener, routes, settings, file)
+        (listeners, routes, settings)
     });
     let scheme = if public.tls.is_some() {
         "https"
@@ -223,26 +344,19 @@ pub async fn start(config: &Config, clock: SharedClock) -> Result<Running, Start
         "http"
     };
     let done = tokio::spawn(async move {
-        let mut admin_stopped = stopped.clone();
+        let admin_stopped = stopped.clone();
         let shutdown = async move {
             let _ = stopped.wait_for(|s| *s).await;
         };
-        let admin_shutdown = async move {
-            let _ = admin_stopped.wait_for(|s| *s).await;
-        };
-        let endpoint_file = match admin {
-            Some((admin_listener, admin_routes, admin_settings, file)) => {
+        match admin {
+            Some((listeners, admin_routes, admin_settings)) => {
                 tokio::join!(
                     http::serve(listener, routes, public, shutdown),
-                    http::serve(admin_listener, admin_routes, admin_settings, admin_shutdown),
+                    listeners.serve(admin_routes, admin_settings, admin_stopped),
                 );
-                Some(file)
             }
-            None => {
-                http::serve(listener, routes, public, shutdown).await;
-                None
-            }
-        };
+            None => http::serve(listener, routes, public, shutdown).await,
+        }
         sweeper.abort();
         // The sweeper holds the store: wait until it is gone, so a restart in the same
         // process can open the database again.
@@ -250,9 +364,6 @@ pub async fn start(config: &Config, clock: SharedClock) -> Result<Running, Start
         if let Some(reloader) = key_reloader {
             reloader.abort();
             let _ = reloader.await;
-        }
-        if let Some(file) = endpoint_file {
-            let _ = std::fs::remove_file(&file);
         }
         match store.flush() {
             Ok(()) => tracing::info!("storage flushed; stopped"),

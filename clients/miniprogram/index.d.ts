@@ -7,6 +7,8 @@ export interface RequestOptions {
   header: Record<string, string>;
   /** The JSON body, as an object. */
   data?: unknown;
+  /** How long to wait for the whole answer, in ms; then reject (a network error). */
+  timeout?: number;
 }
 
 /** What a `request` adapter resolves to when an HTTP answer came, whatever its status. */
@@ -18,7 +20,7 @@ export interface RequestResponse {
   data: unknown;
 }
 
-/** Sends one HTTP request. Rejects only when no HTTP answer came (a network error). */
+/** Sends one HTTP request. Rejects only when no HTTP answer came in time (a network error). */
 export type Request = (opts: RequestOptions) => Promise<RequestResponse>;
 
 /** Where the tokens are kept across app restarts (synchronous, like `wx.getStorageSync`). */
@@ -42,6 +44,13 @@ export interface ClientOptions {
   storageKey?: string;
   /** Renew an access token this many seconds before its expiry. Default 60. */
   renewBeforeSecs?: number;
+  /**
+   * How long each request waits for its answer, in ms, given to `request` as
+   * `opts.timeout`. Default 8000: a renewal whose answer is lost is retried once with
+   * the same refresh token, and the server takes that for a retry only within its grace
+   * window (`token.reuse_grace_secs`, 10 s by default), so keep this below the window.
+   */
+  timeoutMs?: number;
 }
 
 /** A user's profile, as the API has it (all strings; `update_at` is set by the server). */
@@ -60,7 +69,11 @@ export interface Client {
   addUser(fields: UserRecord): Promise<void>;
   /** The records that exist, in the order asked. */
   queryUser(uids: string[]): Promise<UserRecord[]>;
-  /** Any authenticated method: POST `path` (e.g. `"/liveuser/User/QueryUser"`) with `body`. */
+  /**
+   * Any authenticated method: POST `path` (e.g. `"/liveuser/User/QueryUser"`) with `body`.
+   * Only liveuser's paths are taken (`/liveuser/` and segments of letters, digits, `_`
+   * and `-`); any other rejects with code `invalid_path` and sends nothing.
+   */
   call<T = unknown>(path: string, body?: object): Promise<T>;
   /** The logged-in user's uid, or `null`. */
   readonly uid: string | null;
@@ -70,18 +83,24 @@ export interface Client {
 
 export function createClient(options: ClientOptions): Client;
 
-/** A `request` adapter over the standard `fetch` (Node 18+, browsers, H5 builds). */
+/**
+ * A `request` adapter over the standard `fetch` (Node 18+, browsers, H5 builds). It gives
+ * up after `opts.timeout` ms (8000 when not given), which `fetch` alone never does.
+ */
 export const fetchRequest: Request;
 
 /**
  * An error the server answered (its `code` and `msg`), or `code: "network"` with
- * `status: 0` when no answer came. `message` is `msg`; it never holds a token.
+ * `status: 0` when no answer came in time, or `code: "invalid_path"` with `status: 0`
+ * when `call` was given a path that is not liveuser's. `message` is `msg`; it never
+ * holds a token.
  */
 export class LiveuserError extends Error {
   constructor(code: string, msg: string, status: number, retryAfter?: number);
   readonly name: 'LiveuserError';
   /** `invalid_argument`, `malformed`, `unauthenticated`, `permission_denied`, `bad_route`,
-   *  `too_large`, `resource_exhausted`, `unavailable`, `internal`, or `network`. */
+   *  `too_large`, `resource_exhausted`, `unavailable`, `internal`, or, from the client
+   *  itself, `network` and `invalid_path`. */
   readonly code: string;
   readonly msg: string;
   /** The HTTP status, 0 when no answer came. */

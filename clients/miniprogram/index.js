@@ -11,7 +11,8 @@
 // grace window (token.reuse_grace_secs); later it is taken for theft and revokes the
 // session. So all renewals and logins of one client go through one promise at a time
 // ("flight"), a failed call renews only if nobody replaced its tokens already, and a
-// renewal lost on the network is retried at once with the same token.
+// renewal lost on the network, or not answered within the timeout, is retried at once
+// with the same token, inside the window.
 
 const LOGIN = '/liveuser/Wx/Login';
 const RENEW = '/liveuser/Wx/RenewToken';
@@ -22,18 +23,29 @@ const QUERY_USER = '/liveuser/User/QueryUser';
 const NETWORK_RETRY_MS = 200;
 
 /**
- * Timeout of the default `wx.request` (its own default is 60 s). A renewal whose answer
- * is lost is retried with the same refresh token, which the server accepts only within
- * its grace window (`token.reuse_grace_secs`, 10 s by default) after the rotation; 8 s
- * plus the retry's pause keeps that retry inside the default window.
+ * How long a request waits for its answer, by default (`wx.request`'s own default is
+ * 60 s, `fetch` has none). A renewal whose answer is lost is retried with the same
+ * refresh token, which the server accepts only within its grace window
+ * (`token.reuse_grace_secs`, 10 s by default) after the rotation; 8 s plus the retry's
+ * pause keeps that retry inside the default window. Past it, the retry would be taken
+ * for reuse and end the session.
  */
-const WX_REQUEST_TIMEOUT_MS = 8000;
+const DEFAULT_TIMEOUT_MS = 8000;
+
+/**
+ * The paths `call` sends the access token to: liveuser's own methods. The path is put
+ * after `baseUrl`, so anything else could move the request to another port or host
+ * (`'2:18099/steal'` after `http://127.0.0.1`) or out of liveuser's paths (`..`, `%2e`,
+ * `?`, `\`), with the Bearer token.
+ */
+const LIVEUSER_PATH = /^\/liveuser(\/[A-Za-z0-9_-]+)+$/;
 
 /**
  * An error answered by the server (`code` and `msg` from its error body, `status`), or
- * `code: "network"` with `status: 0` when no HTTP answer came. The message is `msg`:
- * the server's sentence, or for `network` what failed. Never a request body or header,
- * and anything token-shaped is blanked.
+ * `code: "network"` with `status: 0` when no HTTP answer came (in time), or
+ * `code: "invalid_path"`, `status: 0`, when `call` was given a path that is not
+ * liveuser's. The message is `msg`: the server's sentence, or what failed. Never a
+ * request body or header, and anything token-shaped is blanked.
  */
 class LiveuserError extends Error {
   constructor(code, msg, status, retryAfter) {
@@ -74,7 +86,7 @@ function wxRequest(opts) {
       method: opts.method,
       header: opts.header,
       data: opts.data,
-      timeout: WX_REQUEST_TIMEOUT_MS,
+      timeout: opts.timeout || DEFAULT_TIMEOUT_MS,
       success: function (res) {
         resolve({ status: res.statusCode, headers: lowerCaseKeys(res.header), data: res.data });
       },
@@ -120,9 +132,35 @@ const wxStorage = {
 /**
  * A `request` over the standard `fetch` (Node 18+, browsers): the body is sent as JSON,
  * header names come back lower-cased, and `data` is the parsed body when the answer is
- * JSON (its text otherwise). A rejection means no HTTP answer.
+ * JSON (its text otherwise). A rejection means no HTTP answer, including none whole
+ * within `opts.timeout` ms (8000 when not given): `fetch` itself would wait for ever.
  */
-async function fetchRequest(opts) {
+function fetchRequest(opts) {
+  const timeoutMs = (opts && opts.timeout) || DEFAULT_TIMEOUT_MS;
+  // Aborting also ends a body still on its way; where there is no AbortController, the
+  // request is left to finish unheard.
+  const controller = typeof AbortController === 'function' ? new AbortController() : null;
+  let timer;
+  const timedOut = new Promise(function (resolve, reject) {
+    timer = setTimeout(function () {
+      if (controller) controller.abort();
+      reject(new LiveuserError('network', 'no answer from the server within ' + timeoutMs + ' ms', 0, undefined));
+    }, timeoutMs);
+  });
+  const answered = fetchOnce(opts, controller ? controller.signal : undefined);
+  return Promise.race([answered, timedOut]).then(
+    function (res) {
+      clearTimeout(timer);
+      return res;
+    },
+    function (err) {
+      clearTimeout(timer);
+      throw err;
+    }
+  );
+}
+
+async function fetchOnce(opts, signal) {
   const header = Object.assign({}, opts.header);
   let body;
   if (opts.data !== undefined && opts.data !== null) {
@@ -136,7 +174,7 @@ async function fetchRequest(opts) {
       if (!named) header['Content-Type'] = 'application/json';
     }
   }
-  const res = await fetch(opts.url, { method: opts.method || 'GET', headers: header, body: body });
+  const res = await fetch(opts.url, { method: opts.method || 'GET', headers: header, body: body, signal: signal });
   const headers = {};
   res.headers.forEach(function (value, name) {
     headers[name.toLowerCase()] = value;
@@ -257,6 +295,10 @@ function createClient(options) {
   const storageKey = options.storageKey || 'liveuser';
   const renewBeforeSecs =
     typeof options.renewBeforeSecs === 'number' ? options.renewBeforeSecs : 60;
+  const timeoutMs = options.timeoutMs === undefined ? DEFAULT_TIMEOUT_MS : options.timeoutMs;
+  if (typeof timeoutMs !== 'number' || !(timeoutMs > 0) || timeoutMs === Infinity) {
+    throw new TypeError('liveuser-miniprogram: options.timeoutMs must be a positive number of milliseconds');
+  }
 
   // The state lives in this closure, not on the returned object, so logging the client
   // (console.log(client)) shows no token.
@@ -302,7 +344,7 @@ function createClient(options) {
   function send(path, body, accessToken) {
     const header = { 'Content-Type': 'application/json' };
     if (accessToken) header.Authorization = 'Bearer ' + accessToken;
-    const opts = { url: baseUrl + path, method: 'POST', header: header, data: body };
+    const opts = { url: baseUrl + path, method: 'POST', header: header, data: body, timeout: timeoutMs };
     return new Promise(function (resolve) {
       resolve(request(opts)); // an adapter that throws is taken as one that rejects
     }).catch(function (err) {
@@ -386,6 +428,14 @@ function createClient(options) {
   }
 
   async function call(path, body) {
+    if (typeof path !== 'string' || !LIVEUSER_PATH.test(path)) {
+      throw new LiveuserError(
+        'invalid_path',
+        'call() takes a path of liveuser, like /liveuser/User/QueryUser (letters, digits, _ and - between the slashes)',
+        0,
+        undefined
+      );
+    }
     const payload = body === undefined ? {} : body;
     let state = await tokensForCall();
     let res = await send(path, payload, state.access_token);

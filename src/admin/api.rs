@@ -4,7 +4,13 @@
 //! Every route is `POST /admin/v1/<operation>` with `Authorization: Bearer <admin
 //! token>`; the body is the operation's request struct as JSON and the answer its
 //! output struct, or `{"code", "msg"}` with the status of its [`ErrorCode`]. The token is
-//! checked before routing, so without it every path answers the same 401.
+//! checked before routing, so without it every path answers the same 401, and that
+//! answer closes the connection (`Connection: close`): any local user can connect to a
+//! loopback port, and connections that fail to authenticate must not hold the places
+//! that one address may have.
+//!
+//! The same routes are served on the admin socket beside the database (see
+//! [`endpoint`](super::endpoint)), the CLI's way in.
 //!
 //! | path | request | answer |
 //! |---|---|---|
@@ -342,7 +348,11 @@ fn error(e: &AdminError) -> Response {
 
 async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
     let e = if let Some(Refused(e)) = rejection.find::<Refused>() {
-        e.clone()
+        let mut response = error(e);
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return Ok(response);
     } else if rejection.is_not_found() {
         AdminError::not_found("no such admin operation")
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {

@@ -35,7 +35,7 @@ impl std::fmt::Debug for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Backend::Direct { .. } => f.write_str("Backend::Direct"),
-            Backend::Api(c) => write!(f, "Backend::Api({})", c.base()),
+            Backend::Api(c) => write!(f, "Backend::Api({})", c.place()),
         }
     }
 }
@@ -89,8 +89,8 @@ impl Backend {
                 config.storage.path.display()
             ),
             Backend::Api(c) => format!(
-                "the database is in use by the running server; using its admin API at {}",
-                c.base()
+                "the database is in use by the running server; using its admin API {}",
+                c.place()
             ),
         }
     }

@@ -1,6 +1,7 @@
 //! The CLI's client of the admin API: posts an operation's request struct, decodes its
 //! answer struct or its error, so the CLI cannot tell (and print) the difference from
-//! running the operation itself.
+//! running the operation itself. It goes through the admin socket when the server has
+//! one (always, on Unix), and through `server.admin_listen` otherwise.
 
 use std::io::Read;
 use std::time::Duration;
@@ -14,6 +15,8 @@ use crate::secret::Secret;
 pub(crate) struct AdminClient {
     agent: ureq::Agent,
     base: String,
+    /// Where the API is, for messages: `at <address>` or `on the socket <path>`.
+    place: String,
     token: Secret<String>,
 }
 
@@ -25,16 +28,27 @@ impl AdminClient {
             .timeout_connect(Some(Duration::from_secs(5)))
             .max_redirects(0)
             .build();
+        #[cfg(unix)]
+        if let Some(socket) = &endpoint.socket {
+            return AdminClient {
+                agent: super::unix::agent(config, socket.clone()),
+                // The host names nothing: every request goes to the socket.
+                base: "http://localhost".to_string(),
+                place: format!("on the admin socket {}", socket.display()),
+                token: endpoint.token.clone(),
+            };
+        }
         AdminClient {
             agent: ureq::Agent::new_with_config(config),
             base: format!("http://{}", endpoint.addr),
+            place: format!("at http://{}", endpoint.addr),
             token: endpoint.token.clone(),
         }
     }
 
-    /// The API's base URL.
-    pub(crate) fn base(&self) -> &str {
-        &self.base
+    /// Where the API is: `at <address>` or `on the admin socket <path>`.
+    pub(crate) fn place(&self) -> &str {
+        &self.place
     }
 
     fn url(&self, path: &str) -> String {
@@ -43,8 +57,8 @@ impl AdminClient {
 
     fn unreachable(&self, e: &ureq::Error) -> AdminError {
         AdminError::unavailable(format!(
-            "the database is in use, but the server's admin API at {} cannot be reached: {e}",
-            self.base
+            "the database is in use, but the server's admin API {} cannot be reached: {e}",
+            self.place
         ))
     }
 

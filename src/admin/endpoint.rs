@@ -5,7 +5,10 @@
 //! removes the file when it stops. Whoever can read the file can administer the server,
 //! exactly as whoever can read the database directory can; the file mode keeps it to the
 //! server's own user. The bound address is in the file too, so a CLI finds a server
-//! listening on a port picked at start (`admin_listen = "127.0.0.1:0"`).
+//! listening on a port picked at start (`admin_listen = "127.0.0.1:0"`), and so is the
+//! admin socket (`<storage.path>.admin.sock`, on Unix), which the CLI uses instead of
+//! the TCP port: any local user can open connections to a loopback port and fill its
+//! per-address cap, while only the server's own user can connect to the socket.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -26,21 +29,34 @@ pub(crate) struct Endpoint {
     pub addr: SocketAddr,
     /// The admin token (64 hex digits).
     pub token: Secret<String>,
+    /// The admin socket, when the server listens on one.
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
 }
 
 /// The endpoint file of the database at `db`.
 pub(crate) fn path_for(db: &Path) -> PathBuf {
+    beside(db, ".admin-token")
+}
+
+/// The admin socket of the database at `db`.
+pub(crate) fn socket_for(db: &Path) -> PathBuf {
+    beside(db, ".admin.sock")
+}
+
+fn beside(db: &Path, suffix: &str) -> PathBuf {
     let mut name = db.as_os_str().to_owned();
-    name.push(".admin-token");
+    name.push(suffix);
     PathBuf::from(name)
 }
 
 impl Endpoint {
-    /// A fresh random token for `addr`.
-    pub(crate) fn generate(addr: SocketAddr) -> Self {
+    /// A fresh random token for `addr` and, when given, the admin socket.
+    pub(crate) fn generate(addr: SocketAddr, socket: Option<PathBuf>) -> Self {
         Endpoint {
             addr,
             token: Secret::new(hex(&random_bytes::<32>())),
+            socket,
         }
     }
 
@@ -57,6 +73,7 @@ impl Endpoint {
         let json = serde_json::json!({
             "addr": self.addr,
             "token": self.token.expose(),
+            "socket": self.socket,
         });
         out.write_all(json.to_string().as_bytes())?;
         out.sync_all()?;
@@ -97,11 +114,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = path_for(&dir.path().join("db"));
         assert!(file.to_string_lossy().ends_with("db.admin-token"));
-        let endpoint = Endpoint::generate("127.0.0.1:9".parse().unwrap());
+        let socket = socket_for(&dir.path().join("db"));
+        assert!(socket.to_string_lossy().ends_with("db.admin.sock"));
+        let endpoint = Endpoint::generate("127.0.0.1:9".parse().unwrap(), Some(socket.clone()));
         endpoint.write(&file).unwrap();
         endpoint.write(&file).unwrap(); // overwrites a stale file
         let read = Endpoint::read(&file).unwrap();
         assert_eq!(read.addr, endpoint.addr);
+        assert_eq!(read.socket, Some(socket));
         assert!(read.accepts(endpoint.token.expose()));
         #[cfg(unix)]
         {
@@ -112,8 +132,18 @@ mod tests {
     }
 
     #[test]
+    fn a_file_without_a_socket_names_the_port_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = path_for(&dir.path().join("db"));
+        std::fs::write(&file, r#"{"addr":"127.0.0.1:9","token":"ab"}"#).unwrap();
+        let read = Endpoint::read(&file).unwrap();
+        assert_eq!(read.socket, None);
+        assert!(read.accepts("ab"));
+    }
+
+    #[test]
     fn only_the_exact_token_is_accepted() {
-        let endpoint = Endpoint::generate("127.0.0.1:9".parse().unwrap());
+        let endpoint = Endpoint::generate("127.0.0.1:9".parse().unwrap(), None);
         let token = endpoint.token.expose().clone();
         assert!(endpoint.accepts(&token));
         assert!(!endpoint.accepts(""));

@@ -9,7 +9,8 @@
 //!   process;
 //! - the server is running (sled lets one process open a database, so opening fails
 //!   with "locked"): the CLI posts the same request struct to the server's admin API
-//!   ([`api`], on `server.admin_listen`) and decodes the same answer struct.
+//!   ([`api`], on the admin socket beside the database, or `server.admin_listen` where
+//!   there is none) and decodes the same answer struct.
 //!
 //! On PostgreSQL there is no lock to detect and nothing to go through: any number of
 //! servers and CLIs share the database, so the CLI always runs the operation itself.
@@ -28,6 +29,8 @@ pub(crate) mod client;
 pub(crate) mod endpoint;
 pub(crate) mod ops;
 pub(crate) mod print;
+#[cfg(unix)]
+mod unix;
 
 pub(crate) use self::backend::{Backend, ImportProgress};
 pub(crate) use self::ops::{Admin, AdminError};

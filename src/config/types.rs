@@ -50,6 +50,9 @@ pub struct ServerConfig {
     pub header_read_timeout_ms: u64,
     /// How long a client may take to send a request's body.
     pub body_read_timeout_ms: u64,
+    /// How long an answer may wait on a client that takes none of it before the
+    /// connection is closed.
+    pub write_timeout_ms: u64,
     /// Open connections at most; further clients wait in the listen backlog.
     pub max_connections: usize,
     /// Open connections per client address (IPv6: per /64) at most; more are closed at
@@ -72,6 +75,7 @@ impl Default for ServerConfig {
             metrics: true,
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 10_000,
+            write_timeout_ms: 10_000,
             max_connections: 1024,
             max_connections_per_address: 64,
             first_request_timeout_ms: 5_000,

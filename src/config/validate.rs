@@ -138,6 +138,7 @@ fn rules() -> Vec<Rule> {
         },
         range!(server.header_read_timeout_ms in 100..=600_000, Millis),
         range!(server.body_read_timeout_ms in 100..=600_000, Millis),
+        range!(server.write_timeout_ms in 100..=600_000, Millis),
         range!(server.max_connections in 1..=1_000_000, Count),
         range!(server.max_connections_per_address in 0..=1_000_000, Count).zero_means("no cap"),
         range!(server.first_request_timeout_ms in 100..=600_000, Millis),
@@ -547,12 +548,15 @@ mod tests {
         let c = load_for_test("", &[]).unwrap().config;
         assert_eq!(c.server.header_read_timeout_ms, 10_000);
         assert_eq!(c.server.body_read_timeout_ms, 10_000);
+        assert_eq!(c.server.write_timeout_ms, 10_000);
         assert_eq!(c.server.max_connections, 1024);
         assert_eq!(c.limits.max_tracked_addresses, 100_000);
         let err = load_for_test("[server]\nmax_connections = 0\n", &[]).unwrap_err();
         assert_eq!(err.key.as_deref(), Some("server.max_connections"));
         let err = load_for_test("[server]\nheader_read_timeout_ms = 5\n", &[]).unwrap_err();
         assert_eq!(err.key.as_deref(), Some("server.header_read_timeout_ms"));
+        let err = load_for_test("[server]\nwrite_timeout_ms = 99\n", &[]).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("server.write_timeout_ms"));
         assert_eq!(c.server.max_connections_per_address, 64);
         assert_eq!(c.server.first_request_timeout_ms, 5_000);
         let err =

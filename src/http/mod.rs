@@ -1,9 +1,10 @@
 //! The HTTP layer: the server loop and the public routes.
 //!
 //! The server owns its accept loop (rather than `warp::serve`) so it can put the peer
-//! address on each request, terminate TLS, bound header and body reads and the number of
-//! connections (in all, and per client address), log and count every request, and drain
-//! connections on shutdown.
+//! address on each request, terminate TLS, bound header and body reads, answers that a
+//! client takes none of, and the number of connections (in all, and per client
+//! address), log and count every request, and drain connections on shutdown. It serves
+//! a TCP listener or, for the admin API, a Unix socket ([`Listener`]).
 
 mod body;
 mod deadline;
@@ -14,14 +15,16 @@ pub(crate) mod observe;
 mod openapi;
 mod per_address;
 pub(crate) mod routes;
+mod stalled_write;
 mod strict;
 pub(crate) mod tls;
 pub(crate) mod wire;
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -41,6 +44,7 @@ pub(crate) use error::{ErrorCode, error_response};
 use first_request::FirstRequest;
 use per_address::{Admitted, PerAddress};
 use routes::PeerAddr;
+use stalled_write::StalledWrite;
 
 /// Connection settings of a listener.
 #[derive(Debug, Clone)]
@@ -50,6 +54,9 @@ pub(crate) struct ConnSettings {
     pub header_read_timeout: Duration,
     /// How long a client may take to send a request body once its headers are in.
     pub body_read_timeout: Duration,
+    /// How long an answer may wait on a client that takes none of it; see
+    /// [`stalled_write`].
+    pub write_timeout: Duration,
     /// Open connections at most; beyond it the listener stops accepting until one closes.
     pub max_connections: usize,
     /// Open connections per client address at most (0: no cap); see [`per_address`].
@@ -83,6 +90,7 @@ impl ConnSettings {
         ConnSettings {
             header_read_timeout: Duration::from_millis(server.header_read_timeout_ms),
             body_read_timeout: Duration::from_millis(server.body_read_timeout_ms),
+            write_timeout: Duration::from_millis(server.write_timeout_ms),
             max_connections: server.max_connections,
             max_connections_per_address: server.max_connections_per_address,
             exempt_addresses: config.limits.trusted_proxies.clone().into(),
@@ -98,14 +106,54 @@ impl ConnSettings {
     }
 }
 
+/// A bound socket that [`serve`] accepts connections from.
+pub(crate) trait Listener {
+    /// One accepted connection.
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+
+    /// The next connection, with its client's address: none on a Unix socket, whose
+    /// clients are local processes its file mode let in.
+    fn poll_accept(
+        &self,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<(Self::Io, Option<SocketAddr>)>>;
+}
+
+impl Listener for TcpListener {
+    type Io = TcpStream;
+
+    fn poll_accept(
+        &self,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<(TcpStream, Option<SocketAddr>)>> {
+        TcpListener::poll_accept(self, cx).map_ok(|(stream, peer)| {
+            let _ = stream.set_nodelay(true);
+            (stream, Some(peer))
+        })
+    }
+}
+
+#[cfg(unix)]
+impl Listener for tokio::net::UnixListener {
+    type Io = tokio::net::UnixStream;
+
+    fn poll_accept(
+        &self,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<(Self::Io, Option<SocketAddr>)>> {
+        tokio::net::UnixListener::poll_accept(self, cx).map_ok(|(stream, _)| (stream, None))
+    }
+}
+
 /// Serves `filter` on `listener` until `shutdown` completes, then stops accepting and
 /// waits (at most `drain_timeout`) for in-flight requests to finish.
-pub(crate) async fn serve<F>(
-    listener: TcpListener,
+pub(crate) async fn serve<L, F>(
+    listener: L,
     filter: F,
     settings: ConnSettings,
     shutdown: impl Future<Output = ()>,
 ) where
+    L: Listener,
     F: Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static,
 {
     // Boxed: hyper's adapter clones the service for every request, and the route tree
@@ -118,66 +166,70 @@ pub(crate) async fn serve<F>(
         settings.max_connections_per_address,
         &settings.exempt_addresses,
     );
-    let accept =
-        |stream: TcpStream, peer, slot: Option<OwnedSemaphorePermit>, admitted: Admitted| {
-            let _ = stream.set_nodelay(true);
-            let deadline = tokio::time::Instant::now() + settings.first_request_timeout;
-            let first = FirstRequest::default();
-            let service = service.clone();
-            let observer = settings.observer.clone();
-            let body_read_timeout = settings.body_read_timeout;
-            let arrived = first.clone();
-            let handler = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
-                arrived.arrived();
+    let accept = |stream: L::Io,
+                  peer: Option<SocketAddr>,
+                  slot: Option<OwnedSemaphorePermit>,
+                  admitted: Admitted| {
+        let deadline = tokio::time::Instant::now() + settings.first_request_timeout;
+        let first = FirstRequest::default();
+        let service = service.clone();
+        let observer = settings.observer.clone();
+        let body_read_timeout = settings.body_read_timeout;
+        let arrived = first.clone();
+        let handler = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
+            arrived.arrived();
+            if let Some(peer) = peer {
                 request.extensions_mut().insert(PeerAddr(peer));
-                fold_repeated_headers(request.headers_mut());
-                let unread = deadline::Unread::of(request.body());
-                let request =
-                    request.map(|body| DeadlineBody::new(body, body_read_timeout, &unread));
-                let answer = observe::call(service.clone(), observer.clone(), request);
-                async move {
-                    let mut response = answer.await?;
-                    // An answer given without reading the body (404, 405, 415, 413): the
-                    // rest of the body may still be on its way, so hyper will close the
-                    // connection; say so, or a client may reuse it and see its next request
-                    // fail.
-                    if unread.remains() {
-                        response.headers_mut().insert(
-                            hyper::header::CONNECTION,
-                            hyper::header::HeaderValue::from_static("close"),
-                        );
-                    }
-                    Ok::<_, Infallible>(response)
+            }
+            fold_repeated_headers(request.headers_mut());
+            let unread = deadline::Unread::of(request.body());
+            let request = request.map(|body| DeadlineBody::new(body, body_read_timeout, &unread));
+            let answer = observe::call(service.clone(), observer.clone(), request);
+            async move {
+                let mut response = answer.await?;
+                // An answer given without reading the body (404, 405, 415, 413): the
+                // rest of the body may still be on its way, so hyper will close the
+                // connection; say so, or a client may reuse it and see its next request
+                // fail.
+                if unread.remains() {
+                    response.headers_mut().insert(
+                        hyper::header::CONNECTION,
+                        hyper::header::HeaderValue::from_static("close"),
+                    );
                 }
-            });
-            let watcher = graceful.watcher();
-            let settings = settings.clone();
-            tokio::spawn(async move {
-                let served = async {
-                    match &settings.tls {
-                        None => connection(stream, handler, watcher, &settings).await,
-                        Some(tls) => {
-                            let handshake = tls.acceptor().accept(stream);
-                            match tokio::time::timeout_at(deadline, handshake).await {
-                                Ok(Ok(stream)) => {
-                                    connection(stream, handler, watcher, &settings).await;
-                                }
-                                Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-                                Err(_) => tracing::debug!("TLS handshake timed out"),
+                Ok::<_, Infallible>(response)
+            }
+        });
+        let watcher = graceful.watcher();
+        let settings = settings.clone();
+        // Beneath TLS, so that the handshake and every record are bound too.
+        let stream = StalledWrite::new(stream, settings.write_timeout);
+        tokio::spawn(async move {
+            let served = async {
+                match &settings.tls {
+                    None => connection(stream, handler, watcher, &settings).await,
+                    Some(tls) => {
+                        let handshake = tls.acceptor().accept(stream);
+                        match tokio::time::timeout_at(deadline, handshake).await {
+                            Ok(Ok(stream)) => {
+                                connection(stream, handler, watcher, &settings).await;
                             }
+                            Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                            Err(_) => tracing::debug!("TLS handshake timed out"),
                         }
                     }
-                };
-                tokio::select! {
-                    () = served => {}
-                    () = first.missed(deadline) => {
-                        tracing::debug!("no request in time after connecting; closed");
-                    }
                 }
-                drop(slot);
-                drop(admitted);
-            });
-        };
+            };
+            tokio::select! {
+                () = served => {}
+                () = first.missed(deadline) => {
+                    tracing::debug!("no request in time after connecting; closed");
+                }
+            }
+            drop(slot);
+            drop(admitted);
+        });
+    };
     // A slot taken for a connection that was then refused serves the next one.
     let mut spare = None;
     loop {
@@ -194,7 +246,7 @@ pub(crate) async fn serve<F>(
             },
         };
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
+            accepted = std::future::poll_fn(|cx| listener.poll_accept(cx)) => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -206,11 +258,11 @@ pub(crate) async fn serve<F>(
             },
             () = &mut shutdown => break,
         };
-        match per_address.admit(peer.ip()) {
+        match per_address.admit(peer.map(|p| p.ip())) {
             Some(admitted) => accept(stream, peer, Some(slot), admitted),
             None => {
                 // Over its address's cap: closed at once.
-                tracing::debug!(%peer, "too many connections from this address; closed");
+                tracing::debug!(?peer, "too many connections from this address; closed");
                 drop(stream);
                 spare = Some(slot);
             }
@@ -219,8 +271,10 @@ pub(crate) async fn serve<F>(
     // Connections the kernel completed before the listener closes would otherwise be
     // reset: take every one already queued (past the cap if need be: there are at most
     // a backlog's worth), and let the drain below answer them.
-    while let Some(Ok((stream, peer))) = listener.accept().now_or_never() {
-        if let Some(admitted) = per_address.admit(peer.ip()) {
+    while let Some(Ok((stream, peer))) =
+        std::future::poll_fn(|cx| listener.poll_accept(cx)).now_or_never()
+    {
+        if let Some(admitted) = per_address.admit(peer.map(|p| p.ip())) {
             accept(
                 stream,
                 peer,

@@ -8,7 +8,8 @@
 //!
 //! Peers in `limits.trusted_proxies` are exempt: a proxy carries many clients over its
 //! connections, and the operator who listed it bounds it at the proxy; the global cap
-//! still applies to it.
+//! still applies to it. So are the connections of the admin socket, which have no
+//! address: only the server's own user can open them.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -41,14 +42,16 @@ impl PerAddress {
         })
     }
 
-    /// Counts a new connection from `peer`, or `None` if its address is at the cap.
-    pub(super) fn admit(self: &Arc<Self>, peer: IpAddr) -> Option<Admitted> {
-        if self.max == 0 || self.exempt.contains(&canonical(peer)) {
+    /// Counts a new connection from `peer`, or `None` if its address is at the cap. A
+    /// connection with no address (on a Unix socket) is not counted.
+    pub(super) fn admit(self: &Arc<Self>, peer: Option<IpAddr>) -> Option<Admitted> {
+        let Some(peer) = peer.filter(|p| self.max != 0 && !self.exempt.contains(&canonical(*p)))
+        else {
             return Some(Admitted {
                 table: self.clone(),
                 key: None,
             });
-        }
+        };
         let key = ClientKey::of(peer);
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let count = open.entry(key).or_insert(0);
@@ -86,8 +89,8 @@ impl Drop for Admitted {
 mod tests {
     use super::*;
 
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
+    fn ip(s: &str) -> Option<IpAddr> {
+        Some(s.parse().unwrap())
     }
 
     #[test]
@@ -117,7 +120,7 @@ mod tests {
 
     #[test]
     fn trusted_proxies_are_exempt_and_zero_turns_the_cap_off() {
-        let table = PerAddress::new(1, &[ip("10.0.0.1")]);
+        let table = PerAddress::new(1, &[ip("10.0.0.1").unwrap()]);
         let held: Vec<_> = (0..100)
             .map(|_| table.admit(ip("::ffff:10.0.0.1")).unwrap())
             .collect();
@@ -131,12 +134,22 @@ mod tests {
     }
 
     #[test]
+    fn connections_without_an_address_are_not_counted() {
+        let table = PerAddress::new(1, &[]);
+        let held: Vec<_> = (0..100).map(|_| table.admit(None).unwrap()).collect();
+        assert_eq!(table.addresses(), 0);
+        let _a = table.admit(ip("192.0.2.1")).unwrap();
+        assert!(table.admit(ip("192.0.2.1")).is_none());
+        drop(held);
+    }
+
+    #[test]
     fn the_table_forgets_addresses_without_connections() {
         let table = PerAddress::new(4, &[]);
         let held: Vec<_> = (0..50u32)
             .map(|i| {
                 table
-                    .admit(IpAddr::from((0x0a00_0000 + i).to_be_bytes()))
+                    .admit(Some(IpAddr::from((0x0a00_0000 + i).to_be_bytes())))
                     .unwrap()
             })
             .collect();

@@ -374,3 +374,127 @@ fn a_connection_that_sends_no_first_request_is_closed_before_the_keep_alive_time
     let answer = healthz_on(&mut served, Duration::from_secs(2)).expect("still open");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
+
+/// One pipelined request whose answer is large (the OpenAPI document, 12 KB).
+const BIG_ANSWER: &[u8] = b"GET /liveuser/openapi.json HTTP/1.1\r\nHost: x\r\n\r\n";
+
+/// A connection from `from` whose receive buffer is `recv_buffer` bytes: the kernel
+/// does not grow it, so answers left unread back up to the server quickly.
+fn connect_with_small_window(app: &TestApp, from: [u8; 4], recv_buffer: u32) -> TcpStream {
+    let stream = app.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(recv_buffer).unwrap();
+        socket.bind((from, 0).into()).unwrap();
+        socket.connect(app.addr).await.unwrap()
+    });
+    let stream = stream.into_std().unwrap();
+    stream.set_nonblocking(false).unwrap();
+    stream
+}
+
+/// Sends `count` pipelined requests for a large answer, reading nothing, until they
+/// are all sent or the server has taken none for 300 ms (it reads no further request
+/// while an answer waits).
+fn pipeline_without_reading(stream: &mut TcpStream, count: usize) {
+    let requests = BIG_ANSWER.repeat(count);
+    stream.set_nonblocking(true).unwrap();
+    let mut sent = 0;
+    let mut idle_since = std::time::Instant::now();
+    while sent < requests.len() && idle_since.elapsed() < Duration::from_millis(300) {
+        match stream.write(&requests[sent..]) {
+            Ok(n) => {
+                sent += n;
+                idle_since = std::time::Instant::now();
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("the server closed the connection early: {e}"),
+        }
+    }
+    stream.set_nonblocking(false).unwrap();
+}
+
+#[test]
+fn a_client_that_pipelines_requests_and_never_reads_is_disconnected_within_the_write_timeout() {
+    let app = TestApp::spawn_with(|c| {
+        c.server.write_timeout_ms = 2_000;
+        c.server.max_connections_per_address = 2;
+        // Only the write timeout can cut these connections.
+        c.server.header_read_timeout_ms = 60_000;
+        c.server.first_request_timeout_ms = 60_000;
+    });
+    // Two connections, all this address may have, ask for far more than the socket
+    // buffers on both sides hold (2000 answers of 12 KB), and read none of it.
+    let mut stalled: Vec<TcpStream> = (0..2)
+        .map(|_| connect_with_small_window(&app, [127, 0, 0, 6], 4096))
+        .collect();
+    for stream in &mut stalled {
+        pipeline_without_reading(stream, 2000);
+    }
+    let started = std::time::Instant::now();
+    // They hold the address's places …
+    let mut over = connect_from(&app, [127, 0, 0, 6]);
+    assert!(
+        closed_within(&mut over, Duration::from_millis(300)),
+        "the address is at its cap"
+    );
+    // … until the write timeout closes them: then the address is served again.
+    loop {
+        let mut fresh = connect_from(&app, [127, 0, 0, 6]);
+        if healthz_on(&mut fresh, Duration::from_secs(1)).is_ok() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "the stalled connections were not closed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_slow_reader_that_keeps_reading_gets_every_answer() {
+    let app = TestApp::spawn_with(|c| c.server.write_timeout_ms = 1_500);
+    // 600 answers of 12 KB: more than the server's send buffer (at most 4 MiB) and this
+    // small receive window together hold, so the server's writes wait on the reader.
+    let count = 600;
+    let mut stream = connect_with_small_window(&app, [127, 0, 0, 7], 65536);
+    let mut writer = stream.try_clone().unwrap();
+    let requests = std::thread::spawn(move || writer.write_all(&BIG_ANSWER.repeat(count)));
+
+    // Reads half a megabyte, then pauses; the pauses alone outlast the write timeout
+    // several times over, but no write waits that long.
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let status = b"HTTP/1.1 200";
+    // The end of the last burst, where a status line may have been cut in two.
+    let mut tail = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut answers = 0;
+    while answers < count {
+        let mut burst = std::mem::take(&mut tail);
+        while burst.len() < 512 * 1024 && answers + count_in(&burst, status) < count {
+            let n = stream.read(&mut buf).expect("the connection stays open");
+            assert!(n > 0, "closed after {answers} answers");
+            burst.extend_from_slice(&buf[..n]);
+        }
+        // Too short to hold a whole status line, so counted once.
+        let kept = burst.len().min(status.len() - 1);
+        answers += count_in(&burst, status);
+        tail = burst[burst.len() - kept..].to_vec();
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(
+        started.elapsed() > Duration::from_secs(3),
+        "read too fast to test anything: {:?}",
+        started.elapsed()
+    );
+    requests.join().unwrap().unwrap();
+}
+
+fn count_in(bytes: &[u8], needle: &[u8]) -> usize {
+    bytes.windows(needle.len()).filter(|w| *w == needle).count()
+}

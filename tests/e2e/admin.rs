@@ -1,6 +1,9 @@
 //! The admin CLI, with the server running (through its admin API) and stopped (on the
 //! database directly), and the admin API's own guard.
 
+use std::path::Path;
+use std::time::Duration;
+
 use serde_json::{Value, json};
 
 use crate::common::{Binary, TestApp, binary_config, cli, login, post};
@@ -192,6 +195,196 @@ fn the_admin_api_refuses_a_missing_or_wrong_token_and_is_not_on_the_public_liste
     }
     drop(app);
     assert!(!file.exists(), "the token file is removed at shutdown");
+}
+
+/// Reads what the server sends on `stream` until it closes the connection, for at most
+/// `wait`: the text, and whether it closed.
+fn until_closed(stream: &mut impl std::io::Read, wait: Duration) -> (String, bool) {
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break false;
+            }
+            Err(_) => break true, // reset: closed too
+        }
+        if started.elapsed() > wait {
+            break false;
+        }
+    };
+    (String::from_utf8_lossy(&answer).into_owned(), closed)
+}
+
+fn endpoint_file(dir: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("db.admin-token")).unwrap()).unwrap()
+}
+
+/// Other local users can connect to the admin port (it is loopback TCP) but must not
+/// lock the operator out: a request without the token is answered 401 and its
+/// connection closed, and connections that say nothing fill the port's per-address cap
+/// in vain, since the CLI goes through the admin socket.
+#[test]
+fn connections_to_the_admin_port_without_the_token_cannot_lock_the_cli_out() {
+    use std::io::Write;
+    use std::net::TcpStream;
+    let dir = tempfile::tempdir().unwrap();
+    // Silent connections are not cut by time here: they hold their places all along.
+    let config_text = binary_config(dir.path()).replacen(
+        "[server]\n",
+        "[server]\nfirst_request_timeout_ms = 60000\nheader_read_timeout_ms = 60000\n",
+        1,
+    );
+    let server = Binary::serve(dir.path(), &config_text, &[]);
+    let config = dir.path().join("liveuser.toml");
+    login(&server.base, "alice");
+    let admin: std::net::SocketAddr = endpoint_file(dir.path())["addr"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let connect = || {
+        let s = TcpStream::connect(admin).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        s
+    };
+
+    // As many keep-alive requests without the token as the address may have open (with
+    // no body, so nothing is left unread that would close them anyway): each is
+    // answered 401 and its connection closed.
+    let request = b"POST /admin/v1/session-list HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n";
+    let mut refused: Vec<TcpStream> = (0..64)
+        .map(|_| {
+            let mut s = connect();
+            s.write_all(request).unwrap();
+            s
+        })
+        .collect();
+    for s in &mut refused {
+        let (answer, closed) = until_closed(s, Duration::from_secs(5));
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+        assert!(
+            answer.to_ascii_lowercase().contains("connection: close"),
+            "{answer}"
+        );
+        assert!(closed, "a refused connection is kept open: {answer}");
+    }
+    // The server frees a place when its side of the connection is done.
+    std::thread::sleep(Duration::from_millis(200));
+
+    // Connections that say nothing fill the address's places on the port …
+    let _silent: Vec<TcpStream> = (0..64).map(|_| connect()).collect();
+    let (_, closed) = until_closed(&mut connect(), Duration::from_secs(5));
+    assert!(closed, "the port's per-address cap is full");
+    // … and the CLI needs none of them.
+    let listed = cli(&config, &["-v", "session", "list"]);
+    assert_eq!(listed.ok().lines().count(), 2, "{}", listed.stdout);
+    assert!(
+        listed.stderr.contains("on the admin socket"),
+        "{}",
+        listed.stderr
+    );
+}
+
+/// The admin socket is a second door to the same API, for the server's own user only
+/// (mode 0600), and behind the same token.
+#[test]
+fn the_admin_socket_is_private_to_the_servers_user_and_wants_the_token_too() {
+    use std::io::Write;
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    use std::os::unix::net::UnixStream;
+    let app = TestApp::spawn();
+    app.login_ok("alice");
+    let endpoint = endpoint_file(app.dir.path());
+    let token = endpoint["token"].as_str().unwrap().to_string();
+    let socket = std::path::PathBuf::from(endpoint["socket"].as_str().unwrap());
+    assert_eq!(socket, app.dir.path().join("db.admin.sock"));
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+
+    let ask = |authorization: Option<&str>| {
+        let body = r#"{"after": null, "limit": 10}"#;
+        let mut stream = UnixStream::connect(&socket).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .unwrap();
+        let authorization = authorization
+            .map(|a| format!("Authorization: {a}\r\n"))
+            .unwrap_or_default();
+        let request = format!(
+            "POST /admin/v1/user-list HTTP/1.1\r\nHost: x\r\n{authorization}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        // A refusal may come, and the connection close, before the body is read.
+        let _ = stream.write_all(request.as_bytes());
+        until_closed(&mut stream, Duration::from_secs(5))
+    };
+    for refused in [None, Some("Bearer wrong".to_string()), Some(token.clone())] {
+        let (answer, closed) = ask(refused.as_deref());
+        assert!(answer.starts_with("HTTP/1.1 401"), "{refused:?}: {answer}");
+        assert!(answer.contains(r#""code":"unauthenticated""#), "{answer}");
+        assert!(closed, "{answer}");
+    }
+    // Kept open for the next request, like any keep-alive connection.
+    let (answer, closed) = ask(Some(&format!("Bearer {token}")));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(r#""users":[{"uid":"#), "{answer}");
+    assert!(!closed, "an authenticated connection is kept: {answer}");
+
+    drop(app);
+    assert!(!socket.exists(), "the socket is removed at shutdown");
+}
+
+#[test]
+fn a_socket_left_by_a_killed_server_is_replaced_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config_text = binary_config(dir.path());
+    let mut server = Binary::serve(dir.path(), &config_text, &[]);
+    login(&server.base, "alice");
+    server.kill9();
+    let socket = dir.path().join("db.admin.sock");
+    assert!(socket.exists(), "a killed server leaves its socket");
+
+    let _server = Binary::serve(dir.path(), &config_text, &[]);
+    let listed = cli(
+        &dir.path().join("liveuser.toml"),
+        &["-v", "session", "list"],
+    );
+    assert_eq!(listed.ok().lines().count(), 2, "{}", listed.stdout);
+    assert!(
+        listed.stderr.contains("on the admin socket"),
+        "{}",
+        listed.stderr
+    );
+}
+
+#[test]
+fn a_storage_path_too_long_for_the_admin_socket_is_refused_at_start_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = crate::common::test_config(&dir);
+    config.storage.path = dir.path().join("d".repeat(100));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let refused = runtime
+        .block_on(liveuser::app::start(
+            &config,
+            std::sync::Arc::new(liveuser::clock::SystemClock),
+        ))
+        .err()
+        .expect("the start is refused");
+    let message = refused.to_string();
+    assert!(message.contains("admin socket"), "{message}");
+    assert!(message.contains(&"d".repeat(100)), "{message}");
+    assert!(message.contains("shorter storage.path"), "{message}");
 }
 
 #[test]

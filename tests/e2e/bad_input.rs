@@ -449,3 +449,161 @@ fn a_field_given_twice_is_invalid_argument_naming_it_on_every_path() {
     );
     assert_eq!(r.status, 200, "{}", r.text);
 }
+
+/// Sends `request` on a fresh connection and reads until the server closes it (10 s at
+/// most): the status of every answer, and the text.
+fn statuses_until_closed(app: &TestApp, request: &[u8]) -> (Vec<u16>, String) {
+    let mut stream = TcpStream::connect(app.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // The server may answer and close before reading all of it.
+    let _ = stream.write_all(request);
+    let mut answer = Vec::new();
+    let read = stream.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    if let Err(e) = read {
+        assert!(
+            !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "the connection was left open: {text}"
+        );
+    }
+    let statuses = text
+        .match_indices("HTTP/1.1 ")
+        .filter_map(|(i, _)| text.get(i + 9..i + 12)?.parse().ok())
+        .collect();
+    (statuses, text)
+}
+
+/// Duplicate, contradictory or malformed framing is refused with a 400 (hyper's own,
+/// without a body, when the head cannot be framed; `malformed` when the chunks of a body
+/// are broken), never a server error; and a request that carries both a length and
+/// chunked coding is read as chunked and is the connection's last, so nothing after it
+/// can pass for a request of its own (request smuggling).
+#[test]
+fn odd_http_framing_is_refused_without_a_server_error() {
+    let app = TestApp::spawn();
+    let body = br#"{"code":"alice"}"#;
+    let head = "POST /liveuser/Wx/Login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n";
+    let with = |headers: &str, rest: &[u8]| [head.as_bytes(), headers.as_bytes(), rest].concat();
+    let chunked = |chunks: &[u8]| with("Transfer-Encoding: chunked\r\n\r\n", chunks);
+    let sized = |length: &str| with(&format!("Content-Length: {length}\r\n\r\n"), body);
+    let one_chunk = [b"10\r\n".as_slice(), body, b"\r\n0\r\n\r\n"].concat();
+
+    let unframed = [
+        ("two different lengths", with("Content-Length: 16\r\nContent-Length: 3\r\n\r\n", body)),
+        ("a list of lengths", sized("16, 16")),
+        ("a negative length", sized("-1")),
+        ("a signed length", sized("+16")),
+        ("a hexadecimal length", sized("0x10")),
+        ("a length past u64", sized("99999999999999999999999")),
+        ("a space before the colon", with("Content-Length : 16\r\n\r\n", body)),
+        ("a folded length", with("Content-Length:\r\n 16\r\n\r\n", body)),
+        ("a coding that is not chunked", with("Transfer-Encoding: gzip\r\n\r\n", body)),
+        ("chunked not last", with("Transfer-Encoding: chunked, gzip\r\n\r\n", &one_chunk)),
+        ("an unknown coding", with("Transfer-Encoding: xchunked\r\n\r\n", &one_chunk)),
+        (
+            "chunked in HTTP/1.0",
+            [
+                b"POST /liveuser/Wx/Login HTTP/1.0\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".as_slice(),
+                &one_chunk,
+            ]
+            .concat(),
+        ),
+    ];
+    for (case, request) in &unframed {
+        let (statuses, text) = statuses_until_closed(&app, request);
+        assert_eq!(statuses, [400], "{case}: {text}");
+    }
+
+    let broken_chunks = [
+        (
+            "a size that is not hex",
+            chunked(&[b"zz\r\n".as_slice(), body, b"\r\n0\r\n\r\n"].concat()),
+        ),
+        (
+            "a size past u64",
+            chunked(
+                &[
+                    b"ffffffffffffffffffff\r\n".as_slice(),
+                    body,
+                    b"\r\n0\r\n\r\n",
+                ]
+                .concat(),
+            ),
+        ),
+        (
+            "a negative size",
+            chunked(&[b"-10\r\n".as_slice(), body, b"\r\n0\r\n\r\n"].concat()),
+        ),
+        (
+            "more data than the size",
+            chunked(&[b"2\r\n".as_slice(), body, b"\r\n0\r\n\r\n"].concat()),
+        ),
+        (
+            "no line end after the data",
+            chunked(&[b"10\r\n".as_slice(), body, b"0\r\n\r\n"].concat()),
+        ),
+        (
+            "bare line feeds",
+            chunked(&[b"10\n".as_slice(), body, b"\n0\n\n"].concat()),
+        ),
+    ];
+    for (case, request) in &broken_chunks {
+        let (statuses, text) = statuses_until_closed(&app, request);
+        assert_eq!(statuses, [400], "{case}: {text}");
+        assert!(text.contains(r#"{"code":"malformed","#), "{case}: {text}");
+    }
+
+    // Framings that are odd but say one thing are read as they say.
+    let agreed = [
+        (
+            "the same length twice",
+            with("Content-Length: 16\r\nContent-Length: 16\r\n\r\n", body),
+        ),
+        (
+            "chunked twice",
+            with(
+                "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+                &one_chunk,
+            ),
+        ),
+        (
+            "a chunk extension",
+            chunked(&[b"10;x=y\r\n".as_slice(), body, b"\r\n0\r\n\r\n"].concat()),
+        ),
+        (
+            "a trailer",
+            chunked(&[b"10\r\n".as_slice(), body, b"\r\n0\r\nX-Trailer: 1\r\n\r\n"].concat()),
+        ),
+    ];
+    for (case, request) in &agreed {
+        let (statuses, text) = statuses_until_closed(&app, request);
+        assert_eq!(statuses, [200], "{case}: {text}");
+    }
+
+    // A length and chunked coding together, keep-alive, with a second request hidden
+    // where the length would end the first (either way round): one answer, then closed.
+    let hidden = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    for framing in [
+        "Content-Length: 4\r\nTransfer-Encoding: chunked\r\n",
+        "Transfer-Encoding: chunked\r\nContent-Length: 40\r\n",
+    ] {
+        let request = [
+            b"POST /liveuser/Wx/Login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                .as_slice(),
+            framing.as_bytes(),
+            b"\r\n",
+            &one_chunk,
+            hidden,
+        ]
+        .concat();
+        let (statuses, text) = statuses_until_closed(&app, &request);
+        assert_eq!(statuses, [200], "{framing:?}: {text}");
+        assert!(text.contains(r#""uid":""#), "{framing:?}: {text}");
+    }
+    assert_eq!(app.raw("GET", "/healthz", &[], b"").status, 200, "still up");
+}

@@ -360,6 +360,18 @@ impl TestApp {
         self.clock.advance(secs);
     }
 
+    /// Sets the server's clock to the start of Unix second `secs` (forward or back), so
+    /// that it reads `secs` for most of a second from now. A test that places a request
+    /// just before a boundary uses it: the clock follows the wall clock, so after an
+    /// `advance` counted from an earlier answer, a second ticking in between moves the
+    /// request onto the boundary.
+    pub fn set_clock(&self, secs: u64) {
+        use liveuser::clock::Clock as _;
+        let to_ms = i64::try_from(secs * 1000).expect("a time in range");
+        let now_ms = i64::try_from(self.clock.now_ms()).expect("a time in range");
+        self.clock.advance_ms(to_ms - now_ms);
+    }
+
     /// Runs a future on the server's runtime (e.g. to sweep or inspect the store).
     pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
         self.runtime.block_on(f)

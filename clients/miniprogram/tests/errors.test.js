@@ -5,7 +5,7 @@
 const { test } = require('node:test');
 const assert = require('node:assert/strict');
 const util = require('node:util');
-const { createClient, LiveuserError } = require('..');
+const { createClient, fetchRequest, LiveuserError } = require('..');
 const h = require('./harness');
 
 const server = h.serverForFile();
@@ -95,6 +95,85 @@ test('a renewal lost twice on the network keeps the tokens; the next call renews
   assert.ok(renewals.every((r) => r.body.refresh_token === x));
   assert.equal(renewals.at(-1).status, 200);
   assert.equal(request.count('/Wx/Login'), 0);
+});
+
+test('fetchRequest gives up on a server that never answers after opts.timeout, and after 8 s without one', { timeout: 30000 }, async (t) => {
+  const hole = await h.blackHole();
+  t.after(() => hole.close());
+  const ask = async (timeout) => {
+    const started = Date.now();
+    const err = await h.rejection(
+      fetchRequest({ url: `${hole.base}/liveuser/Wx/Login`, method: 'POST', header: {}, data: { code: 'x' }, timeout })
+    );
+    return { err, waited: Date.now() - started };
+  };
+
+  const short = await ask(300);
+  assert.ok(short.err instanceof LiveuserError);
+  assert.equal(short.err.code, 'network');
+  assert.equal(short.err.status, 0);
+  assert.match(short.err.message, /within 300 ms/);
+  assert.ok(short.waited >= 300 && short.waited < 3000, `waited ${short.waited} ms`);
+
+  // The default stays inside the server's default grace window of 10 s.
+  const long = await ask(undefined);
+  assert.equal(long.err.code, 'network');
+  assert.ok(long.waited >= 8000 && long.waited < 9500, `waited ${long.waited} ms`);
+});
+
+test('every request of a client carries its timeout: 8000 ms unless options.timeoutMs says otherwise', async () => {
+  const plain = newClient();
+  await plain.client.queryUser(['nobody']);
+  assert.ok(plain.request.log.length >= 2);
+  assert.ok(plain.request.log.every((r) => r.timeout === 8000), JSON.stringify(plain.request.log.map((r) => r.timeout)));
+
+  const quick = newClient({ timeoutMs: 2500 });
+  await quick.client.queryUser(['nobody']);
+  assert.ok(quick.request.log.every((r) => r.timeout === 2500));
+
+  for (const timeoutMs of [0, -1, '5000', NaN, Infinity, null]) {
+    assert.throws(
+      () => createClient({ baseUrl: server.base, storage: h.memoryStorage(), login: async () => 'x', timeoutMs }),
+      { name: 'TypeError', message: /options\.timeoutMs/ },
+      String(timeoutMs)
+    );
+  }
+});
+
+test('call() takes only liveuser\'s paths, so the access token cannot be sent elsewhere', async () => {
+  const { client, request } = newClient();
+  const elsewhere = [
+    '2:18099/steal', // after http://127.0.0.1 this was http://127.0.0.12:18099/steal
+    '@127.0.0.12/steal',
+    '//127.0.0.12/steal',
+    '',
+    'liveuser/User/QueryUser',
+    '/liveuser',
+    '/liveuser/',
+    '/liveuser/User//QueryUser',
+    '/liveuser/../admin/v1/user-list',
+    '/liveuser/%2e%2e/admin',
+    '/liveuser/.',
+    '/liveuser\\..\\admin',
+    '/liveuser/User/QueryUser?redirect=x',
+    '/liveuser/User/QueryUser#x',
+    '/admin/v1/user-list',
+    '/healthz',
+    undefined,
+    42,
+  ];
+  for (const path of elsewhere) {
+    const err = await h.rejection(client.call(path, {}));
+    assert.ok(err instanceof LiveuserError, String(path));
+    assert.equal(err.code, 'invalid_path', String(path));
+    assert.equal(err.status, 0);
+    assert.match(err.message, /\/liveuser\/User\/QueryUser/);
+  }
+  assert.equal(request.log.length, 0, 'nothing was sent, not even a login');
+
+  assert.deepEqual(await client.call('/liveuser/User/QueryUser', { uids: ['nobody'] }), { users: [] });
+  const err = await h.rejection(client.call('/liveuser/User/No_Such-Method2', {}));
+  assert.equal(err.code, 'bad_route', 'a well-formed path goes to the server, which judges it');
 });
 
 test('an answer without liveuser\'s error body (a proxy\'s page) gets a code from its status', async () => {

@@ -229,6 +229,7 @@ function newClient(parts) {
   const request = recordingRequest(parts.intercept);
   const options = { baseUrl: parts.base, request, login: user.login, storage };
   if (parts.renewBeforeSecs !== undefined) options.renewBeforeSecs = parts.renewBeforeSecs;
+  if (parts.timeoutMs !== undefined) options.timeoutMs = parts.timeoutMs;
   return { client: createClient(options), user, storage, request };
 }
 
@@ -273,7 +274,7 @@ function mockUser(label = 'user') {
 
 /**
  * A `request` over `fetchRequest` that records every request (`log`: `{path, body,
- * header, status}`, status undefined when no answer reached the client)
+ * header, timeout, status}`, status undefined when no answer reached the client)
  * and every answer body of Login and RenewToken (`answers`). `intercept(opts, send)`
  * may replace the default behaviour of one request (`send` is the real request).
  */
@@ -282,7 +283,7 @@ function recordingRequest(intercept) {
   const answers = [];
   const fn = async (opts) => {
     const p = new URL(opts.url).pathname;
-    const entry = { path: p, body: opts.data, header: opts.header, status: undefined };
+    const entry = { path: p, body: opts.data, header: opts.header, timeout: opts.timeout, status: undefined };
     log.push(entry);
     const send = async (o) => {
       const res = await fetchRequest(o);
@@ -332,8 +333,79 @@ function makeStale(storage, secsAgo = 1, key = 'liveuser') {
 
 }
 
+/** Listens on a free loopback port; resolves to the `base` URL of it. */
+function listenOnLoopback(server) {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => resolve(`http://127.0.0.1:${server.address().port}`));
+  });
+}
+
+/** Closes `server` and destroys the sockets it still has. */
+function closeAll(server, sockets) {
+  for (const socket of sockets) socket.destroy();
+  return new Promise((resolve) => server.close(() => resolve()));
+}
+
+/**
+ * A TCP proxy to the server at `target` that loses the answer to the first request
+ * whose first bytes match `lose`: the request reaches the server, which acts on it, and
+ * its answer never reaches the client, the connection staying open (as when a phone's
+ * network drops after sending). Resolves to `{ base, lost, close }`; `lost` holds the
+ * text of each answer it kept from the client.
+ */
+async function lossyProxy(target, lose) {
+  const port = Number(new URL(target).port);
+  const sockets = new Set();
+  const lost = [];
+  const server = net.createServer((client) => {
+    const upstream = net.connect(port, '127.0.0.1');
+    sockets.add(client).add(upstream);
+    let losing = null;
+    client.on('data', (chunk) => {
+      if (losing === null && lost.length === 0 && lose.test(chunk.toString('latin1'))) {
+        losing = lost.push('') - 1;
+      }
+      upstream.write(chunk);
+    });
+    upstream.on('data', (chunk) => {
+      if (losing === null) client.write(chunk);
+      else lost[losing] += chunk.toString('utf8');
+    });
+    const end = () => {
+      client.destroy();
+      upstream.destroy();
+    };
+    for (const socket of [client, upstream]) {
+      socket.on('close', end);
+      socket.on('error', end);
+    }
+  });
+  const base = await listenOnLoopback(server);
+  return { base, lost, close: () => closeAll(server, sockets) };
+}
+
+/** A server that accepts connections and never answers. Resolves to `{ base, close }`. */
+async function blackHole() {
+  const sockets = new Set();
+  const server = net.createServer((socket) => {
+    sockets.add(socket);
+    socket.on('error', () => {});
+  });
+  const base = await listenOnLoopback(server);
+  return { base, close: () => closeAll(server, sockets) };
+}
+
+/** The JSON body of an HTTP/1.1 answer's text (its length given by Content-Length). */
+function jsonBodyOf(answer) {
+  return JSON.parse(answer.slice(answer.indexOf('\r\n\r\n') + 4));
+}
+
 module.exports = {
   startServer,
+  lossyProxy,
+  blackHole,
+  jsonBodyOf,
   serverForFile,
   newClient,
   memoryStorage,

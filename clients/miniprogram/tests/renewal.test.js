@@ -257,6 +257,44 @@ test('a renewal answer lost on the network is recovered with the same refresh to
   assert.equal(client.uid, uid);
 });
 
+test('a renewal whose answer never comes is given up after the timeout and retried with the same refresh token inside the grace window', { timeout: 30000 }, async (t) => {
+  // A 2 s grace window, and a client that waits 1 s for an answer: the retry must reach
+  // the server while it still takes it for a retry.
+  const graced = await h.startServer({ token: { reuse_grace_secs: 2 } });
+  t.after(() => graced.stop());
+  const proxy = await h.lossyProxy(graced.base, /^POST \/liveuser\/Wx\/RenewToken /);
+  t.after(() => proxy.close());
+  // renewBeforeSecs above the access token's 2 h lifetime: every call renews first.
+  const { client, request, user } = h.newClient({ base: proxy.base, renewBeforeSecs: 86400, timeoutMs: 1000 });
+  const { uid } = await client.login();
+  const x = request.answers[0].refresh_token;
+
+  const started = Date.now();
+  await client.queryUser([uid]);
+
+  const renewals = request.log.filter((r) => r.path.endsWith('/RenewToken'));
+  assert.deepEqual(
+    renewals.map((r) => [r.body.refresh_token === x, r.status]),
+    [
+      [true, undefined],
+      [true, 200],
+    ],
+    'the lost renewal, then its retry with the same token'
+  );
+  assert.ok(Date.now() - started >= 1000, 'the first answer was waited for');
+  // The server rotated on the lost request; the retry got the successor it had sent.
+  assert.equal(proxy.lost.length, 1);
+  const successor = h.jsonBodyOf(proxy.lost[0]).refresh_token;
+  assert.equal(request.answers[1].refresh_token, successor);
+
+  // The session goes on with that successor: no reuse was detected, no re-login.
+  await client.queryUser([uid]);
+  const last = request.log.filter((r) => r.path.endsWith('/RenewToken')).at(-1);
+  assert.deepEqual([last.body, last.status], [{ refresh_token: successor }, 200]);
+  assert.equal(request.count('/Wx/Login'), 1);
+  assert.equal(user.codes.length, 1);
+});
+
 test('a login answer lost on the network is retried with the same code', async () => {
   let lost = false;
   const intercept = async (opts, send, path) => {
