@@ -16,6 +16,7 @@ mod login;
 mod ops;
 mod rotation;
 mod several;
+mod shared_database;
 mod tokens;
 mod upgrade;
 mod upstream;

@@ -20,14 +20,21 @@ struct Migration {
     sql: &'static str,
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "users, identities, sessions, refresh tokens, keys",
-    sql: include_str!("migrations/0001_initial.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "users, identities, sessions, refresh tokens, keys",
+        sql: include_str!("migrations/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        description: "a notification channel only liveuser's role can name",
+        sql: include_str!("migrations/0002_private_channel.sql"),
+    },
+];
 
 /// The schema version this binary writes.
-pub(crate) const LATEST: i32 = 1;
+pub(crate) const LATEST: i32 = 2;
 
 /// What [`apply`] found and did.
 #[derive(Debug, Clone, PartialEq, Eq)]

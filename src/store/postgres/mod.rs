@@ -65,8 +65,9 @@ macro_rules! session_cols {
 pub struct PgStore {
     pool: Pool,
     shared: Arc<Shared>,
-    /// The NOTIFY channel: `liveuser:<schema>`, so schemas sharing a database (tests)
-    /// do not see each other's invalidations.
+    /// The NOTIFY channel: a random name kept in `secret_channel` (migration 2 says why),
+    /// one per schema, so schemas sharing a database do not see each other's
+    /// invalidations either.
     channel: String,
     described: String,
     listener: tokio::task::JoinHandle<()>,
@@ -377,13 +378,8 @@ impl PgStore {
             .map_err(|e| StoreError::Io(format!("cannot set up the connection pool: {e}")))?;
         let mut client = pool.get().await.map_err(|e| unreachable(e.to_string()))?;
         let migrated = migrate::apply(&mut client).await?;
-        let schema: String = client
-            .query_one("SELECT current_schema()", &[])
-            .await
-            .map_err(db)?
-            .get(0);
+        let channel = listen::channel(&client, &described).await?;
         drop(client);
-        let channel = format!("liveuser:{schema}");
         let shared = Arc::new(Shared::new(user_entries, session_entries));
         let listener = tokio::spawn(listen::run(
             options.pg.clone(),

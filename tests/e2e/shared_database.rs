@@ -1,0 +1,513 @@
+//! What comes at liveuser through the PostgreSQL database it shares: other roles of the
+//! same server (listening, notifying, holding locks), operators editing tables in SQL, a
+//! schema name at PostgreSQL's limit, instances whose clocks disagree, and a start that
+//! has to wait. Every test here runs only with `LIVEUSER_TEST_POSTGRES_URL` set.
+
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::common::{
+    Binary, CliRun, TestApp, binary_config, cli, on_postgres, postgres_schema_named,
+    postgres_server, write_config,
+};
+
+// ----- helpers -----
+
+/// A connection of the test's own to the PostgreSQL server, keeping every notification
+/// it receives.
+struct Conn {
+    client: tokio_postgres::Client,
+    heard: Arc<Mutex<Vec<(String, String)>>>,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Conn {
+    fn open(url: &str) -> Conn {
+        use futures_util::future::poll_fn;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let heard: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+        let client = runtime.block_on(async {
+            let (client, mut connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                .await
+                .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+            let heard = heard.clone();
+            tokio::spawn(async move {
+                while let Some(Ok(message)) = poll_fn(|cx| connection.poll_message(cx)).await {
+                    if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                        heard
+                            .lock()
+                            .unwrap()
+                            .push((n.channel().to_string(), n.payload().to_string()));
+                    }
+                }
+            });
+            client
+        });
+        Conn {
+            client,
+            heard,
+            runtime,
+        }
+    }
+
+    /// Runs `sql` (one or more statements).
+    fn exec(&self, sql: &str) -> Result<(), String> {
+        self.runtime
+            .block_on(self.client.batch_execute(sql))
+            .map_err(|e| match e.as_db_error() {
+                Some(d) => d.message().to_string(),
+                None => e.to_string(),
+            })
+    }
+
+    /// The first column of every row `sql` answers, as text.
+    fn column(&self, sql: &str) -> Result<Vec<String>, String> {
+        let messages = self
+            .runtime
+            .block_on(self.client.simple_query(sql))
+            .map_err(|e| match e.as_db_error() {
+                Some(d) => d.message().to_string(),
+                None => e.to_string(),
+            })?;
+        Ok(messages
+            .iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => {
+                    Some(row.get(0).unwrap_or_default().to_string())
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// The one value `sql` answers.
+    fn value(&self, sql: &str) -> String {
+        let column = self.column(sql).unwrap();
+        assert_eq!(column.len(), 1, "{sql}: {column:?}");
+        column.into_iter().next().unwrap()
+    }
+
+    /// The notifications received so far (a round trip first, so that those sent before
+    /// this call have arrived).
+    fn heard(&self) -> Vec<(String, String)> {
+        self.exec("SELECT 1").unwrap();
+        self.heard.lock().unwrap().clone()
+    }
+}
+
+/// A login role of the PostgreSQL server with no privilege but those `grants` gives it,
+/// dropped (with everything granted to it) at the end of the test.
+struct Role {
+    name: String,
+    server: String,
+}
+
+impl Role {
+    fn create(grants: &str) -> Role {
+        let server = postgres_server().unwrap();
+        let name = format!("lu_role_{:08x}", rand::random::<u32>());
+        let admin = Conn::open(&server);
+        admin
+            .exec(&format!(
+                "CREATE ROLE {name} LOGIN; {}",
+                grants.replace("{role}", &name)
+            ))
+            .unwrap();
+        Role { name, server }
+    }
+
+    /// The server's URL as this role, with `search_path` set to `schema`.
+    fn url(&self, schema: &str) -> String {
+        let (scheme, rest) = self.server.split_once("://").unwrap();
+        let rest = rest.split_once('@').map_or(rest, |(_, host)| host);
+        crate::common::schema_url(&format!("{scheme}://{}@{rest}", self.name), schema)
+    }
+}
+
+impl Drop for Role {
+    fn drop(&mut self) {
+        let admin = Conn::open(&self.server);
+        let _ = admin.exec(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{0}'; \
+             DROP OWNED BY {0}; DROP ROLE {0}",
+            self.name
+        ));
+    }
+}
+
+/// The schema a configuration's `postgres_url` points at (as the harness wrote it).
+fn schema_of(url: &str) -> String {
+    let raw = url
+        .split("search_path%3D")
+        .nth(1)
+        .and_then(|rest| rest.split(['&', '"']).next())
+        .unwrap()
+        .as_bytes();
+    let mut value = Vec::new();
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'%' {
+            let hex = std::str::from_utf8(&raw[i + 1..i + 3]).unwrap();
+            value.push(u8::from_str_radix(hex, 16).unwrap());
+            i += 3;
+        } else {
+            value.push(raw[i]);
+            i += 1;
+        }
+    }
+    let value = String::from_utf8(value).unwrap();
+    match value.strip_prefix('"') {
+        // Up to the closing quote; `""` is a quote, `\ ` a space.
+        Some(quoted) => {
+            let mut name = String::new();
+            let mut chars = quoted.chars().peekable();
+            while let Some(c) = chars.next() {
+                match c {
+                    '"' if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        name.push('"');
+                    }
+                    '"' => break,
+                    '\\' => name.extend(chars.next()),
+                    c => name.push(c),
+                }
+            }
+            name
+        }
+        None => value.split(' ').next().unwrap().to_string(),
+    }
+}
+
+/// A connection to `app`'s schema as the test's (superuser) role.
+fn admin_of(app: &TestApp) -> Conn {
+    Conn::open(app.config.storage.postgres_url.expose())
+}
+
+/// The notification channel the instances on `conn`'s schema listen on.
+fn channel(conn: &Conn) -> String {
+    conn.value("SELECT name FROM secret_channel")
+}
+
+/// `liveuser <args>` with the configuration at `config`, given at most `limit` to finish;
+/// `None` if it had to be killed.
+fn cli_within(config: &std::path::Path, args: &[&str], limit: Duration) -> Option<CliRun> {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_liveuser"))
+        .env_remove(crate::common::POSTGRES_URL_VAR)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().unwrap();
+    Some(CliRun {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    })
+}
+
+// ----- finding 1: the notification channel -----
+
+#[test]
+fn a_notification_no_instance_can_read_drops_its_caches_and_leaves_it_healthy() {
+    on_postgres(|| {
+        let app = TestApp::spawn();
+        let admin = admin_of(&app);
+        let channel = channel(&admin);
+        let s = app.login_ok("ana");
+        let (token, uid) = (s.str("access_token"), s.str("uid"));
+        let name_of = || app.query(&token, &[&uid]).body["users"][0]["name"].clone();
+        assert_eq!(name_of(), "", "the record is read once and cached");
+        // A change behind liveuser's back: the cache does not see it.
+        admin
+            .exec(&format!(
+                "UPDATE users SET name = 'edited' WHERE uid = '{uid}'"
+            ))
+            .unwrap();
+        assert_eq!(name_of(), "", "served from the cache");
+
+        let probes = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let prober = {
+            let (probes, stop, base) = (probes.clone(), stop.clone(), app.base.clone());
+            thread::spawn(move || {
+                let agent = crate::common::agent();
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let r =
+                        crate::common::send(&agent, "GET", &format!("{base}/healthz"), &[], b"");
+                    probes.lock().unwrap().push(r.status);
+                    thread::sleep(Duration::from_millis(10));
+                }
+            })
+        };
+        let long = "é".repeat(3999);
+        let garbage = [
+            "é",
+            "sé",
+            &format!("s{}", "é".repeat(16)),
+            &format!("s{}é", "0".repeat(30)),
+            "Ué",
+            "U",
+            "u",
+            "",
+            "k é",
+            "*é",
+            "\u{1F600}",
+            &long,
+        ];
+        for payload in garbage {
+            admin
+                .exec(&format!(
+                    "SELECT pg_notify('{channel}', '{}')",
+                    payload.replace('\'', "''")
+                ))
+                .unwrap();
+            thread::sleep(Duration::from_millis(60));
+        }
+        thread::sleep(Duration::from_millis(300));
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        prober.join().unwrap();
+        let probes = probes.lock().unwrap();
+        let unhealthy = probes.iter().filter(|s| **s != 200).count();
+        assert_eq!(
+            unhealthy,
+            0,
+            "{unhealthy} of {} health probes failed while unreadable notifications came",
+            probes.len()
+        );
+        // What it could not read, it took as "anything may have changed".
+        assert_eq!(name_of(), "edited");
+    });
+}
+
+#[test]
+fn a_role_without_grants_learns_nothing_from_the_channel_and_cannot_find_its_name() {
+    on_postgres(|| {
+        let app = TestApp::spawn_with(|c| c.token.reuse_grace_secs = 0);
+        let admin = admin_of(&app);
+        let schema = schema_of(app.config.storage.postgres_url.expose());
+        let channel = channel(&admin);
+        // A reporting role, as the README suggests: it may read profiles and identities.
+        let role = Role::create(&format!("GRANT USAGE ON SCHEMA \"{schema}\" TO {{role}}"));
+        admin
+            .exec(&format!(
+                "SET search_path = \"{schema}\"; GRANT SELECT ON users, identities TO {}",
+                role.name
+            ))
+            .unwrap();
+        let spy = Conn::open(&role.url(&schema));
+        assert!(
+            spy.column("SELECT name FROM secret_channel")
+                .unwrap_err()
+                .contains("permission denied"),
+            "the channel's name is in a table the role may not read"
+        );
+        // Whatever the role can read names no channel liveuser listens on.
+        let readable = [
+            "SELECT coalesce(string_agg(prosrc, ' '), '') FROM pg_proc",
+            "SELECT coalesce(string_agg(coalesce(query, ''), ' '), '') FROM pg_stat_activity",
+            "SELECT coalesce(string_agg(tgname, ' '), '') FROM pg_trigger",
+            "SELECT coalesce(string_agg(setting, ' '), '') FROM pg_settings",
+        ];
+        for sql in readable {
+            let seen = spy.value(sql);
+            assert!(!seen.contains(&channel), "{sql} shows the channel");
+        }
+        // Listening on every name it could guess from what it knows hears nothing.
+        for guess in [
+            format!("liveuser:{schema}"),
+            format!("liveuser_{schema}"),
+            "liveuser".to_string(),
+            schema.clone(),
+        ] {
+            spy.exec(&format!("LISTEN \"{guess}\"")).unwrap();
+        }
+        let t0 = app.login_ok("bea").str("refresh_token");
+        assert_eq!(app.renew(&t0).status, 200);
+        app.renew(&t0).assert_error(401, "unauthenticated"); // reuse: a revocation
+        thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            spy.heard(),
+            vec![],
+            "the role heard liveuser's notifications"
+        );
+        // The instance itself heard the revocation: its own channel works.
+        let listener = Conn::open(app.config.storage.postgres_url.expose());
+        listener.exec(&format!("LISTEN \"{channel}\"")).unwrap();
+        let t0 = app.login_ok("bea2").str("refresh_token");
+        assert_eq!(app.renew(&t0).status, 200);
+        app.renew(&t0).assert_error(401, "unauthenticated");
+        thread::sleep(Duration::from_millis(300));
+        assert!(
+            listener
+                .heard()
+                .iter()
+                .any(|(c, p)| c == &channel && p.starts_with('s')),
+            "{:?}",
+            listener.heard()
+        );
+    });
+}
+
+// ----- finding 3: any schema name -----
+
+#[test]
+fn a_schema_name_of_63_bytes_that_needs_quoting_works_revocations_included() {
+    on_postgres(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut name = format!("Lu-Test {:08x} ", rand::random::<u32>());
+        while name.len() < 63 {
+            name.push('é');
+        }
+        assert_eq!(name.len(), 63, "PostgreSQL's longest identifier");
+        postgres_schema_named(dir.path(), &name);
+        let text = format!(
+            "{}[token]\nreuse_grace_secs = 0\n",
+            binary_config(dir.path())
+        );
+        let a = Binary::serve(dir.path(), &text, &[]);
+        let b = Binary::serve(dir.path(), &text, &[]);
+        let admin = Conn::open(&crate::common::postgres_url_for(dir.path()).unwrap());
+        assert_eq!(admin.value("SELECT current_schema()"), name);
+
+        // Reuse detected on A: A answers as for any reuse, and B refuses the session.
+        let s = crate::common::login(&a.base, "dee");
+        let access = s.str("access_token");
+        let query = |base: &str| {
+            crate::common::post(
+                base,
+                "/liveuser/User/QueryUser",
+                json!({"uids": []}),
+                Some(&access),
+            )
+        };
+        assert_eq!(query(&b.base).status, 200);
+        let t0 = s.str("refresh_token");
+        assert_eq!(crate::common::renew(&a.base, &t0).status, 200);
+        crate::common::renew(&a.base, &t0).assert_error(401, "unauthenticated");
+        let since = Instant::now();
+        while query(&b.base).status != 401 {
+            assert!(
+                since.elapsed() < Duration::from_secs(1),
+                "B still accepts it"
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+
+        // `session revoke --all` from the CLI, both instances running.
+        let s = crate::common::login(&b.base, "eve");
+        let access = s.str("access_token");
+        let query = |base: &str| {
+            crate::common::post(
+                base,
+                "/liveuser/User/QueryUser",
+                json!({"uids": []}),
+                Some(&access),
+            )
+        };
+        assert_eq!(query(&a.base).status, 200);
+        cli(&write_config(dir.path()), &["session", "revoke", "--all"]).ok();
+        let since = Instant::now();
+        for base in [&a.base, &b.base] {
+            while query(base).status != 401 {
+                assert!(
+                    since.elapsed() < Duration::from_secs(1),
+                    "{base} still accepts it"
+                );
+                thread::sleep(Duration::from_millis(5));
+            }
+        }
+        assert!(
+            !a.log().contains("corrupt") && !b.log().contains("ERROR"),
+            "{}",
+            a.log()
+        );
+    });
+}
+
+/// A database of the test's own on the PostgreSQL server, owned by `owner`, dropped at
+/// the end of the test.
+struct Database {
+    name: String,
+    server: String,
+}
+
+impl Database {
+    fn create(owner: &Role) -> Database {
+        let server = postgres_server().unwrap();
+        let name = format!("lu_db_{:08x}", rand::random::<u32>());
+        Conn::open(&server)
+            .exec(&format!("CREATE DATABASE {name} OWNER {}", owner.name))
+            .unwrap();
+        Database { name, server }
+    }
+
+    /// `url` pointing at this database instead.
+    fn url(&self, url: &str) -> String {
+        let (head, query) = url
+            .split_once('?')
+            .map_or((url, None), |(h, q)| (h, Some(q)));
+        let base = head.rsplit_once('/').unwrap().0;
+        match query {
+            Some(query) => format!("{base}/{}?{query}", self.name),
+            None => format!("{base}/{}", self.name),
+        }
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        let _ = Conn::open(&self.server).exec(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ));
+    }
+}
+
+#[test]
+fn a_role_that_may_not_notify_is_refused_at_start_saying_why() {
+    on_postgres(|| {
+        let owner = Role::create("");
+        let database = Database::create(&owner);
+        // A hardened database: pg_notify is not for everyone.
+        Conn::open(&database.url(&postgres_server().unwrap()))
+            .exec("REVOKE EXECUTE ON FUNCTION pg_notify(text, text) FROM PUBLIC")
+            .unwrap();
+        let url = database.url(&owner.url("public"));
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("liveuser.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\nbackend = \"postgres\"\n\
+                 postgres_url = \"{url}\"\n[wx]\nmode = \"mock\"\n"
+            ),
+        )
+        .unwrap();
+        cli(&config, &["migrate"]).ok();
+        let refused = cli_within(&config, &["serve"], Duration::from_secs(20)).unwrap();
+        let line = refused.failed();
+        assert!(
+            line.contains("cannot send notifications") && line.contains("pg_notify"),
+            "{line}"
+        );
+    });
+}
