@@ -7,10 +7,12 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use liveuser::config::Config;
+use liveuser::secret::Secret;
 use serde_json::json;
 
 use crate::common::{
-    Binary, CliRun, TestApp, binary_config, cli, on_postgres, postgres_schema_named,
+    Binary, CliRun, TestApp, binary_config, cli, jwt_claims, on_postgres, postgres_schema_named,
     postgres_server, write_config,
 };
 
@@ -192,6 +194,46 @@ fn admin_of(app: &TestApp) -> Conn {
 /// The notification channel the instances on `conn`'s schema listen on.
 fn channel(conn: &Conn) -> String {
     conn.value("SELECT name FROM secret_channel")
+}
+
+/// A second instance on `first`'s schema, with `tweak` applied to its configuration.
+fn beside(first: &TestApp, tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let url = first.config.storage.postgres_url.expose().clone();
+    TestApp::spawn_with(|c| {
+        c.storage.postgres_url = Secret::new(url);
+        tweak(c);
+    })
+}
+
+/// The sid of an access token, as the `sessions` table's `sid` in SQL.
+fn sid_sql(access_token: &str) -> String {
+    let sid = jwt_claims(access_token)["sid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    format!("decode('{sid}', 'hex')")
+}
+
+/// Polls each app with `token` until it refuses it; the slowest delay since `since`.
+fn until_refused(apps: &[&TestApp], token: &str, since: Instant, bound: Duration) -> Duration {
+    let mut slowest = Duration::ZERO;
+    for app in apps {
+        loop {
+            let r = app.query(token, &[]);
+            if r.status == 401 {
+                break;
+            }
+            assert_eq!(r.status, 200, "{}", r.text);
+            assert!(
+                since.elapsed() <= bound,
+                "an instance still accepts the token {:?} later",
+                since.elapsed()
+            );
+            thread::sleep(Duration::from_millis(2));
+        }
+        slowest = slowest.max(since.elapsed());
+    }
+    slowest
 }
 
 /// `liveuser <args>` with the configuration at `config`, given at most `limit` to finish;
@@ -509,5 +551,79 @@ fn a_role_that_may_not_notify_is_refused_at_start_saying_why() {
             line.contains("cannot send notifications") && line.contains("pg_notify"),
             "{line}"
         );
+    });
+}
+
+// ----- finding 4: revocations made in SQL -----
+
+#[test]
+fn a_session_revoked_shortened_deleted_or_truncated_in_sql_is_refused_everywhere_within_a_second() {
+    on_postgres(|| {
+        let a = TestApp::spawn();
+        let b = beside(&a, |_| {});
+        let admin = admin_of(&a);
+        let mut delays = Vec::new();
+        let edits = [
+            "UPDATE sessions SET revoked = true WHERE sid = {sid}",
+            "UPDATE sessions SET expires_at = created_at, idle_expires_at = created_at \
+             WHERE sid = {sid}",
+            "DELETE FROM sessions WHERE sid = {sid}",
+            "TRUNCATE sessions",
+        ];
+        for (i, edit) in edits.iter().enumerate() {
+            for round in 0..3 {
+                let s = a.login_ok(&format!("fay-{i}-{round}"));
+                let token = s.str("access_token");
+                for app in [&a, &b] {
+                    assert_eq!(app.query(&token, &[]).status, 200, "cached now");
+                }
+                admin
+                    .exec(&edit.replace("{sid}", &sid_sql(&token)))
+                    .unwrap();
+                let since = Instant::now();
+                delays.push(until_refused(
+                    &[&a, &b],
+                    &token,
+                    since,
+                    Duration::from_secs(1),
+                ));
+            }
+        }
+        delays.sort();
+        eprintln!(
+            "SQL edit to refusal on both instances, {} edits: median {:.1} ms, worst {:.1} ms",
+            delays.len(),
+            delays[delays.len() / 2].as_secs_f64() * 1000.0,
+            delays[delays.len() - 1].as_secs_f64() * 1000.0
+        );
+    });
+}
+
+#[test]
+fn renewals_notify_nothing_and_a_revocation_notifies_its_session_once() {
+    on_postgres(|| {
+        let a = TestApp::spawn_with(|c| c.token.reuse_grace_secs = 0);
+        let b = beside(&a, |c| c.token.rotation = false);
+        let admin = admin_of(&a);
+        let channel = channel(&admin);
+        let listener = admin_of(&a);
+        listener.exec(&format!("LISTEN \"{channel}\"")).unwrap();
+        let mut rotated = a.login_ok("gil").str("refresh_token");
+        let touched = b.login_ok("gil2").str("refresh_token");
+        for _ in 0..10 {
+            rotated = a.renew(&rotated).str("refresh_token");
+            assert_eq!(b.renew(&touched).status, 200);
+        }
+        assert_eq!(listener.heard(), vec![], "a renewal notified");
+        let s = a.login_ok("hal");
+        let t0 = s.str("refresh_token");
+        assert_eq!(a.renew(&t0).status, 200);
+        a.renew(&t0).assert_error(401, "unauthenticated");
+        let sid = jwt_claims(&s.str("access_token"))["sid"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        thread::sleep(Duration::from_millis(200));
+        assert_eq!(listener.heard(), vec![(channel, format!("s{sid}"))]);
     });
 }

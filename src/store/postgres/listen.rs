@@ -7,10 +7,10 @@
 //!
 //! | payload             | sent by                                        | how                        |
 //! |---------------------|------------------------------------------------|----------------------------|
-//! | `s<sid hex>`        | revocation (reuse, eviction at login, operator) | in the revoking statement: delivered exactly at its commit |
+//! | `s<sid hex>`        | a session revoked, cut short, moved or deleted, by any means: reuse, eviction at login, operator, sweep, an import, SQL in psql | by triggers on `sessions` (migration 2), in the changing statement: delivered exactly at its commit |
 //! | `U<uid>,<uid>,…`    | profile writes (AddUser, `user put`)           | batched by the writing instance, at most every [`BATCH_WINDOW`] after the commit |
 //! | `k`                 | signing-key rotation                           | in its transaction         |
-//! | `*`                 | import                                         | in its transaction         |
+//! | `*`                 | import, `TRUNCATE sessions`                    | in its transaction         |
 //! | `p`                 | an instance starting, to check it may notify   | once; changes nothing      |
 //!
 //! The channel is a random name kept in `secret_channel` (migration 2), because any role
@@ -20,11 +20,13 @@
 //! outside ([`Shared::notified`]): nothing in it can panic the listener, and whatever is
 //! not understood empties the caches.
 //!
-//! Renewals notify nothing: a renewal only moves a session's idle expiry later (and
-//! changes its token hashes, which no cached read uses), so a cached copy elsewhere can
+//! Renewals notify nothing — the trigger on updates names only columns a renewal never
+//! sets, so it is not even considered: a renewal only moves a session's idle expiry later
+//! (and changes its token hashes, which no cached read uses), so a cached copy elsewhere can
 //! only look *more* expired than the session is; such a copy is re-read from the
 //! database before it is believed ([`Shared::stale`]). A session becomes unusable
-//! earlier only by revocation, which is notified transactionally.
+//! earlier only by revocation, deletion or a shortened expiry, which the triggers notify
+//! transactionally.
 //!
 //! The caches are only as good as this connection. While it is down — and from the
 //! moment it is lost until it is listening again — the caches are emptied and bypassed:

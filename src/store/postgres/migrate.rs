@@ -28,8 +28,8 @@ const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 2,
-        description: "a notification channel only liveuser's role can name",
-        sql: include_str!("migrations/0002_private_channel.sql"),
+        description: "a private notification channel; every revocation notified",
+        sql: include_str!("migrations/0002_notifications.sql"),
     },
 ];
 

@@ -250,8 +250,9 @@ const SESSIONS_LIST: &str = concat!(
 
 /// A login, and the session cap: of the user's other sessions live at the login, all but
 /// the newest `max_live - 1` are revoked (read through the `(uid, created_at)` index, so
-/// only the user's own rows). Sessions written at the same instant by another login are
-/// not seen: two concurrent logins may leave the user one over, until the next login.
+/// only the user's own rows; the `sessions_changed` trigger notifies each). Sessions
+/// written at the same instant by another login are not seen: two concurrent logins may
+/// leave the user one over, until the next login.
 const SESSION_CREATE: &str = "\
 WITH evicted AS (
     UPDATE sessions SET revoked = true
@@ -260,7 +261,7 @@ WITH evicted AS (
         WHERE uid = $2 AND NOT revoked AND $3 < expires_at AND $3 < idle_expires_at
         ORDER BY created_at DESC, login_seq DESC
         OFFSET greatest($9::bigint - 1, 0))
-    RETURNING sid, pg_notify($10, 's' || encode(sid, 'hex'))::text
+    RETURNING sid
 ), created AS (
     INSERT INTO sessions (sid, uid, created_at, last_used_at, expires_at, idle_expires_at,
                           generation, current_hash)
@@ -304,9 +305,10 @@ RETURNING ",
     session_cols!()
 );
 
+/// The `sessions_changed` trigger (migration 2) notifies each revoked session.
 const REVOKE: &str = "\
 UPDATE sessions SET revoked = true WHERE sid = ANY($1::bytea[]) AND NOT revoked
-RETURNING pg_notify($2, 's' || encode(sid, 'hex'))::text";
+RETURNING sid";
 
 /// One batch of the sweep. `SKIP LOCKED`: instances sweeping at once take different
 /// rows, and a session being renewed right now is left for the next sweep.
@@ -626,7 +628,6 @@ impl Store for PgStore {
                     &i64::from(session.generation),
                     &&session.current.0[..],
                     &max_live,
-                    &self.channel,
                 ],
             )
             .await?;
@@ -701,7 +702,7 @@ impl Store for PgStore {
 
     async fn revoke_sessions(&self, sids: &[Sid]) -> StoreResult<usize> {
         let list: Vec<&[u8]> = sids.iter().map(|s| &s.0[..]).collect();
-        let rows = self.query(REVOKE, &[&list, &self.channel]).await?;
+        let rows = self.query(REVOKE, &[&list]).await?;
         for sid in sids {
             self.shared.sessions.invalidate(sid);
         }
