@@ -266,6 +266,44 @@ fn cli_within(config: &std::path::Path, args: &[&str], limit: Duration) -> Optio
     })
 }
 
+/// `liveuser serve` with the configuration at `config`, its log going to `log`.
+fn spawn_serve(config: &std::path::Path, log: &std::path::Path) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_liveuser"))
+        .env_remove(crate::common::POSTGRES_URL_VAR)
+        .env("LIVEUSER_SERVER_LISTEN", "127.0.0.1:0")
+        .arg("--config")
+        .arg(config)
+        .arg("serve")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// Sends SIGTERM to `child` and waits at most `limit` for it to exit; how long it took,
+/// or `None` (then it is killed).
+fn terminate_within(child: &mut std::process::Child, limit: Duration) -> Option<Duration> {
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    // SAFETY: kill(2) only sends a signal, to our own child, not yet waited for.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let sent = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if sent.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    Some(sent.elapsed())
+}
+
+/// The key pair of liveuser's migration lock for `schema`, as SQL arguments.
+fn migration_lock(schema: &str) -> String {
+    format!("1819635047, hashtext('{}')", schema.replace('\'', "''"))
+}
+
 // ----- finding 1: the notification channel -----
 
 #[test]
@@ -407,6 +445,194 @@ fn a_role_without_grants_learns_nothing_from_the_channel_and_cannot_find_its_nam
             listener.heard()
         );
     });
+}
+
+// ----- finding 2: the migration lock, and stopping a start -----
+
+#[test]
+fn a_migrated_schema_starts_and_answers_admin_commands_while_any_login_holds_the_migration_lock() {
+    on_postgres(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_config(dir.path());
+        cli(&config, &["migrate"]).ok();
+        let schema = schema_of(&binary_config(dir.path()));
+        // Any login may take any advisory lock: no grant is needed.
+        let role = Role::create("");
+        let holder = Conn::open(&role.url(&schema));
+        holder
+            .exec(&format!(
+                "SELECT pg_advisory_lock({})",
+                migration_lock(&schema)
+            ))
+            .unwrap();
+        let started = Instant::now();
+        let listed = cli_within(&config, &["user", "list"], Duration::from_secs(15))
+            .expect("an admin command does not wait for a lock it does not need");
+        listed.ok();
+        let server = Binary::serve(dir.path(), &binary_config(dir.path()), &[]);
+        assert!(started.elapsed() < Duration::from_secs(15));
+        crate::common::login(&server.base, "cid");
+        let migrated = cli_within(&config, &["migrate"], Duration::from_secs(15))
+            .expect("migrate has nothing to do, so nothing to wait for");
+        assert!(!migrated.ok().contains("applied"), "{migrated:?}");
+    });
+}
+
+/// Writes `dir/liveuser.toml` for the schema of `dir`, with `options` added to the
+/// connection's startup options (e.g. `-clock_timeout=2s`).
+fn config_with_options(dir: &std::path::Path, options: &str) -> std::path::PathBuf {
+    let text = binary_config(dir);
+    let url = text
+        .lines()
+        .find_map(|l| l.strip_prefix("postgres_url = \""))
+        .and_then(|rest| rest.strip_suffix('"'))
+        .unwrap()
+        .to_string();
+    let encoded: String = options
+        .bytes()
+        .map(|b| match b {
+            b' ' => "%20".to_string(),
+            b'=' => "%3D".to_string(),
+            _ => (b as char).to_string(),
+        })
+        .collect();
+    let path = dir.join("liveuser.toml");
+    std::fs::write(&path, text.replace(&url, &format!("{url}%20{encoded}"))).unwrap();
+    path
+}
+
+#[test]
+fn a_start_that_must_migrate_gives_up_at_lock_timeout_naming_the_session_holding_the_lock() {
+    on_postgres(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_with_options(dir.path(), "-clock_timeout=2s");
+        let schema = schema_of(&std::fs::read_to_string(&config).unwrap());
+        let role = Role::create("");
+        let holder = Conn::open(&role.url(&schema));
+        holder
+            .exec(&format!(
+                "SET application_name = 'lock-holder'; SELECT pg_advisory_lock({})",
+                migration_lock(&schema)
+            ))
+            .unwrap();
+        let pid = holder.value("SELECT pg_backend_pid()");
+        for command in ["migrate", "serve"] {
+            let started = Instant::now();
+            let run = cli_within(&config, &[command], Duration::from_secs(20))
+                .unwrap_or_else(|| panic!("`{command}` still waits for the lock after 20 s"));
+            let waited = started.elapsed();
+            assert_eq!(run.code, 1, "{command}: {run:?}");
+            // Above it, the warnings said all along whom it was waiting for.
+            let line = run.stderr.lines().last().unwrap_or_default();
+            assert!(
+                line.contains("migration lock")
+                    && line.contains(&format!("pid {pid}"))
+                    && line.contains("lock-holder")
+                    && line.contains(&role.name),
+                "{command}: {line}"
+            );
+            assert!(waited >= Duration::from_secs(2), "{command}: {waited:?}");
+        }
+        // Once the holder lets go, the migration runs.
+        holder
+            .exec(&format!(
+                "SELECT pg_advisory_unlock({})",
+                migration_lock(&schema)
+            ))
+            .unwrap();
+        cli_within(&config, &["migrate"], Duration::from_secs(20))
+            .unwrap()
+            .ok();
+    });
+}
+
+#[test]
+fn sigterm_stops_a_start_waiting_for_the_migration_lock_and_admin_commands_too() {
+    on_postgres(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_config(dir.path());
+        let schema = schema_of(&binary_config(dir.path()));
+        let role = Role::create("");
+        let holder = Conn::open(&role.url(&schema));
+        holder
+            .exec(&format!(
+                "SELECT pg_advisory_lock({})",
+                migration_lock(&schema)
+            ))
+            .unwrap();
+        let pid = holder.value("SELECT pg_backend_pid()");
+        let log = dir.path().join("serve.log");
+        let mut server = spawn_serve(&config, &log);
+        // Past the first look at the lock: the start is waiting, and says for whom.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let said = || std::fs::read_to_string(&log).unwrap();
+        while !said().contains(&format!("pid {pid}")) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(50));
+        }
+        assert!(
+            server.try_wait().unwrap().is_none(),
+            "the start ended early:\n{}",
+            said()
+        );
+        let took = terminate_within(&mut server, Duration::from_secs(5));
+        assert!(
+            took.is_some_and(|t| t < Duration::from_secs(2)),
+            "SIGTERM did not stop the waiting start ({took:?}):\n{}",
+            said()
+        );
+        assert!(said().contains(&format!("pid {pid}")), "{}", said());
+        assert!(
+            server.wait().unwrap().success(),
+            "a stop asked for is a clean exit"
+        );
+
+        let mut admin = std::process::Command::new(env!("CARGO_BIN_EXE_liveuser"))
+            .env_remove(crate::common::POSTGRES_URL_VAR)
+            .arg("--config")
+            .arg(&config)
+            .args(["user", "list"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        thread::sleep(Duration::from_millis(1500));
+        assert!(admin.try_wait().unwrap().is_none(), "it waits for the lock");
+        assert!(terminate_within(&mut admin, Duration::from_secs(2)).is_some());
+    });
+}
+
+/// A start whose database accepts the connection and never answers is stopped by
+/// SIGTERM at once, not after the connect timeout. (No PostgreSQL needed: the
+/// "database" is a socket that says nothing.)
+#[test]
+fn sigterm_stops_a_start_whose_database_does_not_answer() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("liveuser.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\nbackend = \"postgres\"\n\
+             postgres_url = \"postgres://lu@127.0.0.1:{port}/lu?sslmode=disable&connect_timeout=30\"\n\
+             [wx]\nmode = \"mock\"\n"
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("serve.log");
+    let mut server = spawn_serve(&config, &log);
+    let (_conn, _) = silent.accept().unwrap();
+    thread::sleep(Duration::from_millis(500));
+    assert!(
+        server.try_wait().unwrap().is_none(),
+        "it is waiting for the database"
+    );
+    let took = terminate_within(&mut server, Duration::from_secs(10));
+    assert!(
+        took.is_some_and(|t| t < Duration::from_secs(2)),
+        "SIGTERM did not stop a start waiting for the database ({took:?}):\n{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
 }
 
 // ----- finding 3: any schema name -----

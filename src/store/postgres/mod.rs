@@ -350,9 +350,10 @@ const RETIRED_GET: &str =
     "SELECT key, retire_at FROM secret_retired_keys WHERE name = $1 ORDER BY retire_at, key";
 
 impl PgStore {
-    /// Connects to the database of `options`, brings its schema up to date (under the
-    /// migration lock) and starts listening for invalidations. Caches hold about
-    /// `user_entries` users and `session_entries` sessions (0 turns one off).
+    /// Connects to the database of `options`, brings its schema up to date (taking the
+    /// migration lock only if a migration is due, as `migrate.rs` says), checks that it may
+    /// notify, and starts listening for invalidations. Caches hold about `user_entries`
+    /// users and `session_entries` sessions (0 turns one off).
     pub async fn open(
         options: &ConnectOptions,
         pool_size: usize,
