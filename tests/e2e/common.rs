@@ -446,6 +446,16 @@ impl TestApp {
     }
 }
 
+/// Lets `secs` pass after a rotation on `app`, as far as its retry grace is concerned:
+/// its clock moves on, and on PostgreSQL, whose own clock times the grace, the test also
+/// waits them out.
+pub fn past_the_grace(app: &TestApp, secs: u64) {
+    app.advance(i64::try_from(secs).unwrap());
+    if backend() == Backend::Postgres {
+        std::thread::sleep(Duration::from_secs(secs));
+    }
+}
+
 impl Drop for TestApp {
     fn drop(&mut self) {
         if let Some(running) = self.running.take() {

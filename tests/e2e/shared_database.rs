@@ -853,3 +853,44 @@ fn renewals_notify_nothing_and_a_revocation_notifies_its_session_once() {
         assert_eq!(listener.heard(), vec![(channel, format!("s{sid}"))]);
     });
 }
+
+// ----- finding 5: one clock for the grace -----
+
+#[test]
+fn an_instance_60_s_behind_takes_a_retired_token_past_the_grace_for_reuse() {
+    on_postgres(|| {
+        let a = TestApp::spawn_with(|c| c.token.reuse_grace_secs = 2);
+        let b = beside(&a, |c| c.token.reuse_grace_secs = 2);
+        b.advance(-60);
+        let s = a.login_ok("ivy");
+        let t0 = s.str("refresh_token");
+        let first = a.renew(&t0);
+        assert_eq!(first.status, 200, "{}", first.text);
+        let t1 = first.str("refresh_token");
+        // At once: a retry, on either instance.
+        let retry = b.renew(&t0);
+        assert_eq!(retry.status, 200, "{}", retry.text);
+        assert_eq!(retry.str("refresh_token"), t1);
+        // Past the grace by the database's clock; by B's own clock a minute before.
+        thread::sleep(Duration::from_millis(2500));
+        b.renew(&t0).assert_error(401, "unauthenticated");
+        a.renew(&t1).assert_error(401, "unauthenticated");
+        a.query(&s.str("access_token"), &[])
+            .assert_error(401, "unauthenticated");
+    });
+}
+
+#[test]
+fn an_instance_60_s_ahead_still_answers_a_retry_within_the_grace() {
+    on_postgres(|| {
+        let a = TestApp::spawn();
+        let c = beside(&a, |_| {});
+        c.advance(60);
+        let t0 = a.login_ok("jo").str("refresh_token");
+        let t1 = a.renew(&t0).str("refresh_token");
+        let retry = c.renew(&t0);
+        assert_eq!(retry.status, 200, "{}", retry.text);
+        assert_eq!(retry.str("refresh_token"), t1);
+        assert_eq!(a.renew(&t1).status, 200, "the retry revoked nothing");
+    });
+}

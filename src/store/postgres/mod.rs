@@ -7,6 +7,10 @@
 //! server's default `synchronous_commit = on`. Statements are prepared once per pooled
 //! connection (deadpool-postgres' statement cache), so a call costs one round trip.
 //!
+//! Rotation times, and the moment the retry grace after one is judged, come from the
+//! database's clock ([`ROTATE`]): instances whose clocks disagree then agree on the
+//! grace. (Expiry is judged by each instance's clock, as at login.)
+//!
 //! Rotation is a compare-and-swap in SQL: `UPDATE sessions … WHERE sid = $1 AND
 //! current_hash = $2 AND <live>`. Concurrent renewals of one token, on any instances,
 //! queue on the row lock; the first one rotates, and under READ COMMITTED the others
@@ -58,6 +62,14 @@ macro_rules! session_cols {
     () => {
         "sid, uid, created_at, last_used_at, expires_at, idle_expires_at, revoked, \
          generation, current_hash, previous_hash, rotated_at_ms"
+    };
+}
+
+/// The database's clock, in Unix milliseconds, at the moment the expression is evaluated
+/// (`clock_timestamp()`, not the transaction's start).
+macro_rules! db_now_ms {
+    () => {
+        "floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
     };
 }
 
@@ -271,9 +283,17 @@ SELECT sid FROM evicted";
 
 /// A renewal with rotation: one statement, one round trip (see the module documentation
 /// for how concurrent renewals of one token resolve).
+///
+/// The rotation is timed by the database's clock, and so is the moment a request that
+/// did not rotate looked at the row (the second column): every instance then measures
+/// the retry grace on the one clock, whatever its own says. That moment is taken when the
+/// row is projected, after its lock was waited for, so a request that lost a race to the
+/// rotating one always sees a time after that rotation's.
 const ROTATE: &str = concat!(
     "WITH rotated AS (
-    UPDATE sessions SET previous_hash = current_hash, rotated_at_ms = $4::bigint,
+    UPDATE sessions SET previous_hash = current_hash, rotated_at_ms = ",
+    db_now_ms!(),
+    ",
         current_hash = $3, generation = least(generation + 1, 4294967295),
         last_used_at = $4::bigint / 1000,
         idle_expires_at = least($4::bigint / 1000 + $5::bigint, expires_at)
@@ -287,11 +307,13 @@ const ROTATE: &str = concat!(
     session_cols!(),
     " FROM sessions WHERE sid = $1 AND NOT EXISTS (SELECT 1 FROM rotated) FOR SHARE
 )
-SELECT true, ",
+SELECT true, 0::bigint, ",
     session_cols!(),
     " FROM rotated
 UNION ALL
 SELECT false, ",
+    db_now_ms!(),
+    ", ",
     session_cols!(),
     " FROM stored"
 );
@@ -661,17 +683,25 @@ impl Store for PgStore {
             )
             .await?;
         let Some(row) = rows.first() else {
-            return Ok(RotateOutcome::NotCurrent(None));
+            return Ok(RotateOutcome::NotCurrent {
+                stored: None,
+                at_ms: now_ms,
+            });
         };
-        let rotated: bool = row.get(0);
-        let session = session_from(row, 1)?;
+        let shape = |_| corrupt("a rotation answer of the wrong shape");
+        let rotated: bool = row.try_get(0).map_err(shape)?;
+        let session = session_from(row, 2)?;
         if rotated {
             self.shared
                 .sessions
                 .replace(&sid, Some(session.clone()), stamp);
             Ok(RotateOutcome::Rotated(session))
         } else {
-            Ok(RotateOutcome::NotCurrent(Some(session)))
+            let at_ms = row.try_get(1).map_err(shape)?;
+            Ok(RotateOutcome::NotCurrent {
+                stored: Some(session),
+                at_ms: unsigned(at_ms, "a time before 1970")?,
+            })
         }
     }
 
