@@ -1,7 +1,9 @@
-//! What comes at liveuser through the PostgreSQL database it shares: other roles of the
-//! same server (listening, notifying, holding locks), operators editing tables in SQL, a
-//! schema name at PostgreSQL's limit, instances whose clocks disagree, and a start that
-//! has to wait. Every test here runs only with `LIVEUSER_TEST_POSTGRES_URL` set.
+//! What comes at liveuser through the PostgreSQL server it shares: other roles of the
+//! server (listening, notifying, holding locks, lacking grants), operators editing tables
+//! in SQL, a schema name at PostgreSQL's limit, instances whose clocks disagree, a start
+//! that has to wait, and hostile text and URLs. Every test here runs only with
+//! `LIVEUSER_TEST_POSTGRES_URL` set, except the two that reach no PostgreSQL at all (a
+//! silent socket, or URLs that cannot be used).
 
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -893,4 +895,85 @@ fn an_instance_60_s_ahead_still_answers_a_retry_within_the_grace() {
         assert_eq!(retry.str("refresh_token"), t1);
         assert_eq!(a.renew(&t1).status, 200, "the retry revoked nothing");
     });
+}
+
+// ----- also pinned: statements take text as parameters; URLs keep their password -----
+
+#[test]
+fn text_with_sql_syntax_in_every_field_a_client_controls_is_stored_as_it_is() {
+    on_postgres(|| {
+        let app = TestApp::spawn_wechat(|_| {});
+        let hostile = "x'); DROP TABLE users; -- $1 \\' \" ;";
+        let s = app.login_ok(&format!("ok-{hostile}"));
+        let (token, uid) = (s.str("access_token"), s.str("uid"));
+        let fields = json!({
+            "name": "'; DELETE FROM sessions; --",
+            "agent": "$1 $$ \\x00 ' \"",
+            "avatar": "https://example.com/a'||pg_sleep(3)||'.png",
+        });
+        assert_eq!(app.add_user(&token, fields.clone()).status, 200);
+        let read = app.query(&token, &[&uid]);
+        assert_eq!(read.status, 200, "{}", read.text);
+        for field in ["name", "agent", "avatar"] {
+            assert_eq!(read.body["users"][0][field], fields[field]);
+        }
+        let admin = admin_of(&app);
+        assert_eq!(
+            admin.value(&format!(
+                "SELECT count(*) FROM identities WHERE openid = $q$openid-{hostile}$q$ \
+                 AND unionid = $q$union-{hostile}$q$"
+            )),
+            "1"
+        );
+        assert_eq!(admin.value("SELECT count(*) FROM sessions"), "1");
+        assert_eq!(app.login_ok(&format!("ok-{hostile}")).str("uid"), uid);
+    });
+}
+
+/// Malformed `storage.postgres_url`s holding a password: each start is refused naming
+/// the key, and the password shows nowhere. (No PostgreSQL needed.)
+#[test]
+fn a_malformed_or_unreachable_postgres_url_is_refused_without_showing_its_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let secret = "hunter2secret";
+    let urls = [
+        format!("postgres://lu:{secret}@db/x?port=notaport"),
+        format!("postgres://lu:{secret}@db:99999/x"),
+        format!("postgres://lu:{secret}%zz@db/x"),
+        format!("postgres://lu:{secret}@[::1/x"),
+        format!("postgres://lu:{secret}@db/x?sslmode=verify-ca"),
+        format!("postgres://lu:{secret}@db/x?sslmode={secret}"),
+        format!("postgres://lu:{secret}@db/x?options={secret}&bogus={secret}"),
+        format!("mysql://lu:{secret}@db/x"),
+        format!("postgres://:{secret}@db/x"),
+        format!("postgres://lu:{secret}@127.0.0.1:{closed_port}/x?sslmode=disable"),
+    ];
+    for url in &urls {
+        let config = dir.path().join("liveuser.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\nbackend = \"postgres\"\n\
+                 postgres_url = \"{url}\"\n[wx]\nmode = \"mock\"\n"
+            ),
+        )
+        .unwrap();
+        for command in [&["serve"][..], &["migrate"], &["user", "list"]] {
+            let run = cli_within(&config, command, Duration::from_secs(20))
+                .unwrap_or_else(|| panic!("{command:?} with {url} did not finish"));
+            assert_eq!(run.code, 1, "{command:?} with {url}: {run:?}");
+            let said = format!("{}{}", run.stdout, run.stderr);
+            assert!(
+                !said.contains(secret),
+                "{command:?} with {url} said: {said}"
+            );
+            assert!(
+                said.contains("postgres") || said.contains("database"),
+                "{command:?} with {url} said: {said}"
+            );
+        }
+    }
 }

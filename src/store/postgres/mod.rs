@@ -115,6 +115,16 @@ fn describe_error(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// Why the pool gave no connection, with the database's own reason when there is one
+/// ("connection refused", "password authentication failed", …): the pool's error alone
+/// says only "error connecting to server".
+fn pool_error(e: &deadpool_postgres::PoolError) -> String {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => describe_error(e),
+        e => e.to_string(),
+    }
+}
+
 /// A failed statement as a [`StoreError`]: a broken constraint or bad data is
 /// [`StoreError::Corrupt`] (a bug, or a hand-edited database), the rest is the
 /// database being unreachable or failing ([`StoreError::Io`], 503).
@@ -401,7 +411,7 @@ impl PgStore {
             .recycle_timeout(Some(CALL_TIMEOUT))
             .build()
             .map_err(|e| StoreError::Io(format!("cannot set up the connection pool: {e}")))?;
-        let mut client = pool.get().await.map_err(|e| unreachable(e.to_string()))?;
+        let mut client = pool.get().await.map_err(|e| unreachable(pool_error(&e)))?;
         let migrated = migrate::apply(&mut client).await?;
         let channel = listen::channel(&client, &described).await?;
         drop(client);
@@ -455,7 +465,11 @@ impl PgStore {
 
     async fn client(&self) -> StoreResult<Object> {
         self.pool.get().await.map_err(|e| {
-            StoreError::Io(format!("cannot reach the database {}: {e}", self.described))
+            StoreError::Io(format!(
+                "cannot reach the database {}: {}",
+                self.described,
+                pool_error(&e)
+            ))
         })
     }
 
