@@ -333,7 +333,7 @@ impl<S: Store> Service<S> {
         let keys = self.refresh_keys();
         let successor = token.successor(keys.current()).ok_or_else(refused)?;
         let successor_hash = successor.hash();
-        let session = match self
+        let (session, judged_at_ms) = match self
             .store
             .rotate(sid, hash, successor_hash, now_ms, idle)
             .await?
@@ -342,7 +342,7 @@ impl<S: Store> Service<S> {
                 self.metrics.rotated();
                 return Ok(self.grant(&session, successor.encode(), now));
             }
-            RotateOutcome::NotCurrent(stored) => stored.ok_or_else(refused)?,
+            RotateOutcome::NotCurrent { stored, at_ms } => (stored.ok_or_else(refused)?, at_ms),
         };
         if !session.is_live(now) {
             return Err(refused());
@@ -350,8 +350,12 @@ impl<S: Store> Service<S> {
         if let Some(previous) = session.previous
             && previous.token == hash
         {
-            let in_grace =
-                within_grace(previous.rotated_at_ms, now_ms, self.policy.reuse_grace_secs);
+            // By the clock that timed the rotation (the store's), not this instance's.
+            let in_grace = within_grace(
+                previous.rotated_at_ms,
+                judged_at_ms,
+                self.policy.reuse_grace_secs,
+            );
             if in_grace && let Some(successor) = given_successor(&token, &session, &keys, now) {
                 // The rotation was written by another request, perhaps not yet
                 // flushed: answer only once it is durable.
@@ -546,9 +550,14 @@ impl<S: Store> Service<S> {
 
 /// Whether a token rotated at `rotated_at_ms` may still be retried at `now_ms`: within
 /// `grace_secs` of the rotation, to the millisecond, inclusive. A grace of 0 allows no
-/// retry at all. (A clock stepped back to before the rotation counts as no time passed.)
+/// retry at all, and neither does a rotation that lies in the future: the clock that
+/// timed it has been stepped back since, or it is another clock than the one judging,
+/// and either way nothing says that the grace is still running.
 fn within_grace(rotated_at_ms: u64, now_ms: u64, grace_secs: u64) -> bool {
-    grace_secs > 0 && now_ms <= rotated_at_ms.saturating_add(grace_secs.saturating_mul(1000))
+    grace_secs > 0
+        && now_ms
+            .checked_sub(rotated_at_ms)
+            .is_some_and(|elapsed| elapsed <= grace_secs.saturating_mul(1000))
 }
 
 /// The successor a rotation gave `token`, if it is `session`'s current token: tagged with
@@ -690,13 +699,22 @@ mod tests {
     }
 
     #[test]
-    fn a_clock_stepped_back_counts_as_no_time_passed() {
+    fn a_rotation_in_the_future_is_never_a_retry() {
         let rotated = 1_700_000_010_000;
-        assert!(within_grace(rotated, rotated - 5_000, 2));
+        assert!(
+            !within_grace(rotated, rotated - 5_000, 2),
+            "a clock stepped back"
+        );
+        assert!(!within_grace(rotated, rotated - 1, 300), "by a millisecond");
+        assert!(!within_grace(rotated, 0, u64::MAX));
         assert!(!within_grace(u64::MAX - 10, 0, 0));
         assert!(
             within_grace(u64::MAX - 10, u64::MAX, 2),
             "no overflow near the end of time"
+        );
+        assert!(
+            within_grace(0, u64::MAX, u64::MAX),
+            "nor with the longest grace"
         );
     }
 

@@ -242,8 +242,12 @@ impl World {
                         fam.access = (grant.access_token, grant.expiry);
                         fam.idle_expires_at = (now + IDLE).min(fam.expires_at);
                     }
-                    // The grace runs to the millisecond, inclusive.
-                    (true, 1) if now_ms <= fam.rotated_at_ms[index] + GRACE * 1000 => {
+                    // The grace runs to the millisecond, inclusive, from a rotation that is
+                    // not in the future (a clock stepped back since ends it).
+                    (true, 1)
+                        if (fam.rotated_at_ms[index]..=fam.rotated_at_ms[index] + GRACE * 1000)
+                            .contains(&now_ms) =>
+                    {
                         let grant = result.map_err(|e| {
                             TestCaseError::fail(format!("retry within grace refused: {e}"))
                         })?;

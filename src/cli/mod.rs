@@ -238,14 +238,25 @@ fn session(config: &Config, out: Output, command: SessionCommand) -> Result<(), 
 
 /// `serve`: runs the server (public API and admin API) until SIGTERM or SIGINT, then
 /// finishes in-flight requests, flushes storage and returns.
+///
+/// The signals are caught from the first moment, so they must also end a start that is
+/// still waiting — for the database, for the migration lock — or the process would
+/// ignore them until the start gave up. A start stopped that way exits cleanly, having
+/// served nothing.
 fn serve(config: Config) -> Result<(), CliError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| CliError::Other(format!("cannot start the async runtime: {e}")))?;
     runtime.block_on(async {
-        let signal = crate::app::termination_signal();
-        let running = crate::app::start(&config, Arc::new(SystemClock)).await?;
+        let mut signal = Box::pin(crate::app::termination_signal());
+        let running = tokio::select! {
+            started = crate::app::start(&config, Arc::new(SystemClock)) => started?,
+            () = &mut signal => {
+                tracing::info!("stopped before the server was ready");
+                return Ok(());
+            }
+        };
         let stop = running.stopper();
         tokio::spawn(async move {
             signal.await;

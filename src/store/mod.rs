@@ -124,9 +124,14 @@ pub enum RotateOutcome {
     Rotated(Session),
     /// The session does not exist, is not live, or the presented token is not its
     /// current one (another request may have rotated or revoked it first); nothing was
-    /// written. Carries the session as the database holds it now, which a cached read
-    /// may not show yet.
-    NotCurrent(Option<Session>),
+    /// written.
+    NotCurrent {
+        /// The session as the database holds it now, which a cached read may not show yet.
+        stored: Option<Session>,
+        /// When the store looked, in Unix milliseconds, by the clock that timed the
+        /// session's rotations: the one to measure the retry grace with.
+        at_ms: u64,
+    },
 }
 
 /// A page of records and the key to continue after.
@@ -258,10 +263,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// A renewal with rotation, the single store call of its happy path: if session
     /// `sid` exists, is live at `now_ms`, and its current token is `presented`, then
-    /// `previous = {presented, now_ms}`, `current = successor`, `generation += 1`,
+    /// `previous = {presented, rotated_at}`, `current = successor`, `generation += 1`,
     /// `last_used_at = now_ms / 1000`, `idle_expires_at = min(now + idle_secs,
     /// expires_at)` — one atomic change, durable on return — and the new session is
     /// returned. Otherwise nothing is written and the session is returned as stored.
+    ///
+    /// `rotated_at`, and the `at_ms` of [`RotateOutcome::NotCurrent`], come from one
+    /// clock for every caller: a store used by one process takes `now_ms`; one that
+    /// several machines share (PostgreSQL) takes its own (the database's), so that the
+    /// retry grace never depends on which instance's clock rotated and which judges.
     fn rotate(
         &self,
         sid: Sid,

@@ -511,7 +511,13 @@ impl Store for SledStore {
                     session.idle_expires_at = idle_expiry(&session, now, idle_secs);
                     (Edit::Put(session.clone()), RotateOutcome::Rotated(session))
                 }
-                stored => (Edit::Leave, RotateOutcome::NotCurrent(stored)),
+                stored => (
+                    Edit::Leave,
+                    RotateOutcome::NotCurrent {
+                        stored,
+                        at_ms: now_ms,
+                    },
+                ),
             })
         })?;
         if let RotateOutcome::Rotated(_) = outcome {
@@ -921,17 +927,26 @@ mod tests {
         // The retired token no longer rotates; the answer is the session as stored.
         assert_eq!(
             block_on(store.rotate(s.sid, next, TokenHash([4; 32]), late, 300)).unwrap(),
-            RotateOutcome::NotCurrent(Some(capped.clone()))
+            RotateOutcome::NotCurrent {
+                stored: Some(capped.clone()),
+                at_ms: late
+            }
         );
         // Nor does the current one once the session is dead.
         let dead = s.expires_at * 1000;
         assert_eq!(
             block_on(store.rotate(s.sid, capped.current, TokenHash([4; 32]), dead, 300)).unwrap(),
-            RotateOutcome::NotCurrent(Some(capped))
+            RotateOutcome::NotCurrent {
+                stored: Some(capped),
+                at_ms: dead
+            }
         );
         assert_eq!(
             block_on(store.rotate(Sid([7; 16]), next, next, now_ms, 300)).unwrap(),
-            RotateOutcome::NotCurrent(None)
+            RotateOutcome::NotCurrent {
+                stored: None,
+                at_ms: now_ms
+            }
         );
     }
 

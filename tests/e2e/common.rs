@@ -219,10 +219,33 @@ pub fn postgres_url_for(dir: &std::path::Path) -> Option<String> {
     })
 }
 
-/// `server` with its search_path set to `schema`.
+/// Gives `dir` the schema `name` (created now) instead of a generated one, in the running
+/// PostgreSQL test, for names a test chooses (long ones, ones that need quoting).
+pub fn postgres_schema_named(dir: &std::path::Path, name: &str) {
+    POSTGRES.with_borrow_mut(|pg| {
+        let pg = pg.as_mut().expect("a PostgreSQL test");
+        psql(&pg.server, &format!("CREATE SCHEMA \"{name}\"")).unwrap();
+        pg.schemas.insert(dir.to_path_buf(), name.to_string());
+    });
+}
+
+/// `server` with its search_path set to `schema`: the name as it is when it needs no
+/// quoting, else double-quoted and percent-encoded (the server splits `options` at
+/// spaces, so a space is escaped for it first).
 pub fn schema_url(server: &str, schema: &str) -> String {
     let sep = if server.contains('?') { '&' } else { '?' };
-    format!("{server}{sep}options=-csearch_path%3D{schema}")
+    let plain = schema
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    let value = if plain {
+        schema.to_string()
+    } else {
+        format!("\"{}\"", schema.replace('"', "\"\"").replace(' ', "\\ "))
+            .bytes()
+            .map(|b| format!("%{b:02X}"))
+            .collect()
+    };
+    format!("{server}{sep}options=-csearch_path%3D{value}")
 }
 
 fn rand_bytes() -> [u8; 8] {
@@ -432,6 +455,16 @@ impl TestApp {
             &json!({ "uids": uids }),
             Some(token),
         )
+    }
+}
+
+/// Lets `secs` pass after a rotation on `app`, as far as its retry grace is concerned:
+/// its clock moves on, and on PostgreSQL, whose own clock times the grace, the test also
+/// waits them out.
+pub fn past_the_grace(app: &TestApp, secs: u64) {
+    app.advance(i64::try_from(secs).unwrap());
+    if backend() == Backend::Postgres {
+        std::thread::sleep(Duration::from_secs(secs));
     }
 }
 

@@ -17,6 +17,7 @@ mod ops;
 mod refresh_keys;
 mod rotation;
 mod several;
+mod shared_database;
 mod tokens;
 mod upgrade;
 mod upstream;

@@ -7,16 +7,26 @@
 //!
 //! | payload             | sent by                                        | how                        |
 //! |---------------------|------------------------------------------------|----------------------------|
-//! | `s<sid hex>`        | revocation (reuse, eviction at login, operator) | in the revoking statement: delivered exactly at its commit |
+//! | `s<sid hex>`        | a session revoked, cut short, moved or deleted, by any means: reuse, eviction at login, operator, sweep, an import, SQL in psql | by triggers on `sessions` (migration 2), in the changing statement: delivered exactly at its commit |
 //! | `U<uid>,<uid>,…`    | profile writes (AddUser, `user put`)           | batched by the writing instance, at most every [`BATCH_WINDOW`] after the commit |
 //! | `k`                 | signing-key rotation                           | in its transaction         |
-//! | `*`                 | import                                         | in its transaction         |
+//! | `*`                 | import, `TRUNCATE sessions`                    | in its transaction         |
+//! | `p`                 | an instance starting, to check it may notify   | once; changes nothing      |
 //!
-//! Renewals notify nothing: a renewal only moves a session's idle expiry later (and
-//! changes its token hashes, which no cached read uses), so a cached copy elsewhere can
+//! The channel is a random name kept in `secret_channel` (migration 2), because any role
+//! of the server may LISTEN or NOTIFY on any channel it can name, grants or not: the name
+//! is what keeps a role that may not read that table from hearing revoked sessions or
+//! making every instance drop its caches. A payload is still parsed as input from
+//! outside ([`Shared::notified`]): nothing in it can panic the listener, and whatever is
+//! not understood empties the caches.
+//!
+//! Renewals notify nothing — the trigger on updates names only columns a renewal never
+//! sets, so it is not even considered: a renewal only moves a session's idle expiry later
+//! (and changes its token hashes, which no cached read uses), so a cached copy elsewhere can
 //! only look *more* expired than the session is; such a copy is re-read from the
 //! database before it is believed ([`Shared::stale`]). A session becomes unusable
-//! earlier only by revocation, which is notified transactionally.
+//! earlier only by revocation, deletion or a shortened expiry, which the triggers notify
+//! transactionally.
 //!
 //! The caches are only as good as this connection. While it is down — and from the
 //! moment it is lost until it is listening again — the caches are emptied and bypassed:
@@ -37,6 +47,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use crate::model::Session;
 use crate::model::{Sid, Uid, UserRecord};
 use crate::store::cache::Cache;
+use crate::store::{StoreError, StoreResult};
 
 /// How often the listening connection is checked.
 const HEARTBEAT: Duration = Duration::from_millis(300);
@@ -48,6 +59,9 @@ const RETRY: Duration = Duration::from_millis(250);
 pub(super) const BATCH_WINDOW: Duration = Duration::from_millis(5);
 /// Longest notification payload sent (PostgreSQL's limit is 8000 bytes).
 const PAYLOAD_MAX: usize = 7000;
+/// The payload an instance sends once at start, to find out that it may notify; it
+/// changes nothing.
+pub(super) const PROBE: &str = "p";
 
 /// What the listener and the store share: the caches and whether they can be trusted.
 pub(super) struct Shared {
@@ -106,29 +120,56 @@ impl Shared {
         self.clear();
     }
 
+    /// Acts on one payload. A payload is input from whoever can notify on the channel, so
+    /// it is parsed without anything that can panic (it may be any UTF-8 at all), and one
+    /// that is not understood is taken as "anything may have changed": the caches are
+    /// emptied, which costs reads and never serves a stale record.
     fn notified(&self, payload: &str) {
-        let (kind, rest) = payload.split_at(payload.len().min(1));
-        match kind {
-            "s" => match Sid::parse(rest) {
+        match payload.split_at_checked(1) {
+            Some(("s", sid)) => match Sid::parse(sid) {
                 Some(sid) => self.sessions.invalidate(&sid),
                 None => self.clear(),
             },
-            "u" => match Uid::parse(rest) {
-                Ok(uid) => self.users.invalidate(&uid),
-                Err(_) => self.clear(),
-            },
-            "U" => {
-                for uid in rest.split(',') {
+            Some(("U", uids)) => {
+                for uid in uids.split(',') {
                     match Uid::parse(uid) {
                         Ok(uid) => self.users.invalidate(&uid),
                         Err(_) => return self.clear(),
                     }
                 }
             }
-            "k" => self.keys.send_modify(|n| *n += 1),
+            Some(("k", "")) => self.keys.send_modify(|n| *n += 1),
+            Some((PROBE, "")) => {}
             _ => self.clear(),
         }
     }
+}
+
+/// The schema's notification channel, once it is known that this role may notify on it:
+/// a start is refused rather than run with caches that other instances cannot correct
+/// (a role without `EXECUTE` on `pg_notify`, a read-only standby …).
+pub(super) async fn channel(
+    client: &tokio_postgres::Client,
+    database: &str,
+) -> StoreResult<String> {
+    let row = client
+        .query_one("SELECT name FROM secret_channel", &[])
+        .await
+        .map_err(super::db)?;
+    let channel: String = row
+        .try_get(0)
+        .map_err(|_| StoreError::Corrupt("secret_channel holds no channel name".into()))?;
+    client
+        .execute("SELECT pg_notify($1, $2)", &[&channel, &PROBE])
+        .await
+        .map_err(|e| {
+            StoreError::Io(format!(
+                "cannot send notifications on the database {database}: {}; liveuser needs \
+                 NOTIFY to keep the caches of every instance right",
+                super::describe_error(&e)
+            ))
+        })?;
+    Ok(channel)
 }
 
 /// Keeps one connection listening on `channel` for as long as the task runs, reconnecting
@@ -282,6 +323,44 @@ mod tests {
         let keys = shared.key_changes();
         shared.notified("k");
         assert!(keys.has_changed().unwrap());
+        shared.users.fill(&uid, None, shared.users.stamp(&uid));
+        shared.notified(PROBE);
+        assert_eq!(
+            shared.users.get(&uid),
+            Some(None),
+            "a probe changes nothing"
+        );
+    }
+
+    #[test]
+    fn any_payload_at_all_is_read_without_panicking_and_what_is_not_understood_clears() {
+        let shared = Shared::new(10, 10);
+        let uid = Uid::parse("u1").unwrap();
+        let long = "é".repeat(3999);
+        let sid_then_accent = format!("s{}é", "0".repeat(30));
+        for payload in [
+            "é",
+            "sé",
+            &sid_then_accent,
+            "Ué",
+            "U",
+            "u",
+            "",
+            "kx",
+            "k é",
+            "pé",
+            "*",
+            "\u{1F600}",
+            &long,
+        ] {
+            shared.users.fill(&uid, None, shared.users.stamp(&uid));
+            shared.notified(payload);
+            assert_eq!(
+                shared.users.get(&uid),
+                None,
+                "{payload:?} clears the caches"
+            );
+        }
     }
 
     #[test]

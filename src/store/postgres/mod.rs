@@ -7,6 +7,10 @@
 //! server's default `synchronous_commit = on`. Statements are prepared once per pooled
 //! connection (deadpool-postgres' statement cache), so a call costs one round trip.
 //!
+//! Rotation times, and the moment the retry grace after one is judged, come from the
+//! database's clock ([`ROTATE`]): instances whose clocks disagree then agree on the
+//! grace. (Expiry is judged by each instance's clock, as at login.)
+//!
 //! Rotation is a compare-and-swap in SQL: `UPDATE sessions … WHERE sid = $1 AND
 //! current_hash = $2 AND <live>`. Concurrent renewals of one token, on any instances,
 //! queue on the row lock; the first one rotates, and under READ COMMITTED the others
@@ -61,12 +65,21 @@ macro_rules! session_cols {
     };
 }
 
+/// The database's clock, in Unix milliseconds, at the moment the expression is evaluated
+/// (`clock_timestamp()`, not the transaction's start).
+macro_rules! db_now_ms {
+    () => {
+        "floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+    };
+}
+
 /// A PostgreSQL database holding liveuser's tables.
 pub struct PgStore {
     pool: Pool,
     shared: Arc<Shared>,
-    /// The NOTIFY channel: `liveuser:<schema>`, so schemas sharing a database (tests)
-    /// do not see each other's invalidations.
+    /// The NOTIFY channel: a random name kept in `secret_channel` (migration 2 says why),
+    /// one per schema, so schemas sharing a database do not see each other's
+    /// invalidations either.
     channel: String,
     described: String,
     listener: tokio::task::JoinHandle<()>,
@@ -99,6 +112,16 @@ fn describe_error(e: &tokio_postgres::Error) -> String {
     match std::error::Error::source(e) {
         Some(cause) => format!("{e}: {cause}"),
         None => e.to_string(),
+    }
+}
+
+/// Why the pool gave no connection, with the database's own reason when there is one
+/// ("connection refused", "password authentication failed", …): the pool's error alone
+/// says only "error connecting to server".
+fn pool_error(e: &deadpool_postgres::PoolError) -> String {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => describe_error(e),
+        e => e.to_string(),
     }
 }
 
@@ -249,8 +272,9 @@ const SESSIONS_LIST: &str = concat!(
 
 /// A login, and the session cap: of the user's other sessions live at the login, all but
 /// the newest `max_live - 1` are revoked (read through the `(uid, created_at)` index, so
-/// only the user's own rows). Sessions written at the same instant by another login are
-/// not seen: two concurrent logins may leave the user one over, until the next login.
+/// only the user's own rows; the `sessions_changed` trigger notifies each). Sessions
+/// written at the same instant by another login are not seen: two concurrent logins may
+/// leave the user one over, until the next login.
 const SESSION_CREATE: &str = "\
 WITH evicted AS (
     UPDATE sessions SET revoked = true
@@ -259,7 +283,7 @@ WITH evicted AS (
         WHERE uid = $2 AND NOT revoked AND $3 < expires_at AND $3 < idle_expires_at
         ORDER BY created_at DESC, login_seq DESC
         OFFSET greatest($9::bigint - 1, 0))
-    RETURNING sid, pg_notify($10, 's' || encode(sid, 'hex'))::text
+    RETURNING sid
 ), created AS (
     INSERT INTO sessions (sid, uid, created_at, last_used_at, expires_at, idle_expires_at,
                           generation, current_hash)
@@ -269,9 +293,17 @@ SELECT sid FROM evicted";
 
 /// A renewal with rotation: one statement, one round trip (see the module documentation
 /// for how concurrent renewals of one token resolve).
+///
+/// The rotation is timed by the database's clock, and so is the moment a request that
+/// did not rotate looked at the row (the second column): every instance then measures
+/// the retry grace on the one clock, whatever its own says. That moment is taken when the
+/// row is projected, after its lock was waited for, so a request that lost a race to the
+/// rotating one always sees a time after that rotation's.
 const ROTATE: &str = concat!(
     "WITH rotated AS (
-    UPDATE sessions SET previous_hash = current_hash, rotated_at_ms = $4::bigint,
+    UPDATE sessions SET previous_hash = current_hash, rotated_at_ms = ",
+    db_now_ms!(),
+    ",
         current_hash = $3, generation = least(generation + 1, 4294967295),
         last_used_at = $4::bigint / 1000,
         idle_expires_at = least($4::bigint / 1000 + $5::bigint, expires_at)
@@ -285,11 +317,13 @@ const ROTATE: &str = concat!(
     session_cols!(),
     " FROM sessions WHERE sid = $1 AND NOT EXISTS (SELECT 1 FROM rotated) FOR SHARE
 )
-SELECT true, ",
+SELECT true, 0::bigint, ",
     session_cols!(),
     " FROM rotated
 UNION ALL
 SELECT false, ",
+    db_now_ms!(),
+    ", ",
     session_cols!(),
     " FROM stored"
 );
@@ -303,9 +337,10 @@ RETURNING ",
     session_cols!()
 );
 
+/// The `sessions_changed` trigger (migration 2) notifies each revoked session.
 const REVOKE: &str = "\
 UPDATE sessions SET revoked = true WHERE sid = ANY($1::bytea[]) AND NOT revoked
-RETURNING pg_notify($2, 's' || encode(sid, 'hex'))::text";
+RETURNING sid";
 
 /// One batch of the sweep. `SKIP LOCKED`: instances sweeping at once take different
 /// rows, and a session being renewed right now is left for the next sweep.
@@ -347,9 +382,10 @@ const RETIRED_GET: &str =
     "SELECT key, retire_at FROM secret_retired_keys WHERE name = $1 ORDER BY retire_at, key";
 
 impl PgStore {
-    /// Connects to the database of `options`, brings its schema up to date (under the
-    /// migration lock) and starts listening for invalidations. Caches hold about
-    /// `user_entries` users and `session_entries` sessions (0 turns one off).
+    /// Connects to the database of `options`, brings its schema up to date (taking the
+    /// migration lock only if a migration is due, as `migrate.rs` says), checks that it may
+    /// notify, and starts listening for invalidations. Caches hold about `user_entries`
+    /// users and `session_entries` sessions (0 turns one off).
     pub async fn open(
         options: &ConnectOptions,
         pool_size: usize,
@@ -375,15 +411,10 @@ impl PgStore {
             .recycle_timeout(Some(CALL_TIMEOUT))
             .build()
             .map_err(|e| StoreError::Io(format!("cannot set up the connection pool: {e}")))?;
-        let mut client = pool.get().await.map_err(|e| unreachable(e.to_string()))?;
+        let mut client = pool.get().await.map_err(|e| unreachable(pool_error(&e)))?;
         let migrated = migrate::apply(&mut client).await?;
-        let schema: String = client
-            .query_one("SELECT current_schema()", &[])
-            .await
-            .map_err(db)?
-            .get(0);
+        let channel = listen::channel(&client, &described).await?;
         drop(client);
-        let channel = format!("liveuser:{schema}");
         let shared = Arc::new(Shared::new(user_entries, session_entries));
         let listener = tokio::spawn(listen::run(
             options.pg.clone(),
@@ -434,7 +465,11 @@ impl PgStore {
 
     async fn client(&self) -> StoreResult<Object> {
         self.pool.get().await.map_err(|e| {
-            StoreError::Io(format!("cannot reach the database {}: {e}", self.described))
+            StoreError::Io(format!(
+                "cannot reach the database {}: {}",
+                self.described,
+                pool_error(&e)
+            ))
         })
     }
 
@@ -630,7 +665,6 @@ impl Store for PgStore {
                     &i64::from(session.generation),
                     &&session.current.0[..],
                     &max_live,
-                    &self.channel,
                 ],
             )
             .await?;
@@ -663,17 +697,25 @@ impl Store for PgStore {
             )
             .await?;
         let Some(row) = rows.first() else {
-            return Ok(RotateOutcome::NotCurrent(None));
+            return Ok(RotateOutcome::NotCurrent {
+                stored: None,
+                at_ms: now_ms,
+            });
         };
-        let rotated: bool = row.get(0);
-        let session = session_from(row, 1)?;
+        let shape = |_| corrupt("a rotation answer of the wrong shape");
+        let rotated: bool = row.try_get(0).map_err(shape)?;
+        let session = session_from(row, 2)?;
         if rotated {
             self.shared
                 .sessions
                 .replace(&sid, Some(session.clone()), stamp);
             Ok(RotateOutcome::Rotated(session))
         } else {
-            Ok(RotateOutcome::NotCurrent(Some(session)))
+            let at_ms = row.try_get(1).map_err(shape)?;
+            Ok(RotateOutcome::NotCurrent {
+                stored: Some(session),
+                at_ms: unsigned(at_ms, "a time before 1970")?,
+            })
         }
     }
 
@@ -705,7 +747,7 @@ impl Store for PgStore {
 
     async fn revoke_sessions(&self, sids: &[Sid]) -> StoreResult<usize> {
         let list: Vec<&[u8]> = sids.iter().map(|s| &s.0[..]).collect();
-        let rows = self.query(REVOKE, &[&list, &self.channel]).await?;
+        let rows = self.query(REVOKE, &[&list]).await?;
         for sid in sids {
             self.shared.sessions.invalidate(sid);
         }
