@@ -2,23 +2,28 @@
 //!
 //! Two sources, as `[token]` says:
 //!
-//! - **Configured** (`token.secret`): the operator rotates by moving the old value to
-//!   `token.previous_secret`, setting a new `token.secret`, and restarting. The first
+//! - **Configured** (`token.secret`, HS256): the operator rotates by moving the old value
+//!   to `token.previous_secret`, setting a new `token.secret`, and restarting. The first
 //!   start that sees a previous secret records when (in the `meta` tree, under the
 //!   previous key's kid); the previous key then verifies for one access-token lifetime
 //!   from that moment and is ignored afterwards, with a warning to remove it.
-//! - **Generated** (no `token.secret`): the key lives in the `meta` tree.
-//!   [`rotate_signing_key`] makes a new one and keeps the old one, with its retire time,
-//!   in the same transaction. `liveuser token rotate-key` calls it on a stopped server's
-//!   database, or through the admin API on a running server, where the service calls it
-//!   and swaps the new keys in at once.
+//! - **Generated** (no `token.secret`): typed records in the store
+//!   ([`SigningKeyRecord`]: kid, algorithm, private part, schedule). The first start
+//!   makes one of `token.algorithm` (ES256 by default) — or, on a database that signed
+//!   with a generated HS256 key before keys had records, adopts that key, so such a
+//!   deployment keeps signing HS256 until the operator rotates. [`rotate_signing_key`]
+//!   (`liveuser token rotate-key`) adds a key of `token.algorithm` as *standby*: it is
+//!   published in the JWKS at once and signs from `token.key_publish_secs` later, so
+//!   that every verifier's cached JWKS has it by then (`--now`: it signs at once). The
+//!   key it replaces signs until then and retires one access-token lifetime after,
+//!   when the last token it signed has expired. The whole set is swapped in one
+//!   compare-and-swap ([`Store::swap_signing_keys`]), so concurrent rotations on several
+//!   instances cannot lose one; the switch itself needs no write: every instance
+//!   reads the same `signs_at` and switches at that moment.
 //!
 //! Every server start records which of the two it uses ([`record_key_source`]), so an
 //! admin command run on the stopped server's database without the server's secret is
 //! refused instead of minting tokens the server would reject ([`check_key_source`]).
-//!
-//! Either way the new key signs from the moment it is in force, and a previous key
-//! verifies only tokens that expire before it retires (see [`KeyRing`]).
 //!
 //! The key that tags refresh tokens is generated at first start and kept in the store
 //! too. [`rotate_refresh_key`] (`liveuser token rotate-refresh-key`) replaces it; the
@@ -27,13 +32,14 @@
 //! force, and an import into an empty database adopts them ([`adopt_refresh_keys`]).
 
 use crate::config::TokenConfig;
-use crate::model::RetiredKey;
+use crate::model::{KeyAlgorithm, RetiredKey, SigningKeyRecord};
 use crate::primitives::random_bytes;
 use crate::secret::Secret;
 use crate::store::{Store, StoreError};
-use crate::token::{KeyRing, RefreshKey, RefreshKeys, kid_of, refresh_key_id};
+use crate::token::{KeyRing, RefreshKey, RefreshKeys, generate_key, kid_of, refresh_key_id};
 
-/// Name of the generated signing key in the `meta` tree.
+/// Name of the generated HS256 signing key of databases made before signing keys had
+/// records: read once, to adopt it.
 pub(crate) const SIGNING_KEY: &str = "signing_key";
 /// Name of the generated key that derives rotated refresh tokens.
 pub(crate) const REFRESH_KEY: &str = "refresh_key";
@@ -218,16 +224,8 @@ pub(crate) async fn load<S: Store>(
 ) -> Result<KeyRing, StoreError> {
     let configured = token.secret.expose();
     if configured.is_empty() {
-        let current = store
-            .key_or_init(SIGNING_KEY, || random_bytes::<32>().to_vec())
-            .await?;
-        let mut ring = KeyRing::new(&current);
-        for retired in store.retired_keys(SIGNING_KEY).await? {
-            if now < retired.retire_at {
-                ring = ring.with_previous(retired.key.expose(), retired.retire_at);
-            }
-        }
-        return Ok(ring);
+        let records = generated_keys(store, token, now).await?;
+        return KeyRing::from_records(&records).map_err(|e| StoreError::Corrupt(e.to_string()));
     }
 
     let mut ring = KeyRing::new(configured.as_bytes());
@@ -260,36 +258,193 @@ pub(crate) async fn load<S: Store>(
     Ok(ring)
 }
 
-/// Replaces the generated signing key with a fresh one; the old one verifies the tokens
-/// it signed until `now + token.access_ttl_secs`. Refused when `token.secret` is set.
+/// The generated signing keys, made on first use: a key of `token.algorithm`, or the
+/// generated HS256 key (and the keys its rotations replaced, until they retire) of a
+/// database that had it before keys had records. The first key signs from the start of
+/// time: no instance, whatever its clock, sees it as not yet signing.
+async fn generated_keys<S: Store>(
+    store: &S,
+    token: &TokenConfig,
+    now: u64,
+) -> Result<Vec<SigningKeyRecord>, StoreError> {
+    for _ in 0..3 {
+        let stored = store.signing_keys().await?;
+        if !stored.is_empty() {
+            return Ok(stored);
+        }
+        let first = match store.key(SIGNING_KEY).await? {
+            Some(legacy) => adopted_hs256(&legacy, store.retired_keys(SIGNING_KEY).await?, now),
+            None => vec![record(
+                token.algorithm,
+                generate_key(token.algorithm),
+                now,
+                0,
+            )?],
+        };
+        // Another instance may make its own first key at the same moment: one wins.
+        if store.swap_signing_keys(&[], &first).await? {
+            if let Some(key) = first.last() {
+                tracing::info!(kid = %key.kid, algorithm = key.algorithm.name(), "signing key made");
+            }
+            return Ok(first);
+        }
+    }
+    Err(StoreError::Io(
+        "the signing keys kept changing while they were read".into(),
+    ))
+}
+
+/// The records of a generated HS256 key kept before keys had records: the key, signing,
+/// after the keys it replaced that have not retired at `now`.
+fn adopted_hs256(current: &[u8], retired: Vec<RetiredKey>, now: u64) -> Vec<SigningKeyRecord> {
+    let hs256 = |key: &[u8], retires_at| SigningKeyRecord {
+        kid: kid_of(key),
+        algorithm: KeyAlgorithm::HS256,
+        private: Secret::new(key.to_vec()),
+        created_at: 0,
+        signs_at: 0,
+        retires_at,
+    };
+    let current = hs256(current, None);
+    let mut records: Vec<SigningKeyRecord> = retired
+        .iter()
+        .filter(|k| now < k.retire_at)
+        .map(|k| hs256(k.key.expose(), Some(k.retire_at)))
+        .filter(|k| k.kid != current.kid)
+        .collect();
+    records.push(current);
+    records
+}
+
+/// A record of new private material.
+fn record(
+    algorithm: KeyAlgorithm,
+    private: Vec<u8>,
+    now: u64,
+    signs_at: u64,
+) -> Result<SigningKeyRecord, StoreError> {
+    let kid = crate::token::kid_of_private(algorithm, &private)
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok(SigningKeyRecord {
+        kid,
+        algorithm,
+        private: Secret::new(private),
+        created_at: now,
+        signs_at,
+        retires_at: None,
+    })
+}
+
+/// What a signing-key rotation did, with the times the operator is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SigningKeyRotation {
+    /// The kid of the new key.
+    pub kid: String,
+    /// Its algorithm (`token.algorithm`).
+    pub algorithm: KeyAlgorithm,
+    /// When it begins to sign (now with `--now`); it is published from now on.
+    pub signs_at: u64,
+    /// The key that signed until then.
+    pub previous_kid: Option<String>,
+    /// That key's algorithm.
+    pub previous_algorithm: Option<KeyAlgorithm>,
+    /// When the replaced key stops verifying: `signs_at` + `token.access_ttl_secs`.
+    pub retires_at: u64,
+    /// A standby key of an earlier rotation that had not signed yet, dropped: it had
+    /// signed nothing.
+    pub dropped_standby: Option<String>,
+}
+
+/// The keys after a rotation at `now` that brings in `fresh` (its `signs_at` set): the
+/// keys gone at `now` are dropped, and so is a standby key that has not signed yet; the
+/// key that signs at `now` retires `access_ttl_secs` after `fresh` begins to sign.
+/// Returns the keys, the replaced key and the dropped standby key.
+fn plan_rotation(
+    stored: &[SigningKeyRecord],
+    fresh: SigningKeyRecord,
+    now: u64,
+    access_ttl_secs: u64,
+) -> (
+    Vec<SigningKeyRecord>,
+    Option<SigningKeyRecord>,
+    Option<SigningKeyRecord>,
+) {
+    let mut kept: Vec<SigningKeyRecord> = stored
+        .iter()
+        .filter(|k| k.retires_at.is_none_or(|r| now < r))
+        .cloned()
+        .collect();
+    let dropped = kept.iter().rfind(|k| now < k.signs_at).cloned();
+    kept.retain(|k| k.signs_at <= now);
+    // The signer: the last in schedule order, as the key ring orders them.
+    kept.sort_by_key(|k| (k.signs_at, k.retires_at.is_none(), k.created_at));
+    let replaced = kept.last_mut().map(|signer| {
+        signer.retires_at = Some(fresh.signs_at.saturating_add(access_ttl_secs));
+        signer.clone()
+    });
+    kept.push(fresh);
+    (kept, replaced, dropped)
+}
+
+/// Adds a generated signing key of `token.algorithm` and schedules the switch to it:
+/// published at once, signing from `token.key_publish_secs` from now (or at once when
+/// `immediately`), the key it replaces retiring one access-token lifetime after that.
+/// Refused when `token.secret` is set.
 ///
-/// Works on any open store: the CLI's (server stopped) or the running server's, through
-/// the service's `rotate_signing_key`, which also puts the new keys in force.
+/// Works on any open store: the CLI's (server stopped, or PostgreSQL) or the running
+/// server's, through the service's `rotate_signing_key`, which also puts the new keys in
+/// force. The rotation is one store call with every value of the `key.rotated` event at
+/// hand (kid, previous kid, when it signs, when the old one retires).
 pub(crate) async fn rotate_signing_key<S: Store>(
     store: &S,
     token: &TokenConfig,
     now: u64,
-) -> Result<KeyRotation, KeyError> {
+    immediately: bool,
+) -> Result<SigningKeyRotation, KeyError> {
     if !token.secret.expose().is_empty() {
         return Err(KeyError::Configured);
     }
-    let fresh = random_bytes::<32>().to_vec();
-    let retire_at = now + token.access_ttl_secs;
-    let replaced = store
-        .rotate_key(SIGNING_KEY, fresh.clone(), retire_at, now)
-        .await?;
-    let rotation = KeyRotation {
-        kid: kid_of(&fresh),
-        previous_kid: replaced.as_deref().map(kid_of),
-        retire_at,
+    let signs_at = if immediately {
+        now
+    } else {
+        now.saturating_add(token.key_publish_secs)
     };
-    tracing::info!(
-        kid = %rotation.kid,
-        previous_kid = ?rotation.previous_kid,
-        retire_at,
-        "signing key rotated"
-    );
-    Ok(rotation)
+    for _ in 0..5 {
+        let stored = generated_keys(store, token, now).await?;
+        let fresh = record(
+            token.algorithm,
+            generate_key(token.algorithm),
+            now,
+            signs_at,
+        )?;
+        let (keys, replaced, dropped) =
+            plan_rotation(&stored, fresh.clone(), now, token.access_ttl_secs);
+        if !store.swap_signing_keys(&stored, &keys).await? {
+            continue;
+        }
+        let rotation = SigningKeyRotation {
+            kid: fresh.kid,
+            algorithm: fresh.algorithm,
+            signs_at,
+            previous_kid: replaced.as_ref().map(|k| k.kid.clone()),
+            previous_algorithm: replaced.as_ref().map(|k| k.algorithm),
+            retires_at: signs_at.saturating_add(token.access_ttl_secs),
+            dropped_standby: dropped.map(|k| k.kid),
+        };
+        tracing::info!(
+            kid = %rotation.kid,
+            algorithm = rotation.algorithm.name(),
+            signs_at = rotation.signs_at,
+            previous_kid = ?rotation.previous_kid,
+            retires_at = rotation.retires_at,
+            dropped_standby = ?rotation.dropped_standby,
+            "signing key rotated"
+        );
+        return Ok(rotation);
+    }
+    Err(KeyError::Storage(StoreError::Io(
+        "the signing keys kept changing during the rotation; try again".into(),
+    )))
 }
 
 /// How `token` signs, as [`KEY_SOURCE`] records it.
@@ -371,45 +526,155 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_generated_key_rotates_and_the_old_one_retires_after_the_access_ttl() {
+    async fn a_rotated_in_key_is_published_first_signs_after_the_wait_and_the_old_one_retires() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(&dir.path().join("db"), 1 << 20).unwrap();
         let token = generated();
         let before = load(&store, &token, 1000).await.unwrap();
         let again = load(&store, &token, 1000).await.unwrap();
-        assert_eq!(before.current_kid(), again.current_kid(), "the key is kept");
+        assert_eq!(
+            before.current_kid(1000),
+            again.current_kid(1000),
+            "the key is kept"
+        );
+        assert_eq!(
+            before.current_algorithm(1000),
+            KeyAlgorithm::ES256,
+            "the default"
+        );
 
-        let rotation = rotate_signing_key(&store, &token, 2000).await.unwrap();
-        assert_eq!(rotation.previous_kid.as_deref(), Some(before.current_kid()));
-        assert_eq!(rotation.retire_at, 2600);
+        let rotation = rotate_signing_key(&store, &token, 2000, false)
+            .await
+            .unwrap();
+        assert_eq!(
+            rotation.previous_kid.as_deref(),
+            Some(before.current_kid(1000))
+        );
+        assert_eq!(rotation.signs_at, 2000 + token.key_publish_secs);
+        assert_eq!(rotation.retires_at, rotation.signs_at + 600);
 
         let after = load(&store, &token, 2000).await.unwrap();
-        assert_eq!(after.current_kid(), rotation.kid);
+        assert_eq!(after.current_kid(2000), before.current_kid(1000), "not yet");
         assert_eq!(
-            after.previous_kids(),
-            vec![(before.current_kid().to_string(), 2600)]
+            after.standby_kids(2000),
+            vec![(rotation.kid.clone(), rotation.signs_at)]
         );
-        let retired = load(&store, &token, 2600).await.unwrap();
-        assert!(retired.previous_kids().is_empty());
+        let switched = rotation.signs_at;
+        assert_eq!(
+            after.current_kid(switched),
+            rotation.kid,
+            "no reload needed"
+        );
+        assert_eq!(
+            after.previous_kids(switched),
+            vec![(before.current_kid(1000).to_string(), rotation.retires_at)]
+        );
+        assert!(after.previous_kids(rotation.retires_at).is_empty());
     }
 
     #[tokio::test]
-    async fn rotating_twice_keeps_both_old_keys_until_each_retires() {
+    async fn a_rotation_now_signs_at_once_and_drops_a_standby_key_that_signed_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(&dir.path().join("db"), 1 << 20).unwrap();
         let token = generated();
-        let k0 = load(&store, &token, 0).await.unwrap();
-        let r1 = rotate_signing_key(&store, &token, 100).await.unwrap();
-        let r2 = rotate_signing_key(&store, &token, 200).await.unwrap();
-        assert_eq!(r2.previous_kid.as_deref(), Some(r1.kid.as_str()));
-        let ring = load(&store, &token, 300).await.unwrap();
+        let k0 = load(&store, &token, 0)
+            .await
+            .unwrap()
+            .current_kid(0)
+            .to_string();
+        let r1 = rotate_signing_key(&store, &token, 100, false)
+            .await
+            .unwrap();
+        let r2 = rotate_signing_key(&store, &token, 200, true).await.unwrap();
+        assert_eq!(r2.dropped_standby.as_deref(), Some(r1.kid.as_str()));
         assert_eq!(
-            ring.previous_kids(),
-            vec![(k0.current_kid().to_string(), 700), (r1.kid.clone(), 800)]
+            r2.previous_kid.as_deref(),
+            Some(k0.as_str()),
+            "k1 never signed"
         );
+        assert_eq!((r2.signs_at, r2.retires_at), (200, 800));
+        let ring = load(&store, &token, 200).await.unwrap();
+        assert_eq!(ring.current_kid(200), r2.kid);
+        assert_eq!(ring.previous_kids(200), vec![(k0.clone(), 800)]);
+        assert!(ring.standby_kids(200).is_empty());
         // A rotation after the first old key retired drops it from storage.
-        let _ = rotate_signing_key(&store, &token, 750).await.unwrap();
-        assert_eq!(store.retired_keys(SIGNING_KEY).await.unwrap().len(), 2);
+        let r3 = rotate_signing_key(&store, &token, 900, true).await.unwrap();
+        let kids: Vec<String> = store
+            .signing_keys()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|k| k.kid)
+            .collect();
+        assert_eq!(kids, vec![r2.kid.clone(), r3.kid.clone()]);
+    }
+
+    #[tokio::test]
+    async fn a_database_that_signed_hs256_keeps_its_key_until_a_rotation_brings_es256() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&dir.path().join("db"), 1 << 20).unwrap();
+        // As a release before typed keys left it: a generated HS256 key and one it
+        // replaced, retiring at 5000.
+        store
+            .rotate_key(SIGNING_KEY, vec![1; 32], 0, 0)
+            .await
+            .unwrap();
+        store
+            .rotate_key(SIGNING_KEY, vec![2; 32], 5000, 0)
+            .await
+            .unwrap();
+        let token = generated();
+        let ring = load(&store, &token, 1000).await.unwrap();
+        assert_eq!(ring.current_kid(1000), kid_of(&[2; 32]));
+        assert_eq!(ring.current_algorithm(1000), KeyAlgorithm::HS256);
+        assert_eq!(ring.previous_kids(1000), vec![(kid_of(&[1; 32]), 5000)]);
+
+        let rotation = rotate_signing_key(&store, &token, 1000, false)
+            .await
+            .unwrap();
+        assert_eq!(rotation.algorithm, KeyAlgorithm::ES256);
+        assert_eq!(rotation.previous_algorithm, Some(KeyAlgorithm::HS256));
+        let ring = load(&store, &token, rotation.signs_at).await.unwrap();
+        assert_eq!(
+            ring.current_algorithm(rotation.signs_at),
+            KeyAlgorithm::ES256
+        );
+        assert_eq!(
+            ring.previous_kids(rotation.signs_at),
+            vec![
+                (kid_of(&[1; 32]), 5000),
+                (kid_of(&[2; 32]), rotation.retires_at)
+            ],
+            "the HS256 keys verify their tokens until they expire"
+        );
+    }
+
+    #[test]
+    fn a_rotation_plan_retires_only_the_signer_and_keeps_other_retiring_keys() {
+        let key = |kid: &str, signs_at, retires_at| SigningKeyRecord {
+            kid: kid.into(),
+            algorithm: KeyAlgorithm::ES256,
+            private: Secret::new(vec![1]),
+            created_at: signs_at,
+            signs_at,
+            retires_at,
+        };
+        let stored = vec![
+            key("gone", 0, Some(50)),
+            key("old", 10, Some(700)),
+            key("cur", 100, None),
+        ];
+        let (keys, replaced, dropped) = plan_rotation(&stored, key("new", 1100, None), 200, 600);
+        assert_eq!(replaced.map(|k| k.kid), Some("cur".into()));
+        assert_eq!(dropped, None);
+        assert_eq!(
+            keys,
+            vec![
+                key("old", 10, Some(700)),
+                key("cur", 100, Some(1700)),
+                key("new", 1100, None)
+            ]
+        );
     }
 
     #[tokio::test]
@@ -560,16 +825,16 @@ mod tests {
             ..TokenConfig::default()
         };
         assert!(matches!(
-            rotate_signing_key(&store, &token, 0).await,
+            rotate_signing_key(&store, &token, 0, false).await,
             Err(KeyError::Configured)
         ));
         let ring = load(&store, &token, 1000).await.unwrap();
-        assert_eq!(ring.current_kid(), kid_of(&[b'n'; 32]));
-        assert_eq!(ring.previous_kids(), vec![(kid_of(&[b'o'; 32]), 1600)]);
+        assert_eq!(ring.current_kid(1000), kid_of(&[b'n'; 32]));
+        assert_eq!(ring.previous_kids(1000), vec![(kid_of(&[b'o'; 32]), 1600)]);
         // The retire time counts from the first start that saw the previous secret.
         let later = load(&store, &token, 1500).await.unwrap();
-        assert_eq!(later.previous_kids(), vec![(kid_of(&[b'o'; 32]), 1600)]);
+        assert_eq!(later.previous_kids(1500), vec![(kid_of(&[b'o'; 32]), 1600)]);
         let retired = load(&store, &token, 1600).await.unwrap();
-        assert!(retired.previous_kids().is_empty());
+        assert!(retired.previous_kids(1600).is_empty());
     }
 }

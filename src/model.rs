@@ -275,6 +275,56 @@ pub struct RetiredKey {
     pub retire_at: u64,
 }
 
+/// The algorithm of a signing key, by its JOSE name (RFC 7518).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum KeyAlgorithm {
+    /// ECDSA on P-256 with SHA-256: verifiers need only the public key (the JWKS).
+    ES256,
+    /// HMAC-SHA-256: whoever verifies holds the key, and so can also mint.
+    HS256,
+}
+
+impl KeyAlgorithm {
+    /// The JOSE name (`alg`).
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyAlgorithm::ES256 => "ES256",
+            KeyAlgorithm::HS256 => "HS256",
+        }
+    }
+
+    /// The algorithm of a JOSE name, exactly as spelled in RFC 7518.
+    pub fn parse(name: &str) -> Option<KeyAlgorithm> {
+        match name {
+            "ES256" => Some(KeyAlgorithm::ES256),
+            "HS256" => Some(KeyAlgorithm::HS256),
+            _ => None,
+        }
+    }
+}
+
+/// A generated signing key as stored, with its schedule.
+///
+/// A key is *standby* before `signs_at` (published, it verifies nothing yet), then signs
+/// until a later key's `signs_at`, then only verifies, and is gone from `retires_at` on
+/// (set by the rotation that replaces it: the successor's `signs_at` plus one
+/// access-token lifetime, when the last token it signed has expired).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigningKeyRecord {
+    /// The key id, in every token's `kid` header and in the JWKS.
+    pub kid: String,
+    /// The algorithm it signs with; tokens naming another are refused.
+    pub algorithm: KeyAlgorithm,
+    /// The private part: a PKCS#8 document (ES256) or the HMAC secret (HS256).
+    pub private: Secret<Vec<u8>>,
+    /// When it was made, Unix seconds.
+    pub created_at: u64,
+    /// From when it signs, Unix seconds.
+    pub signs_at: u64,
+    /// From when it verifies nothing (`None` until a rotation replaces it).
+    pub retires_at: Option<u64>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,7 @@ use tokio::sync::OnceCell;
 
 use crate::clock::SharedClock;
 use crate::config::{Config, TokenConfig};
-use crate::keys::{KeyError, KeyRotation};
+use crate::keys::{KeyError, KeyRotation, SigningKeyRotation};
 use crate::metrics::Metrics;
 use crate::model::{Identity, Session, SessionState, Sid, Uid, UserPatch, UserRecord, check_text};
 use crate::primitives::sha256;
@@ -92,6 +92,8 @@ pub struct Caller {
     pub uid: Uid,
     /// Which session it belongs to.
     pub sid: Sid,
+    /// When the token expires (its `exp`).
+    pub exp: u64,
 }
 
 /// Session policy, from `[token]`.
@@ -436,6 +438,7 @@ impl<S: Store> Service<S> {
         Ok(Caller {
             uid: session.uid,
             sid,
+            exp: claims.exp,
         })
     }
 
@@ -472,17 +475,25 @@ impl<S: Store> Service<S> {
         Ok(self.store.users(&first_occurrences(uids)).await?)
     }
 
-    /// Rotates the generated signing key and puts the new keys in force at once: new
-    /// tokens carry the new kid, tokens under the old key verify until it retires
-    /// (`token.access_ttl_secs` from now). Refused when `token.secret` is configured.
+    /// Adds a generated signing key and puts the new keys in force at once: the new key
+    /// is in the JWKS from now on and signs from `token.key_publish_secs` later (at once
+    /// when `immediately`); tokens under the old key verify until it retires. Refused
+    /// when `token.secret` is configured.
     pub async fn rotate_signing_key(
         &self,
         token: &TokenConfig,
-    ) -> std::result::Result<KeyRotation, KeyError> {
+        immediately: bool,
+    ) -> std::result::Result<SigningKeyRotation, KeyError> {
         let now = self.now();
-        let rotation = crate::keys::rotate_signing_key(self.store.as_ref(), token, now).await?;
+        let rotation =
+            crate::keys::rotate_signing_key(self.store.as_ref(), token, now, immediately).await?;
         self.reload_signing_keys(token).await?;
         Ok(rotation)
+    }
+
+    /// The JWKS document of the keys in force now.
+    pub fn jwks(&self) -> bytes::Bytes {
+        self.access.jwks(self.now())
     }
 
     /// Reloads the signing keys from `token` and the store (after a rotation).

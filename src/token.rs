@@ -1,8 +1,13 @@
-//! Tokens: HS256 access tokens (JWT) and refresh tokens.
+//! Tokens: access tokens (JWT, ES256 or HS256) and refresh tokens.
 //!
-//! Access tokens are short-lived JWTs; the algorithm is pinned to HS256 (RFC 8725), and
-//! `iss`, `aud` and `exp` are checked here against the injected clock. Whether the
-//! session behind the token is still live is checked by the service, not here.
+//! Access tokens are short-lived JWTs signed by the key of the [`KeyRing`] that signs at
+//! that moment; the algorithm is pinned per key (RFC 8725): a token verifies only with
+//! the header liveuser writes for its key, so its `alg` must be that key's. `iss`, `aud`
+//! and `exp` are checked here against the injected clock; tokens verified once are kept
+//! in a bounded cache (`verified`) so the same token is not verified again on every
+//! call. Whether the session behind the token is still live is checked by the service,
+//! on every call, not here. The ES256 public keys are published as a JWKS
+//! ([`AccessTokens::jwks`]); `signing` holds one key's cryptography.
 //!
 //! A refresh token (format 2) is [`REFRESH_PREFIX`] + base64url of 52 bytes:
 //! `F[32] ‖ generation[4, big-endian] ‖ tag[16]`. `F` is drawn from the OS CSPRNG at
@@ -38,12 +43,19 @@ use std::sync::{Arc, RwLock};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, KeyInit, Mac};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-use crate::model::{Sid, TokenHash, Uid};
+use crate::model::{KeyAlgorithm, Sid, SigningKeyRecord, TokenHash, Uid};
 use crate::primitives::{hex, random_bytes, sha256};
+
+mod signing;
+mod verified;
+
+use self::signing::SigningKey;
+pub(crate) use self::signing::generate as generate_key;
+pub use self::signing::{KeyMaterialError, es256_kid, kid_of, kid_of_private};
+use self::verified::{Verified, VerifiedTokens};
 
 /// Prefix of every refresh token ("liveuser refresh token").
 pub const REFRESH_PREFIX: &str = "lvrt_";
@@ -346,126 +358,194 @@ pub enum AccessTokenError {
     NotYetValid,
 }
 
-/// An HS256 key with its key id.
-#[derive(Clone)]
-struct SigningKey {
-    kid: String,
-    encoding: EncodingKey,
-    /// HMAC-SHA256 with the key already absorbed, cloned for each verification.
-    mac: Hmac<Sha256>,
-    /// The exact first segment of every token this key signs (base64url of
-    /// `{"typ":"JWT","alg":"HS256","kid":"…"}`): verification compares bytes instead of
-    /// parsing a header, which pins the algorithm and the key in one comparison.
-    header: String,
+/// A key of the ring with its schedule.
+#[derive(Debug)]
+struct Scheduled {
+    key: SigningKey,
+    /// From when it signs (and verifies).
+    signs_at: u64,
+    /// From when it verifies nothing; until then, only tokens that expire by then.
+    retires_at: Option<u64>,
 }
 
-impl SigningKey {
-    fn new(secret: &[u8]) -> Self {
-        let kid = kid_of(secret);
-        let mut header = Header::new(Algorithm::HS256);
-        header.kid = Some(kid.clone());
-        let header = URL_SAFE_NO_PAD
-            .encode(serde_json::to_vec(&header).expect("a JWT header always serializes"));
-        SigningKey {
-            kid,
-            encoding: EncodingKey::from_secret(secret).expect("non-empty HS256 secret"),
-            mac: Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key"),
-            header,
-        }
+impl Scheduled {
+    /// Whether it verifies tokens at `now`: it has begun to sign and not yet retired.
+    fn verifies_at(&self, now: u64) -> bool {
+        self.signs_at <= now && !self.gone_at(now)
+    }
+
+    fn gone_at(&self, now: u64) -> bool {
+        self.retires_at.is_some_and(|r| now >= r)
     }
 }
 
-/// The key id (`kid` header) of a signing secret: a short hash of the key, stable across
-/// restarts, revealing nothing about the key.
-pub fn kid_of(secret: &[u8]) -> String {
-    let mut tagged = b"liveuser-kid:".to_vec();
-    tagged.extend_from_slice(secret);
-    hex(&sha256(&tagged)[..8])
-}
-
-/// The signing keys in force: the current key signs; previous keys only verify, each
-/// until its retire time.
+/// The signing keys in force and their schedule: at any moment one key signs — the last
+/// one whose `signs_at` has come — and every key that has signed and not retired
+/// verifies; a key whose `signs_at` is still ahead (standby) is published but verifies
+/// nothing.
 ///
-/// A previous key is retired `access_ttl` after the rotation that replaced it: by then
-/// every token it signed has expired. Until then it accepts only tokens that expire
-/// before its retire time, so a leaked old key cannot mint long-lived tokens either.
-#[derive(Clone)]
+/// A replaced key retires one access-token lifetime after its successor began to sign:
+/// by then every token it signed has expired. Until then it accepts only tokens that
+/// expire before it retires, so a leaked old key cannot mint long-lived tokens either.
+#[derive(Debug)]
 pub struct KeyRing {
-    current: SigningKey,
-    previous: Vec<(SigningKey, u64)>,
-}
-
-impl fmt::Debug for KeyRing {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KeyRing")
-            .field("current", &self.current.kid)
-            .field(
-                "previous",
-                &self
-                    .previous
-                    .iter()
-                    .map(|(k, retire_at)| (&k.kid, retire_at))
-                    .collect::<Vec<_>>(),
-            )
-            .finish()
-    }
+    /// In schedule order: by `signs_at`, a configured secret after the one it replaced.
+    keys: Vec<Scheduled>,
 }
 
 impl KeyRing {
-    /// A ring of one key, which signs.
-    pub fn new(current: &[u8]) -> Self {
+    /// A ring of one HS256 key, which signs from the start of time.
+    pub fn new(secret: &[u8]) -> Self {
         KeyRing {
-            current: SigningKey::new(current),
-            previous: Vec::new(),
+            keys: vec![Scheduled {
+                key: SigningKey::hs256(secret),
+                signs_at: 0,
+                retires_at: None,
+            }],
         }
     }
 
-    /// Adds a previous key that verifies (never signs) until `retire_at`. A key equal to
-    /// the current one is ignored.
+    /// Adds an HS256 key that verifies (never signs) until `retire_at`: the configured
+    /// secret that `token.secret` replaced. A key equal to one of the ring is ignored.
     pub fn with_previous(mut self, secret: &[u8], retire_at: u64) -> Self {
-        let key = SigningKey::new(secret);
-        if key.kid != self.current.kid && !self.previous.iter().any(|(k, _)| k.kid == key.kid) {
-            self.previous.push((key, retire_at));
+        let key = SigningKey::hs256(secret);
+        if !self.keys.iter().any(|k| k.key.kid() == key.kid()) {
+            self.keys.insert(
+                0,
+                Scheduled {
+                    key,
+                    signs_at: 0,
+                    retires_at: Some(retire_at),
+                },
+            );
         }
         self
     }
 
-    /// The kid of the signing key.
-    pub fn current_kid(&self) -> &str {
-        &self.current.kid
+    /// The ring of stored keys, in schedule order. A key whose material is unusable (a
+    /// corrupt record) is an error, not a key silently left out.
+    pub fn from_records(records: &[SigningKeyRecord]) -> Result<Self, KeyMaterialError> {
+        let mut records: Vec<&SigningKeyRecord> = records.iter().collect();
+        // A key that never retires (the one that signs last) after a retiring one of the
+        // same `signs_at`, as a rotation plans them (`keys::plan_rotation`).
+        records.sort_by_key(|r| (r.signs_at, r.retires_at.is_none(), r.created_at));
+        let mut keys = Vec::with_capacity(records.len());
+        for record in records {
+            keys.push(Scheduled {
+                key: SigningKey::from_private(record.algorithm, record.private.expose())?,
+                signs_at: record.signs_at,
+                retires_at: record.retires_at,
+            });
+        }
+        if keys.is_empty() {
+            return Err(KeyMaterialError::Unusable("signing"));
+        }
+        Ok(KeyRing { keys })
     }
 
-    /// The kids of the previous keys with their retire times.
-    pub fn previous_kids(&self) -> Vec<(String, u64)> {
-        self.previous
+    /// The key that signs at `now`: the last whose time to sign has come (the first key
+    /// of the ring if none has, which only a ring made by hand can be).
+    fn signer(&self, now: u64) -> &Scheduled {
+        self.keys
             .iter()
-            .map(|(k, retire_at)| (k.kid.clone(), *retire_at))
+            .rev()
+            .find(|k| k.verifies_at(now))
+            .unwrap_or(&self.keys[0])
+    }
+
+    /// The kid of the key that signs at `now`.
+    pub fn current_kid(&self, now: u64) -> &str {
+        self.signer(now).key.kid()
+    }
+
+    /// The algorithm of the key that signs at `now`.
+    pub fn current_algorithm(&self, now: u64) -> KeyAlgorithm {
+        self.signer(now).key.algorithm()
+    }
+
+    /// The kids of the keys that verify at `now` but do not sign, with their retire
+    /// times, in schedule order.
+    pub fn previous_kids(&self, now: u64) -> Vec<(String, u64)> {
+        let signer = self.signer(now).key.kid();
+        self.keys
+            .iter()
+            .filter(|k| k.verifies_at(now) && k.key.kid() != signer)
+            .map(|k| (k.key.kid().to_string(), k.retires_at.unwrap_or(u64::MAX)))
             .collect()
     }
 
-    /// The key whose tokens start with `header` at `now`, with its retire time if it is
-    /// a previous key.
-    fn find(&self, header: &str, now: u64) -> Option<(&SigningKey, Option<u64>)> {
-        if header == self.current.header {
-            return Some((&self.current, None));
-        }
-        self.previous
+    /// The kids of the keys published but not yet signing at `now`, with the time each
+    /// begins to sign.
+    pub fn standby_kids(&self, now: u64) -> Vec<(String, u64)> {
+        self.keys
             .iter()
-            .find(|(k, retire_at)| k.header == header && now < *retire_at)
-            .map(|(k, retire_at)| (k, Some(*retire_at)))
+            .filter(|k| now < k.signs_at)
+            .map(|k| (k.key.kid().to_string(), k.signs_at))
+            .collect()
     }
+
+    /// The key whose tokens start with `header`, if it verifies at `now`.
+    fn by_header(&self, header: &str, now: u64) -> Option<&Scheduled> {
+        self.keys
+            .iter()
+            .find(|k| k.key.header() == header && k.verifies_at(now))
+    }
+
+    /// The key `kid`, if it verifies at `now`.
+    fn by_kid(&self, kid: &str, now: u64) -> Option<&Scheduled> {
+        self.keys
+            .iter()
+            .find(|k| k.key.kid() == kid && k.verifies_at(now))
+    }
+
+    /// The JWKS document at `now` — the public keys of the ES256 keys that sign, will
+    /// sign or still verify — and until when it holds (the next retirement).
+    fn jwks(&self, now: u64) -> Jwks {
+        let keys: Vec<serde_json::Value> = self
+            .keys
+            .iter()
+            .filter(|k| !k.gone_at(now))
+            .filter_map(|k| k.key.public_jwk())
+            .collect();
+        let valid_until = self
+            .keys
+            .iter()
+            .filter_map(|k| k.retires_at)
+            .filter(|&r| r > now)
+            .min()
+            .unwrap_or(u64::MAX);
+        Jwks {
+            body: bytes::Bytes::from(serde_json::json!({ "keys": keys }).to_string()),
+            valid_until,
+        }
+    }
+}
+
+/// A rendered JWKS document and the moment it goes stale.
+#[derive(Debug, Clone)]
+struct Jwks {
+    body: bytes::Bytes,
+    valid_until: u64,
 }
 
 /// Issues and verifies access tokens.
 ///
-/// Clones share one [`KeyRing`], so a key rotation through [`AccessTokens::set_keys`]
-/// takes effect for every holder at once.
+/// Clones share one [`KeyRing`], one verified-token cache and one JWKS document, so a key
+/// rotation through [`AccessTokens::set_keys`] takes effect for every holder at once.
 #[derive(Clone)]
 pub struct AccessTokens {
-    keys: Arc<RwLock<Arc<KeyRing>>>,
+    inner: Arc<Shared>,
     issuer: String,
     audience: String,
     ttl_secs: u64,
+}
+
+struct Shared {
+    keys: RwLock<Arc<KeyRing>>,
+    verified: VerifiedTokens,
+    /// Served to every verifier that fetches the JWKS, so rendered once per change of
+    /// the keys (or of their states, at the next retirement).
+    jwks: RwLock<Jwks>,
 }
 
 impl fmt::Debug for AccessTokens {
@@ -479,15 +559,24 @@ impl fmt::Debug for AccessTokens {
 }
 
 impl AccessTokens {
-    /// Tokens signed with `secret`, for `issuer` and `audience`, living `ttl_secs`.
+    /// Tokens signed with the HS256 `secret`, for `issuer` and `audience`, living
+    /// `ttl_secs`.
     pub fn new(secret: &[u8], issuer: &str, audience: &str, ttl_secs: u64) -> Self {
         Self::with_keys(KeyRing::new(secret), issuer, audience, ttl_secs)
     }
 
     /// Tokens signed and verified with `keys`.
     pub fn with_keys(keys: KeyRing, issuer: &str, audience: &str, ttl_secs: u64) -> Self {
+        let jwks = keys.jwks(0);
         AccessTokens {
-            keys: Arc::new(RwLock::new(Arc::new(keys))),
+            inner: Arc::new(Shared {
+                keys: RwLock::new(Arc::new(keys)),
+                verified: VerifiedTokens::new(verified::CAPACITY),
+                jwks: RwLock::new(Jwks {
+                    valid_until: 0,
+                    ..jwks
+                }),
+            }),
             issuer: issuer.to_string(),
             audience: audience.to_string(),
             ttl_secs,
@@ -496,16 +585,43 @@ impl AccessTokens {
 
     /// The keys in force.
     pub fn keys(&self) -> Arc<KeyRing> {
-        self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.inner
+            .keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
-    /// Replaces the keys (after a rotation); tokens issued from now on carry the new kid.
+    /// Replaces the keys (after a rotation, or a change another instance made): tokens
+    /// issued from now on are signed by the new ring's signer, and the JWKS follows.
     pub fn set_keys(&self, keys: KeyRing) {
-        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+        *self.inner.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+        // Stale now: the next request renders it from the new ring.
+        self.inner
+            .jwks
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .valid_until = 0;
+    }
+
+    /// The JWKS document (`GET /.well-known/jwks.json`) at `now`, rendered again only
+    /// when the keys changed or one of them retired since.
+    pub fn jwks(&self, now: u64) -> bytes::Bytes {
+        {
+            let jwks = self.inner.jwks.read().unwrap_or_else(|e| e.into_inner());
+            if now < jwks.valid_until {
+                return jwks.body.clone();
+            }
+        }
+        let fresh = self.keys().jwks(now);
+        let body = fresh.body.clone();
+        *self.inner.jwks.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        body
     }
 
     /// Issues a token for `uid`'s session `sid` at `now`, expiring after the configured
-    /// lifetime or at `not_after` (the session's own expiry), whichever is first.
+    /// lifetime or at `not_after` (the session's own expiry), whichever is first, signed
+    /// by the key that signs at `now`.
     pub fn issue(&self, uid: &Uid, sid: Sid, now: u64, not_after: u64) -> (String, u64) {
         let exp = (now + self.ttl_secs).min(not_after);
         let claims = AccessClaims {
@@ -518,52 +634,92 @@ impl AccessTokens {
             nbf: None,
         };
         let keys = self.keys();
-        let mut header = Header::new(Algorithm::HS256);
-        header.kid = Some(keys.current.kid.clone());
-        let token = jsonwebtoken::encode(&header, &claims, &keys.current.encoding)
-            .expect("HS256 signing of plain claims cannot fail");
-        (token, exp)
+        let key = &keys.signer(now).key;
+        let mut input = String::with_capacity(400);
+        input.push_str(key.header());
+        input.push('.');
+        URL_SAFE_NO_PAD.encode_string(
+            serde_json::to_vec(&claims).expect("plain claims always serialize"),
+            &mut input,
+        );
+        (key.sign(input), exp)
     }
 
     /// Verifies algorithm, key id, signature, `iss`, `aud`, `sub`, `exp` and `nbf`.
     ///
-    /// The header must be byte for byte the one liveuser writes for the current key or
-    /// for a previous key not yet retired — HS256 and that key's kid; any other header
-    /// (another algorithm, `none`, a missing or unknown kid, `jwk`/`jku`, a reordering) is
-    /// refused without being parsed. A token under a previous key must also expire before
-    /// that key retires. The signature is HMAC-SHA256 compared in constant time. There is
-    /// no leeway: the server that checks a token is the one whose clock issued it.
+    /// The header must be byte for byte the one liveuser writes for a key that verifies
+    /// at `now` — that key's algorithm and kid; any other header (another algorithm,
+    /// `none`, a missing or unknown kid, a standby key's kid, `jwk`/`jku`/`x5u`/`x5c`, a
+    /// reordering) is refused without being parsed, so the algorithm is pinned per key
+    /// (RFC 8725 §3.1). A token under a key that a rotation replaced must also expire
+    /// before that key retires. There is no leeway: the server that checks a token is
+    /// the one whose clock issued it.
+    ///
+    /// A token verified before is found in the verified-token cache by the SHA-256 of
+    /// its bytes; its key must still verify at `now` with the same algorithm, and its
+    /// times are checked again, on every call.
     pub fn verify(&self, token: &str, now: u64) -> Result<AccessClaims, AccessTokenError> {
         let invalid = AccessTokenError::Invalid;
+        let hash = sha256(token.as_bytes());
+        let keys = self.keys();
+        if let Some(hit) = self.inner.verified.get(&hash, now) {
+            return match keys.by_kid(&hit.kid, now) {
+                Some(key) if key.key.algorithm() == hit.algorithm => {
+                    check_times(&hit.claims, key.retires_at, now).map(|()| hit.claims)
+                }
+                _ => {
+                    self.inner.verified.forget(&hash);
+                    Err(invalid)
+                }
+            };
+        }
         let (signed, signature) = token.rsplit_once('.').ok_or(invalid)?;
         let (header, payload) = signed.split_once('.').ok_or(invalid)?;
-        let keys = self.keys();
-        let (key, retire_at) = keys.find(header, now).ok_or(invalid)?;
+        let key = keys.by_header(header, now).ok_or(invalid)?;
         let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| invalid)?;
-        let mut mac = key.mac.clone();
-        mac.update(signed.as_bytes());
-        mac.verify_slice(&signature).map_err(|_| invalid)?;
-
+        if !key.key.verifies(signed.as_bytes(), &signature) {
+            return Err(invalid);
+        }
         let payload = URL_SAFE_NO_PAD.decode(payload).map_err(|_| invalid)?;
         let claims: AccessClaims = serde_json::from_slice(&payload).map_err(|_| invalid)?;
         if claims.iss != self.issuer || claims.aud != self.audience || claims.sub.is_empty() {
             return Err(invalid);
         }
-        if retire_at.is_some_and(|retire_at| claims.exp > retire_at) {
-            return Err(invalid);
-        }
-        if now >= claims.exp {
-            return Err(AccessTokenError::Expired);
-        }
-        if claims.nbf.is_some_and(|nbf| nbf > now) {
-            return Err(AccessTokenError::NotYetValid);
-        }
+        check_times(&claims, key.retires_at, now)?;
+        self.inner.verified.insert(
+            hash,
+            Verified {
+                kid: key.key.kid().into(),
+                algorithm: key.key.algorithm(),
+                claims: claims.clone(),
+            },
+        );
         Ok(claims)
     }
 }
 
+/// The checks of a token's times at `now`, under a key retiring at `retires_at`.
+fn check_times(
+    claims: &AccessClaims,
+    retires_at: Option<u64>,
+    now: u64,
+) -> Result<(), AccessTokenError> {
+    if retires_at.is_some_and(|retires_at| claims.exp > retires_at) {
+        return Err(AccessTokenError::Invalid);
+    }
+    if now >= claims.exp {
+        return Err(AccessTokenError::Expired);
+    }
+    if claims.nbf.is_some_and(|nbf| nbf > now) {
+        return Err(AccessTokenError::NotYetValid);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+
     use super::*;
 
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
@@ -578,13 +734,16 @@ mod tests {
         let (token, _) = t.issue(&Uid::parse("u").unwrap(), Sid(random_bytes()), 1, u64::MAX);
         assert_eq!(
             token.split('.').next(),
-            Some(t.keys().current.header.as_str())
+            Some(t.keys().signer(1).key.header())
         );
-        let header: serde_json::Value =
-            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(&t.keys().current.header).unwrap())
-                .unwrap();
+        let header: serde_json::Value = serde_json::from_slice(
+            &URL_SAFE_NO_PAD
+                .decode(token.split('.').next().unwrap())
+                .unwrap(),
+        )
+        .unwrap();
         assert_eq!(header["alg"], "HS256");
-        assert_eq!(header["kid"], t.keys().current_kid());
+        assert_eq!(header["kid"], t.keys().current_kid(1));
     }
 
     fn key() -> RefreshKey {
@@ -821,7 +980,7 @@ mod tests {
         let rotated = tokens();
         rotated.set_keys(KeyRing::new(NEW).with_previous(SECRET, 1000 + 7200));
         let (new_token, _) = rotated.issue(&uid, Sid(random_bytes()), 1000, u64::MAX);
-        assert_eq!(rotated.keys().current_kid(), kid_of(NEW));
+        assert_eq!(rotated.keys().current_kid(1000), kid_of(NEW));
         assert_ne!(kid_of(NEW), kid_of(SECRET));
 
         assert!(rotated.verify(&old_token, 1000).is_ok());
@@ -872,5 +1031,163 @@ mod tests {
         );
         let (good, _) = tokens().issue(&uid, Sid(random_bytes()), 1000, 2000);
         assert!(tokens().verify(&good, 1000).is_ok());
+    }
+
+    fn es256(kid_source: KeyAlgorithm, signs_at: u64, retires_at: Option<u64>) -> SigningKeyRecord {
+        let private = generate_key(kid_source);
+        SigningKeyRecord {
+            kid: kid_of_private(kid_source, &private).unwrap(),
+            algorithm: kid_source,
+            private: crate::secret::Secret::new(private),
+            created_at: signs_at,
+            signs_at,
+            retires_at,
+        }
+    }
+
+    fn ring_tokens(records: &[SigningKeyRecord]) -> AccessTokens {
+        AccessTokens::with_keys(
+            KeyRing::from_records(records).unwrap(),
+            "liveuser",
+            "liveuser",
+            600,
+        )
+    }
+
+    fn header_json(token: &str) -> serde_json::Value {
+        serde_json::from_slice(
+            &URL_SAFE_NO_PAD
+                .decode(token.split('.').next().unwrap())
+                .unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_standby_key_is_published_verifies_nothing_and_signs_from_its_time() {
+        let old = es256(KeyAlgorithm::ES256, 0, Some(1000 + 600));
+        let standby = es256(KeyAlgorithm::ES256, 1000, None);
+        let t = ring_tokens(&[old.clone(), standby.clone()]);
+        let uid = Uid::parse("u1").unwrap();
+        let (before, _) = t.issue(&uid, Sid(random_bytes()), 999, u64::MAX);
+        assert_eq!(header_json(&before)["kid"], old.kid.as_str());
+        assert_eq!(header_json(&before)["alg"], "ES256");
+        assert!(t.verify(&before, 999).is_ok());
+
+        // The standby key's own token, made before it signs, is refused.
+        let early = KeyRing::from_records(std::slice::from_ref(&standby)).unwrap();
+        let forged = AccessTokens::with_keys(early, "liveuser", "liveuser", 600)
+            .issue(&uid, Sid(random_bytes()), 999, u64::MAX)
+            .0;
+        assert_eq!(header_json(&forged)["kid"], standby.kid.as_str());
+        assert_eq!(t.verify(&forged, 999), Err(AccessTokenError::Invalid));
+
+        // From its time on it signs, and both verify until the old key retires.
+        let (after, _) = t.issue(&uid, Sid(random_bytes()), 1000, u64::MAX);
+        assert_eq!(header_json(&after)["kid"], standby.kid.as_str());
+        assert!(t.verify(&after, 1000).is_ok());
+        assert!(t.verify(&before, 1000).is_ok());
+        assert!(
+            t.verify(&forged, 1000).is_ok(),
+            "it signs now: its tokens are real"
+        );
+
+        let jwks: serde_json::Value = serde_json::from_slice(&t.jwks(999)).unwrap();
+        let kids: Vec<&str> = jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap())
+            .collect();
+        assert_eq!(kids, [old.kid.as_str(), standby.kid.as_str()]);
+        let jwks: serde_json::Value = serde_json::from_slice(&t.jwks(1600)).unwrap();
+        assert_eq!(
+            jwks["keys"].as_array().unwrap().len(),
+            1,
+            "the old key left"
+        );
+        assert_eq!(jwks["keys"][0]["kid"], standby.kid.as_str());
+    }
+
+    #[test]
+    fn a_cached_token_fails_once_its_key_retires_or_is_removed_or_changes_algorithm() {
+        let key = es256(KeyAlgorithm::ES256, 0, Some(5000));
+        let t = ring_tokens(std::slice::from_ref(&key));
+        let uid = Uid::parse("u1").unwrap();
+        let (token, exp) = t.issue(&uid, Sid(random_bytes()), 4000, 4600);
+        assert_eq!(exp, 4600);
+        assert!(t.verify(&token, 4000).is_ok());
+        assert!(t.verify(&token, 4001).is_ok(), "served from the cache");
+        assert_eq!(
+            t.inner
+                .verified
+                .get(&sha256(token.as_bytes()), 4001)
+                .is_some(),
+            true
+        );
+        assert_eq!(t.verify(&token, 4600), Err(AccessTokenError::Expired));
+
+        let (token, _) = t.issue(&uid, Sid(random_bytes()), 4000, 4600);
+        assert!(t.verify(&token, 4000).is_ok());
+        // Removed from the ring: the cached entry does not outlive it.
+        t.set_keys(KeyRing::new(b"0123456789abcdef0123456789abcdef"));
+        assert_eq!(t.verify(&token, 4001), Err(AccessTokenError::Invalid));
+        // Back, but as if its kid now named an HS256 key: the algorithm is pinned.
+        t.set_keys(KeyRing::from_records(std::slice::from_ref(&key)).unwrap());
+        assert!(
+            t.verify(&token, 4001).is_ok(),
+            "verified again, not from the cache"
+        );
+        let hash = sha256(token.as_bytes());
+        let mut entry = t.inner.verified.get(&hash, 4001).unwrap();
+        entry.algorithm = KeyAlgorithm::HS256;
+        t.inner.verified.insert(hash, entry);
+        assert_eq!(t.verify(&token, 4002), Err(AccessTokenError::Invalid));
+
+        // A key past its retirement verifies nothing, cached or not.
+        let (token, _) = t.issue(&uid, Sid(random_bytes()), 4000, 4600);
+        assert!(t.verify(&token, 4500).is_ok());
+        t.set_keys(
+            KeyRing::from_records(&[SigningKeyRecord {
+                retires_at: Some(4500),
+                ..key.clone()
+            }])
+            .unwrap(),
+        );
+        assert_eq!(t.verify(&token, 4500), Err(AccessTokenError::Invalid));
+    }
+
+    #[test]
+    fn an_es256_token_with_any_other_header_or_a_changed_byte_is_refused() {
+        let key = es256(KeyAlgorithm::ES256, 0, None);
+        let t = ring_tokens(std::slice::from_ref(&key));
+        let uid = Uid::parse("u1").unwrap();
+        let (token, _) = t.issue(&uid, Sid(random_bytes()), 1000, u64::MAX);
+        let [h, p, s]: [&str; 3] = token.split('.').collect::<Vec<_>>().try_into().unwrap();
+        let b64 = |v: serde_json::Value| URL_SAFE_NO_PAD.encode(v.to_string());
+        let kid = key.kid.as_str();
+        for header in [
+            serde_json::json!({"typ": "JWT", "alg": "none", "kid": kid}),
+            serde_json::json!({"typ": "JWT", "alg": "HS256", "kid": kid}),
+            serde_json::json!({"typ": "JWT", "alg": "ES256", "kid": kid, "jku": "https://evil/"}),
+            serde_json::json!({"alg": "ES256", "kid": kid, "typ": "JWT"}),
+        ] {
+            let forged = format!("{}.{p}.{s}", b64(header.clone()));
+            assert_eq!(
+                t.verify(&forged, 1000),
+                Err(AccessTokenError::Invalid),
+                "{header}"
+            );
+        }
+        let mut sig = URL_SAFE_NO_PAD.decode(s).unwrap();
+        sig[10] ^= 1;
+        let tampered = format!("{h}.{p}.{}", URL_SAFE_NO_PAD.encode(sig));
+        assert_eq!(t.verify(&tampered, 1000), Err(AccessTokenError::Invalid));
+        assert!(t.verify(&token, 1000).is_ok());
+        assert_eq!(
+            t.verify(&tampered, 1000),
+            Err(AccessTokenError::Invalid),
+            "still"
+        );
     }
 }

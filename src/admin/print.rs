@@ -127,16 +127,43 @@ pub(crate) fn minted(m: &Minted) -> String {
     format!("{}\n", m.access_token)
 }
 
-/// What a signing-key rotation did.
+/// What a signing-key rotation did: the kids and the times, and with `--now` what
+/// skipping the wait costs.
 pub(crate) fn key_rotated(k: &KeyRotated) -> String {
-    match &k.previous_kid {
-        Some(previous) => format!(
-            "signing key rotated: new kid {}; kid {previous} verifies the tokens it signed until {}\n",
+    let mut out = if k.now {
+        format!(
+            "signing key rotated: new kid {} ({}) signs from now ({})\n",
             k.kid,
+            k.algorithm,
+            time(k.signs_at)
+        )
+    } else {
+        format!(
+            "signing key rotated: new kid {} ({}) is published now and signs from {}\n",
+            k.kid,
+            k.algorithm,
+            time(k.signs_at)
+        )
+    };
+    if let Some(previous) = &k.previous_kid {
+        out.push_str(&format!(
+            "kid {previous} signs until then and verifies the tokens it signed until {}\n",
             time(k.retire_at)
-        ),
-        None => format!("signing key rotated: new kid {}\n", k.kid),
+        ));
     }
+    if let Some(dropped) = &k.dropped_standby {
+        out.push_str(&format!(
+            "kid {dropped}, on standby from an earlier rotation, was dropped before it signed\n"
+        ));
+    }
+    if k.now {
+        out.push_str(&format!(
+            "skipping the wait: verifiers that cached the JWKS in the last {} s refuse tokens \
+             of kid {} until they fetch it again\n",
+            k.jwks_max_age_secs, k.kid
+        ));
+    }
+    out
 }
 
 /// What a refresh-key rotation did.

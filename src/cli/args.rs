@@ -151,13 +151,20 @@ pub enum TokenCommand {
         #[arg(long, value_name = "SECS")]
         ttl: Option<u64>,
     },
-    /// Replace the generated signing key; tokens it signed keep verifying until they
-    /// expire.
+    /// Add a generated signing key of token.algorithm; tokens the old key signed keep
+    /// verifying until they expire.
     ///
-    /// New access tokens carry the new key's kid at once (with the server running, it
-    /// switches immediately). With token.secret configured, rotate in the configuration
-    /// instead: move the old value to token.previous_secret and set a new token.secret.
-    RotateKey,
+    /// The new key is in the JWKS at once and signs from token.key_publish_secs later, so
+    /// every verifier that caches the JWKS has it before it sees a token it signed; the
+    /// old key retires one access-token lifetime after that. Prints both kids and both
+    /// times. With token.secret configured, rotate in the configuration instead: move
+    /// the old value to token.previous_secret and set a new token.secret.
+    RotateKey {
+        /// Sign with the new key at once (a leaked key). Verifiers holding a cached JWKS
+        /// refuse the new tokens until they fetch it again.
+        #[arg(long)]
+        now: bool,
+    },
     /// Replace the key that tags refresh tokens; nobody is logged out.
     ///
     /// For a refresh key that may be known outside (an export with --sessions or a copy

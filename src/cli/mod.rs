@@ -80,9 +80,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             }
             Ok(backend.close()?)
         }
-        Command::Token(TokenCommand::RotateKey) => {
+        Command::Token(TokenCommand::RotateKey { now }) => {
             let backend = connect(&config, out, false)?;
-            let rotated = backend.run(KeyRotate {})?;
+            let rotated = backend.run(KeyRotate { now })?;
             if out.json {
                 emit(&print::json(&rotated))?;
             } else {

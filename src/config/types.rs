@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::KeyAlgorithm;
 use crate::secret::Secret;
 
 /// The whole configuration.
@@ -154,11 +155,19 @@ pub struct TokenConfig {
     pub rotation: bool,
     /// How long a just-rotated refresh token may be retried for the same successor.
     pub reuse_grace_secs: u64,
-    /// HS256 signing secret; empty means "generate one and keep it in the database".
+    /// The algorithm of generated signing keys (`"ES256"` or `"HS256"`). A database keeps
+    /// signing with the key it has until `liveuser token rotate-key`.
+    pub algorithm: KeyAlgorithm,
+    /// HS256 signing secret; empty means "generate a key and keep it in the database".
     pub secret: Secret<String>,
     /// The secret `secret` replaced: it verifies (never signs) the tokens it signed for
     /// one access-token lifetime after the first start that sees it.
     pub previous_secret: Secret<String>,
+    /// `Cache-Control: max-age` of `GET /.well-known/jwks.json`.
+    pub jwks_max_age_secs: u64,
+    /// How long a rotated-in key is published before it signs, so that every verifier's
+    /// cached JWKS has it by then (at least `jwks_max_age_secs`).
+    pub key_publish_secs: u64,
 }
 
 impl Default for TokenConfig {
@@ -172,8 +181,11 @@ impl Default for TokenConfig {
             max_sessions_per_user: 50,
             rotation: true,
             reuse_grace_secs: 10,
+            algorithm: KeyAlgorithm::ES256,
             secret: Secret::default(),
             previous_secret: Secret::default(),
+            jwks_max_age_secs: 300,
+            key_publish_secs: 900,
         }
     }
 }

@@ -201,6 +201,14 @@ fn rules() -> Vec<Rule> {
             },
             reason: "must differ from token.secret",
         },
+        range!(token.jwks_max_age_secs in 0..=7 * DAY, Secs),
+        range!(token.key_publish_secs in 0..=7 * DAY, Secs),
+        Rule::Must {
+            key: key!(token.key_publish_secs),
+            holds: |c| c.token.key_publish_secs >= c.token.jwks_max_age_secs,
+            reason: "must be at least token.jwks_max_age_secs: a new key must be in every \
+                     verifier's cached JWKS before it signs",
+        },
         range!(limits.max_tracked_addresses in 1..=10_000_000, Count),
         Rule::Must {
             key: key!(wx.api_base),
@@ -631,5 +639,37 @@ mod tests {
             "must be at least 32 bytes (HS256 needs a 256-bit key), or empty to generate one"
         );
         assert_eq!(reason("[token]\nissuer = \"\"\n"), "must not be empty");
+    }
+
+    #[test]
+    fn a_key_published_for_less_than_the_jwks_may_be_cached_is_refused_naming_both_keys() {
+        let err = load_for_test(
+            "[token]\njwks_max_age_secs = 600\nkey_publish_secs = 599\n",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("token.key_publish_secs"));
+        assert!(
+            err.reason.contains("token.jwks_max_age_secs"),
+            "{}",
+            err.reason
+        );
+        assert!(
+            load_for_test(
+                "[token]\njwks_max_age_secs = 600\nkey_publish_secs = 600\n",
+                &[]
+            )
+            .is_ok()
+        );
+        let c = load_for_test("[token]\nalgorithm = \"HS256\"\n", &[])
+            .unwrap()
+            .config;
+        assert_eq!(c.token.algorithm, crate::model::KeyAlgorithm::HS256);
+        assert_eq!(
+            Config::default().token.algorithm,
+            crate::model::KeyAlgorithm::ES256
+        );
+        assert!(load_for_test("[token]\nalgorithm = \"RS256\"\n", &[]).is_err());
+        assert!(load_for_test("[token]\nalgorithm = \"es256\"\n", &[]).is_err());
     }
 }

@@ -12,7 +12,9 @@ use tokio::sync::watch;
 use super::postgres::PgStore;
 use super::sled::SledStore;
 use super::{Census, FlushObserver, Page, Restore, RotateOutcome, Store, StoreResult};
-use crate::model::{Identity, RetiredKey, Session, Sid, TokenHash, Uid, UserPatch, UserRecord};
+use crate::model::{
+    Identity, RetiredKey, Session, Sid, SigningKeyRecord, TokenHash, Uid, UserPatch, UserRecord,
+};
 
 /// Either backend.
 #[derive(Debug)]
@@ -187,6 +189,22 @@ impl Store for AnyStore {
         now: u64,
     ) -> StoreResult<Option<Vec<u8>>> {
         dispatch!(self, s => s.rotate_key(name, fresh, retire_at, now).await)
+    }
+
+    async fn key(&self, name: &str) -> StoreResult<Option<Vec<u8>>> {
+        dispatch!(self, s => s.key(name).await)
+    }
+
+    async fn signing_keys(&self) -> StoreResult<Vec<SigningKeyRecord>> {
+        dispatch!(self, s => s.signing_keys().await)
+    }
+
+    async fn swap_signing_keys(
+        &self,
+        expected: &[SigningKeyRecord],
+        keys: &[SigningKeyRecord],
+    ) -> StoreResult<bool> {
+        dispatch!(self, s => s.swap_signing_keys(expected, keys).await)
     }
 
     fn database_up(&self) -> Option<bool> {

@@ -26,7 +26,10 @@ use serde::{Deserialize, Serialize};
 
 use super::StoreError;
 use crate::model::UserRecord;
-use crate::model::{Identity, RetiredKey, Rotation, Session, SessionState, Sid, TokenHash, Uid};
+use crate::model::{
+    Identity, KeyAlgorithm, RetiredKey, Rotation, Session, SessionState, Sid, SigningKeyRecord,
+    TokenHash, Uid,
+};
 use crate::primitives::{hex, unhex};
 use crate::secret::Secret;
 
@@ -309,6 +312,57 @@ impl Record for Vec<RetiredKey> {
     }
 }
 
+// ----- generated signing keys -----
+
+/// One signing key on disk: kid, algorithm (0 ES256, 1 HS256), private part, created,
+/// signs from, retires at.
+#[derive(Serialize, Deserialize)]
+struct DiskSigningKey(String, u8, Vec<u8>, u64, u64, Option<u64>);
+
+impl Record for Vec<SigningKeyRecord> {
+    fn encode(&self) -> Vec<u8> {
+        let keys: Vec<DiskSigningKey> = self
+            .iter()
+            .map(|k| {
+                DiskSigningKey(
+                    k.kid.clone(),
+                    match k.algorithm {
+                        KeyAlgorithm::ES256 => 0,
+                        KeyAlgorithm::HS256 => 1,
+                    },
+                    k.private.expose().clone(),
+                    k.created_at,
+                    k.signs_at,
+                    k.retires_at,
+                )
+            })
+            .collect();
+        to_bytes(VERSION, &keys)
+    }
+
+    fn decode(_key: &[u8], value: &[u8]) -> Result<Self, StoreError> {
+        let keys: Vec<DiskSigningKey> = from_bytes(VERSION, value)?;
+        keys.into_iter()
+            .map(
+                |DiskSigningKey(kid, algorithm, private, created_at, signs_at, retires_at)| {
+                    Ok(SigningKeyRecord {
+                        kid,
+                        algorithm: match algorithm {
+                            0 => KeyAlgorithm::ES256,
+                            1 => KeyAlgorithm::HS256,
+                            _ => return Err(corrupt("a signing key of an unknown algorithm")),
+                        },
+                        private: Secret::new(private),
+                        created_at,
+                        signs_at,
+                        retires_at,
+                    })
+                },
+            )
+            .collect()
+    }
+}
+
 // ----- the user index -----
 
 /// The start of every index key of `uid`'s sessions. The uid's disk form is
@@ -527,6 +581,27 @@ mod tests {
                 key: Secret::new(vec![1, 2, 3]),
                 retire_at: 9,
             }],
+        );
+        round_trip(
+            b"signing_keys",
+            vec![
+                SigningKeyRecord {
+                    kid: "0123456789abcdef".into(),
+                    algorithm: KeyAlgorithm::HS256,
+                    private: Secret::new(vec![4; 32]),
+                    created_at: 1,
+                    signs_at: 0,
+                    retires_at: Some(7200),
+                },
+                SigningKeyRecord {
+                    kid: "fedcba9876543210".into(),
+                    algorithm: KeyAlgorithm::ES256,
+                    private: Secret::new(vec![5; 138]),
+                    created_at: 2,
+                    signs_at: 900,
+                    retires_at: None,
+                },
+            ],
         );
     }
 

@@ -27,7 +27,8 @@ use std::future::Future;
 use std::sync::Arc;
 
 use crate::model::{
-    self, Identity, RetiredKey, Session, Sid, TokenHash, Uid, UserPatch, UserRecord,
+    self, Identity, RetiredKey, Session, Sid, SigningKeyRecord, TokenHash, Uid, UserPatch,
+    UserRecord,
 };
 
 pub use self::any::AnyStore;
@@ -353,6 +354,22 @@ pub trait Store: Send + Sync + 'static {
         retire_at: u64,
         now: u64,
     ) -> impl Future<Output = StoreResult<Option<Vec<u8>>>> + Send;
+
+    /// The stored key `name`, if set (never generating one).
+    fn key(&self, name: &str) -> impl Future<Output = StoreResult<Option<Vec<u8>>>> + Send;
+
+    /// The generated signing keys with their schedules (empty before the first is made).
+    fn signing_keys(&self) -> impl Future<Output = StoreResult<Vec<SigningKeyRecord>>> + Send;
+
+    /// Replaces the generated signing keys with `keys` if they are still `expected`: one
+    /// atomic compare-and-swap of the whole set, durable on return, and announced to
+    /// every instance sharing the store ([`AnyStore::key_changes`]). Returns whether it
+    /// was made (`false`: another process changed them first; read and decide again).
+    fn swap_signing_keys(
+        &self,
+        expected: &[SigningKeyRecord],
+        keys: &[SigningKeyRecord],
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
 
     // ----- health -----
 

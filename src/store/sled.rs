@@ -10,6 +10,7 @@
 //! | `uid_created_sid`   | uid ‖ 0x00 ‖ created_at (8 bytes, BE) ‖ sid | login order (8 bytes, BE)  |
 //! | `meta`              | key name                                   | raw bytes (generated keys) |
 //! | `meta`              | key name ‖ `.retired`                      | `Vec<`[`RetiredKey`]`>`    |
+//! | `meta`              | `signing_keys`                             | `Vec<`[`SigningKeyRecord`]`>` |
 //!
 //! Uids never contain 0x00, so `uid ‖ 0x00` is an exact prefix for one user's sessions,
 //! and the big-endian login time after it keeps them in creation order: the cap on live
@@ -46,8 +47,8 @@ use super::flush::{self, GroupCommit};
 use super::{Census, Page, Restore, RotateOutcome, Store, StoreError, StoreResult};
 use crate::config::StorageConfig;
 use crate::model::{
-    Identity, RetiredKey, Rotation, Session, SessionState, Sid, TokenHash, Uid, UserPatch,
-    UserRecord,
+    Identity, RetiredKey, Rotation, Session, SessionState, Sid, SigningKeyRecord, TokenHash, Uid,
+    UserPatch, UserRecord,
 };
 
 /// A sled database holding liveuser's trees.
@@ -735,7 +736,42 @@ impl Store for SledStore {
             }
         }
     }
+
+    async fn key(&self, name: &str) -> StoreResult<Option<Vec<u8>>> {
+        Ok(self.meta.get(name).map_err(io)?.map(|v| v.to_vec()))
+    }
+
+    async fn signing_keys(&self) -> StoreResult<Vec<SigningKeyRecord>> {
+        Ok(Self::get(&self.meta, SIGNING_KEYS.as_bytes())?.unwrap_or_default())
+    }
+
+    async fn swap_signing_keys(
+        &self,
+        expected: &[SigningKeyRecord],
+        keys: &[SigningKeyRecord],
+    ) -> StoreResult<bool> {
+        let stored = self.meta.get(SIGNING_KEYS).map_err(io)?;
+        let current: Vec<SigningKeyRecord> = match &stored {
+            Some(bytes) => Record::decode(SIGNING_KEYS.as_bytes(), bytes)?,
+            None => Vec::new(),
+        };
+        if current != expected {
+            return Ok(false);
+        }
+        let swapped = self
+            .meta
+            .compare_and_swap(SIGNING_KEYS, stored, Some(keys.to_vec().encode()))
+            .map_err(io)?
+            .is_ok();
+        if swapped {
+            self.commit.durable().await?;
+        }
+        Ok(swapped)
+    }
 }
+
+/// Where the generated signing keys are kept, in the `meta` tree.
+const SIGNING_KEYS: &str = "signing_keys";
 
 /// Where the keys retired from `name` are kept.
 fn retired_name(name: &str) -> String {

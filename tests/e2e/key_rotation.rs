@@ -77,16 +77,16 @@ fn rotating_a_generated_key_on_a_running_server_takes_effect_at_once() {
     let app = TestApp::spawn();
     let before = app.login_ok("bob").str("access_token");
     let store = app.service().store().clone();
-    let old_key = app
-        .block_on(liveuser::store::Store::key_or_init(
-            store.as_ref(),
-            "signing_key", // the generated signing key's name in the meta tree
-            Vec::new,
-        ))
+    let keys = app
+        .block_on(liveuser::store::Store::signing_keys(store.as_ref()))
         .unwrap();
+    assert_eq!(keys.len(), 1, "one generated key");
+    let old_key = keys[0].private.expose().clone();
+    assert_eq!(keys[0].algorithm, liveuser::model::KeyAlgorithm::ES256);
 
+    // --now: the new key signs at once (the wait before it signs is jwks.rs's matter).
     let rotation = app
-        .block_on(app.service().rotate_signing_key(&app.config.token))
+        .block_on(app.service().rotate_signing_key(&app.config.token, true))
         .unwrap();
     assert_eq!(
         rotation.previous_kid.as_deref(),
@@ -102,7 +102,7 @@ fn rotating_a_generated_key_on_a_running_server_takes_effect_at_once() {
     // A second rotation keeps both older keys until each retires.
     app.advance(60);
     let second = app
-        .block_on(app.service().rotate_signing_key(&app.config.token))
+        .block_on(app.service().rotate_signing_key(&app.config.token, true))
         .unwrap();
     assert_eq!(second.previous_kid.as_deref(), Some(rotation.kid.as_str()));
     assert_eq!(app.query(&before, &[]).status, 200);
@@ -113,15 +113,28 @@ fn rotating_a_generated_key_on_a_running_server_takes_effect_at_once() {
     app.advance(7200 - 60);
     let mut claims = jwt_claims(&before);
     claims["exp"] = json!(app.service().now() + 30);
-    app.query(&forge(&kid(&before), &claims, &old_key), &[])
-        .assert_error(401, "unauthenticated");
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some(kid(&before));
+    let stolen =
+        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ec_der(&old_key)).unwrap();
+    app.query(&stolen, &[]).assert_error(401, "unauthenticated");
+    // The control: the same key and claims a moment before its retirement are accepted.
+    app.advance(-1);
+    claims["exp"] = json!(app.service().now() + 1);
+    let stolen =
+        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ec_der(&old_key)).unwrap();
+    assert_eq!(
+        app.query(&stolen, &[]).status,
+        200,
+        "the forgery kit is sound"
+    );
 }
 
 #[test]
 fn a_configured_secret_refuses_the_generated_key_rotation() {
     let app = TestApp::spawn_with(|c| c.token.secret = Secret::new(OLD.into()));
     let err = app
-        .block_on(app.service().rotate_signing_key(&app.config.token))
+        .block_on(app.service().rotate_signing_key(&app.config.token, false))
         .unwrap_err();
     assert!(err.to_string().contains("token.previous_secret"), "{err}");
 }
@@ -150,9 +163,10 @@ fn the_cli_rotates_a_generated_key_of_a_running_server_and_of_a_stopped_one() {
     );
     let first = login.str("access_token");
 
-    // With the server running, the rotation goes through its admin API and is in force
-    // at once: the next login carries the new kid, the old token keeps working.
-    let live = run_cli(dir.path(), &["-v", "token", "rotate-key"]);
+    // With the server running, the rotation goes through its admin API and, with --now,
+    // is in force at once: the next login carries the new kid, the old token keeps
+    // working.
+    let live = run_cli(dir.path(), &["-v", "token", "rotate-key", "--now"]);
     let stdout = String::from_utf8_lossy(&live.stdout).into_owned();
     assert!(
         live.status.success(),
@@ -205,7 +219,7 @@ fn the_cli_rotates_a_generated_key_of_a_running_server_and_of_a_stopped_one() {
     assert!(server.terminate().success());
 
     // With the server stopped, the CLI opens the database itself.
-    let done = run_cli(dir.path(), &["-v", "token", "rotate-key"]);
+    let done = run_cli(dir.path(), &["-v", "token", "rotate-key", "--now"]);
     let stdout = String::from_utf8_lossy(&done.stdout).into_owned();
     assert!(
         done.status.success(),

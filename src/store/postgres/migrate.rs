@@ -37,10 +37,15 @@ const MIGRATIONS: &[Migration] = &[
         description: "a private notification channel; every revocation notified",
         sql: include_str!("migrations/0002_notifications.sql"),
     },
+    Migration {
+        version: 3,
+        description: "signing keys with an algorithm and a schedule",
+        sql: include_str!("migrations/0003_signing_keys.sql"),
+    },
 ];
 
 /// The schema version this binary writes.
-pub(crate) const LATEST: i32 = 2;
+pub(crate) const LATEST: i32 = 3;
 
 /// What [`apply`] found and did.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -40,8 +40,8 @@ use tokio_postgres::types::ToSql;
 use self::listen::Shared;
 use super::{Census, Page, Restore, RotateOutcome, Store, StoreError, StoreResult};
 use crate::model::{
-    Identity, RetiredKey, Rotation, Session, SessionState, Sid, TokenHash, Uid, UserPatch,
-    UserRecord,
+    Identity, KeyAlgorithm, RetiredKey, Rotation, Session, SessionState, Sid, SigningKeyRecord,
+    TokenHash, Uid, UserPatch, UserRecord,
 };
 use crate::secret::Secret;
 
@@ -1001,9 +1001,97 @@ impl Store for PgStore {
         .await
     }
 
+    async fn key(&self, name: &str) -> StoreResult<Option<Vec<u8>>> {
+        let rows = self.query(KEY_GET, &[&name]).await?;
+        rows.first()
+            .map(|r| r.try_get(0).map_err(|_| corrupt("a bad key")))
+            .transpose()
+    }
+
+    async fn signing_keys(&self) -> StoreResult<Vec<SigningKeyRecord>> {
+        self.query(SIGNING_KEYS_GET, &[])
+            .await?
+            .iter()
+            .map(signing_key_from)
+            .collect()
+    }
+
+    async fn swap_signing_keys(
+        &self,
+        expected: &[SigningKeyRecord],
+        keys: &[SigningKeyRecord],
+    ) -> StoreResult<bool> {
+        self.run(|mut client| async move {
+            let tx = client.transaction().await.map_err(db)?;
+            // Rotations are rare: one at a time, while readers go on reading.
+            tx.batch_execute("LOCK TABLE secret_signing_keys IN SHARE ROW EXCLUSIVE MODE")
+                .await
+                .map_err(db)?;
+            let stored: Vec<SigningKeyRecord> = tx
+                .query(SIGNING_KEYS_GET, &[])
+                .await
+                .map_err(db)?
+                .iter()
+                .map(signing_key_from)
+                .collect::<StoreResult<_>>()?;
+            if stored != expected {
+                return Ok(false);
+            }
+            tx.execute("DELETE FROM secret_signing_keys", &[])
+                .await
+                .map_err(db)?;
+            for key in keys {
+                tx.execute(
+                    "INSERT INTO secret_signing_keys
+                         (kid, algorithm, private_key, created_at, signs_at, retires_at)
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                    &[
+                        &key.kid,
+                        &key.algorithm.name(),
+                        key.private.expose(),
+                        &secs(key.created_at),
+                        &secs(key.signs_at),
+                        &key.retires_at.map(secs),
+                    ],
+                )
+                .await
+                .map_err(db)?;
+            }
+            tx.execute("SELECT pg_notify($1, 'k')", &[&self.channel])
+                .await
+                .map_err(db)?;
+            tx.commit().await.map_err(db)?;
+            Ok(true)
+        })
+        .await
+    }
+
     fn database_up(&self) -> Option<bool> {
         Some(self.is_up())
     }
+}
+
+const SIGNING_KEYS_GET: &str = "\
+SELECT kid, algorithm, private_key, created_at, signs_at, retires_at
+FROM secret_signing_keys ORDER BY signs_at, created_at, kid";
+
+/// A row of [`SIGNING_KEYS_GET`].
+fn signing_key_from(row: &Row) -> StoreResult<SigningKeyRecord> {
+    let bad = |_| corrupt("a bad signing key");
+    let algorithm: String = row.try_get(1).map_err(bad)?;
+    Ok(SigningKeyRecord {
+        kid: row.try_get(0).map_err(bad)?,
+        algorithm: KeyAlgorithm::parse(&algorithm)
+            .ok_or_else(|| corrupt("a signing key of an unknown algorithm"))?,
+        private: Secret::new(row.try_get(2).map_err(bad)?),
+        created_at: unsigned(row.try_get(3).map_err(bad)?, "a bad key time")?,
+        signs_at: unsigned(row.try_get(4).map_err(bad)?, "a bad key time")?,
+        retires_at: row
+            .try_get::<_, Option<i64>>(5)
+            .map_err(bad)?
+            .map(|t| unsigned(t, "a bad key time"))
+            .transpose()?,
+    })
 }
 
 /// Applies the migrations of `options`' database without serving (`liveuser migrate`).
