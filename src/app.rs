@@ -318,6 +318,7 @@ pub async fn start(config: &Config, clock: SharedClock) -> Result<Running, Start
         config.server.body_limit_bytes,
         Arc::new(crate::limits::Limits::from_config(&config.limits)),
         config.server.max_query_uids,
+        config.token.jwks_max_age_secs,
     );
     let public = ConnSettings {
         tls,

@@ -102,6 +102,8 @@ pub(crate) fn api_method(path: &str) -> &'static str {
         "/liveuser/Wx/RenewToken" => "RenewToken",
         "/liveuser/User/AddUser" => "AddUser",
         "/liveuser/User/QueryUser" => "QueryUser",
+        "/liveuser/Auth/Check" => "AuthCheck",
+        "/.well-known/jwks.json" => "jwks",
         "/healthz" => "healthz",
         "/metrics" => "metrics",
         "/liveuser/openapi.json" => "openapi",

@@ -102,6 +102,41 @@ const AVATAR: &str = "^(https?://[^/\\u0000-\\u0020\\u007F-\\u00A0\\u1680\\u2000
 /// No character of Unicode category Cc.
 const NO_CONTROL: &str = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$";
 
+/// `/liveuser/Auth/Check`: every method the path item can name, since the check takes
+/// any (a proxy forwards its request's method), each with its own operationId.
+fn auth_check() -> Value {
+    let mut item = serde_json::Map::new();
+    for method in ["get", "put", "post", "delete", "options", "head", "patch", "trace"] {
+        let mut id = String::from("AuthCheck");
+        if method != "post" {
+            id.push_str(&method[..1].to_uppercase());
+            id.push_str(&method[1..]);
+        }
+        let header = |description: &str| json!({"description": description, "schema": {"type": "string"}});
+        item.insert(method.into(), json!({
+            "operationId": id,
+            "summary": "Check an access token (for proxies and backends)",
+            "description": "Any method; a request body is ignored. 200 when the token is one every authenticated method accepts, its session live; otherwise 401 unauthenticated. HEAD answers with the headers only. Not rate-limited per address.",
+            "security": [{"bearer": []}],
+            "responses": {
+                "200": {
+                    "description": "The token is valid and its session live.",
+                    "headers": {
+                        "X-Liveuser-Uid": header("The caller's uid."),
+                        "X-Liveuser-Session": header("The token's session id (sid).")
+                    },
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/AuthCheck"}}}
+                },
+                "401": {
+                    "description": "Missing, invalid, expired or revoked access token.",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+                }
+            }
+        }));
+    }
+    Value::Object(item)
+}
+
 /// The document; `max_query_uids` is `server.max_query_uids`.
 pub(crate) fn document(max_query_uids: usize) -> Value {
     let uid = json!({
@@ -149,6 +184,17 @@ pub(crate) fn document(max_query_uids: usize) -> Value {
                 &["400", "401", "404", "405", "413", "415", "500", "503"],
                 json!({"uids": ["a91b40478e4c885fea29e6e7"]})
             ),
+            "/liveuser/Auth/Check": auth_check(),
+            "/.well-known/jwks.json": {"get": {
+                "operationId": "Jwks",
+                "summary": "The public keys that verify access tokens (JWK Set)",
+                "description": "The ES256 keys that sign, will sign (published before they do) or still verify tokens in circulation; never a private part, never an HS256 key. `{\"keys\": []}` when the server signs HS256 only. Cache-Control: public, max-age=token.jwks_max_age_secs.",
+                "security": [],
+                "responses": {"200": {
+                    "description": "A JWK Set (RFC 7517).",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Jwks"}}}
+                }}
+            }},
             "/healthz": {"get": {
                 "summary": "Liveness",
                 "security": [],
@@ -195,7 +241,7 @@ pub(crate) fn document(max_query_uids: usize) -> Value {
                     "type": "object",
                     "required": ["access_token", "refresh_token", "expiry", "uid"],
                     "properties": {
-                        "access_token": {"type": "string", "description": "JWT (HS256); send as a Bearer token."},
+                        "access_token": {"type": "string", "description": "JWT (ES256, or HS256 with a shared secret); send as a Bearer token."},
                         "refresh_token": {
                             "type": "string",
                             "pattern": "^lvrt_([A-Za-z0-9_-]{70}|[A-Za-z0-9_-]{43})$",
@@ -243,6 +289,28 @@ pub(crate) fn document(max_query_uids: usize) -> Value {
                 "QueryUserResponse": {
                     "type": "object", "required": ["users"],
                     "properties": {"users": {"type": "array", "items": {"$ref": "#/components/schemas/UserRecord"}}}
+                },
+                "AuthCheck": {
+                    "type": "object", "required": ["uid", "sid", "exp"],
+                    "properties": {
+                        "uid": {"$ref": "#/components/schemas/Uid"},
+                        "sid": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+                        "exp": {"type": "integer", "description": "The token's expiry, Unix seconds."}
+                    }
+                },
+                "Jwks": {
+                    "type": "object", "required": ["keys"],
+                    "properties": {"keys": {"type": "array", "items": {
+                        "type": "object",
+                        "required": ["kty", "crv", "alg", "use", "kid", "x", "y"],
+                        "properties": {
+                            "kty": {"const": "EC"}, "crv": {"const": "P-256"},
+                            "alg": {"const": "ES256"}, "use": {"const": "sig"},
+                            "kid": {"type": "string"},
+                            "x": {"type": "string"}, "y": {"type": "string"}
+                        },
+                        "additionalProperties": false
+                    }}}
                 },
                 "Health": {
                     "type": "object", "required": ["status"],

@@ -1,5 +1,7 @@
 //! The public API as warp filters: one function per route, each only decoding, calling
-//! the service, and encoding.
+//! the service, and encoding. Besides the four methods: `/liveuser/Auth/Check`, the
+//! access check proxies and other backends call, and `GET /.well-known/jwks.json`, the
+//! public keys that verify access tokens.
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -28,8 +30,13 @@ pub(crate) fn api<S: Store>(
     body_limit: u64,
     limits: Arc<Limits>,
     max_query_uids: usize,
+    jwks_max_age_secs: u64,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     let routes = healthz(service.clone())
+        .or(auth_check(service.clone()))
+        .unify()
+        .or(jwks(service.clone(), jwks_max_age_secs))
+        .unify()
         .or(login(service.clone(), body_limit, limits.clone()))
         .unify()
         .or(renew_token(service.clone(), body_limit, limits))
@@ -179,6 +186,65 @@ pub(crate) fn query_user<S: Store>(
                 .await
             },
         )
+}
+
+/// `/liveuser/Auth/Check`, any method, body ignored (Bearer): 200 with `X-Liveuser-Uid`,
+/// `X-Liveuser-Session` and `{"uid","sid","exp"}` for a token every authenticated method
+/// would accept (its session live included), else 401 `unauthenticated` with the one
+/// access-refusal message. HEAD gets the same headers and no body. What nginx
+/// `auth_request`, Traefik `ForwardAuth` and Caddy `forward_auth` call on every request
+/// of a backend, so neither rate-limited nor reading a body.
+pub(crate) fn auth_check<S: Store>(
+    service: Arc<Service<S>>,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("liveuser" / "Auth" / "Check")
+        .and(header_value("authorization"))
+        .and(with(service))
+        .then(
+            |auth: Option<HeaderValue>, service: Arc<Service<S>>| async move {
+                match authenticate(&service, auth.as_ref()).await {
+                    Ok(caller) => checked(&caller),
+                    Err(e) => e.to_response(),
+                }
+            },
+        )
+}
+
+/// The answer of a successful access check.
+fn checked(caller: &Caller) -> Response {
+    let (uid, sid) = (caller.uid.to_string(), caller.sid.to_string());
+    let body = serde_json::json!({"uid": uid, "sid": sid, "exp": caller.exp});
+    let mut response = json(body.to_string().into_bytes());
+    // A uid is `[A-Za-z0-9_.-]` and a sid hex: both are valid header values.
+    for (name, value) in [("x-liveuser-uid", uid), ("x-liveuser-session", sid)] {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    response
+}
+
+/// `GET /.well-known/jwks.json`: the public keys of the ES256 signing keys that sign,
+/// will sign (standby) or still verify, as a JWK Set (RFC 7517); `{"keys":[]}` without
+/// one. Every verifier fetches it, so it is served as rendered at the last key change.
+pub(crate) fn jwks<S: Store>(
+    service: Arc<Service<S>>,
+    max_age_secs: u64,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    let cache_control = HeaderValue::from_str(&format!("public, max-age={max_age_secs}"))
+        .expect("a number is a valid header value");
+    warp::path!(".well-known" / "jwks.json")
+        .and(method(Method::GET))
+        .map(move || {
+            let mut response = Response::new(service.jwks().into());
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            headers.insert(header::CACHE_CONTROL, cache_control.clone());
+            response
+        })
 }
 
 /// Checks `Authorization: Bearer <token>` — exactly that scheme spelling and one space —

@@ -10,6 +10,7 @@ mod bad_input;
 mod crash;
 mod durability;
 mod file_modes;
+mod forward_auth;
 mod fuzz;
 mod key_rotation;
 mod login;
