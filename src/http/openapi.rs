@@ -106,13 +106,16 @@ const NO_CONTROL: &str = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$";
 /// any (a proxy forwards its request's method), each with its own operationId.
 fn auth_check() -> Value {
     let mut item = serde_json::Map::new();
-    for method in ["get", "put", "post", "delete", "options", "head", "patch", "trace"] {
+    for method in [
+        "get", "put", "post", "delete", "options", "head", "patch", "trace",
+    ] {
         let mut id = String::from("AuthCheck");
         if method != "post" {
             id.push_str(&method[..1].to_uppercase());
             id.push_str(&method[1..]);
         }
-        let header = |description: &str| json!({"description": description, "schema": {"type": "string"}});
+        let header =
+            |description: &str| json!({"description": description, "schema": {"type": "string"}});
         item.insert(method.into(), json!({
             "operationId": id,
             "summary": "Check an access token (for proxies and backends)",

@@ -87,15 +87,30 @@ fn every_refused_token_is_401_with_the_message_of_every_refused_access_token() {
     let cases: Vec<(&str, Vec<(&str, String)>)> = vec![
         ("no header", vec![]),
         ("empty bearer", vec![("authorization", "Bearer ".into())]),
-        ("another scheme", vec![("authorization", format!("Basic {token}"))]),
-        ("lowercase scheme", vec![("authorization", format!("bearer {token}"))]),
+        (
+            "another scheme",
+            vec![("authorization", format!("Basic {token}"))],
+        ),
+        (
+            "lowercase scheme",
+            vec![("authorization", format!("bearer {token}"))],
+        ),
         ("garbage", vec![("authorization", "Bearer x.y.z".into())]),
-        ("a refresh token", vec![(
-            "authorization",
-            format!("Bearer {}", login.str("refresh_token")),
-        )]),
-        ("tampered claims", vec![("authorization", format!("Bearer {tampered}"))]),
-        ("no signature", vec![("authorization", format!("Bearer {h}.{p}."))]),
+        (
+            "a refresh token",
+            vec![(
+                "authorization",
+                format!("Bearer {}", login.str("refresh_token")),
+            )],
+        ),
+        (
+            "tampered claims",
+            vec![("authorization", format!("Bearer {tampered}"))],
+        ),
+        (
+            "no signature",
+            vec![("authorization", format!("Bearer {h}.{p}."))],
+        ),
     ];
     for method in ["GET", "POST"] {
         for (name, headers) in &cases {
@@ -159,7 +174,9 @@ fn the_documented_answers_of_every_method_are_the_real_ones() {
     methods.sort_unstable();
     assert_eq!(
         methods,
-        ["delete", "get", "head", "options", "patch", "post", "put", "trace"],
+        [
+            "delete", "get", "head", "options", "patch", "post", "put", "trace"
+        ],
         "any method a path item can name"
     );
     let token = app.login_ok("frank").str("access_token");
@@ -171,14 +188,23 @@ fn the_documented_answers_of_every_method_are_the_real_ones() {
         let headers = &op["responses"]["200"]["headers"];
         for name in ["X-Liveuser-Uid", "X-Liveuser-Session"] {
             assert!(headers[name].is_object(), "{method}: {name}");
-            assert!(ok.headers.contains_key(&name.to_lowercase()), "{method}: {name}");
+            assert!(
+                ok.headers.contains_key(&name.to_lowercase()),
+                "{method}: {name}"
+            );
         }
         let refused = check(&app, &upper, None, b"");
         assert_eq!(refused.status, 401, "{method}");
         assert!(op["responses"]["401"].is_object(), "{method}");
         if method != "head" {
             let schema = &doc["components"]["schemas"]["AuthCheck"];
-            let mut fields: Vec<&str> = ok.body.as_object().unwrap().keys().map(String::as_str).collect();
+            let mut fields: Vec<&str> = ok
+                .body
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .collect();
             let mut required: Vec<&str> = schema["required"]
                 .as_array()
                 .unwrap()
@@ -187,7 +213,10 @@ fn the_documented_answers_of_every_method_are_the_real_ones() {
                 .collect();
             fields.sort_unstable();
             required.sort_unstable();
-            assert_eq!(fields, required, "{method}: the body has the documented fields");
+            assert_eq!(
+                fields, required,
+                "{method}: the body has the documented fields"
+            );
         }
     }
 }
@@ -213,8 +242,7 @@ fn until_refused(base: &str, token: &str, since: Instant) -> Duration {
 }
 
 #[test]
-fn on_postgres_a_revocation_through_one_instance_is_refused_by_the_others_check_within_a_second()
-{
+fn on_postgres_a_revocation_through_one_instance_is_refused_by_the_others_check_within_a_second() {
     on_postgres(|| {
         let a = TestApp::spawn();
         let url = a.config.storage.postgres_url.clone();

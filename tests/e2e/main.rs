@@ -12,6 +12,7 @@ mod durability;
 mod file_modes;
 mod forward_auth;
 mod fuzz;
+mod jwks;
 mod key_rotation;
 mod login;
 mod ops;
