@@ -10,7 +10,15 @@
 //! cargo run --release --example loadgen -- --help
 //! # the same on PostgreSQL (a fresh schema, dropped at the end), beside pgbench
 //! cargo run --release --example loadgen -- --backend postgres --workloads healthz,pgbench,query,renew
+//! # ES256 against HS256: one server of each, their rounds interleaved
+//! cargo run --release --example loadgen -- --users 10000 --algorithms ES256,HS256 \
+//!     --workloads healthz,authcheck,query,adduser,renew,login
 //! ```
+//!
+//! With `--algorithms ES256,HS256` each algorithm gets a database and a server of its
+//! own (generated keys of that algorithm), every round runs every workload on each in
+//! turn, and each ratio is taken against healthz of the same server in the same round;
+//! a last table compares each workload's ES256 ratio with its HS256 ratio.
 //!
 //! With `--backend postgres` the server keeps its data in a schema of its own on the
 //! server at `--postgres-url`, and the `pgbench` workload measures PostgreSQL itself in
@@ -44,6 +52,7 @@ use tokio::net::TcpStream;
 
 use liveuser::clock::SystemClock;
 use liveuser::config::{Config, WxMode};
+use liveuser::model::KeyAlgorithm;
 
 /// Load generator for liveuser.
 #[derive(Debug, Parser)]
@@ -67,11 +76,18 @@ struct Args {
     /// Client threads.
     #[arg(long, default_value_t = 2)]
     threads: usize,
-    /// Comma-separated workloads: healthz, query, adduser, renew, login (returning users),
-    /// login-new (first logins), and with --backend postgres also pgbench (PostgreSQL
-    /// alone, one UPDATE per transaction).
-    #[arg(long, default_value = "healthz,query,adduser,renew,login,login-new")]
+    /// Comma-separated workloads: healthz, authcheck (Auth/Check), query, adduser, renew,
+    /// login (returning users), login-new (first logins), and with --backend postgres also
+    /// pgbench (PostgreSQL alone, one UPDATE per transaction).
+    #[arg(
+        long,
+        default_value = "healthz,authcheck,query,adduser,renew,login,login-new"
+    )]
     workloads: String,
+    /// Comma-separated algorithms of the servers' generated signing keys (ES256, HS256):
+    /// one server each, rounds interleaved.
+    #[arg(long, default_value = "ES256")]
+    algorithms: String,
     /// Where to put the database (default: a temporary directory, removed at the end).
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -123,6 +139,7 @@ struct Seeded {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Workload {
     Healthz,
+    AuthCheck,
     Query,
     AddUser,
     Renew,
@@ -135,6 +152,7 @@ impl Workload {
     fn parse(s: &str) -> Option<Workload> {
         Some(match s.trim() {
             "healthz" => Workload::Healthz,
+            "authcheck" => Workload::AuthCheck,
             "query" => Workload::Query,
             "adduser" => Workload::AddUser,
             "renew" => Workload::Renew,
@@ -148,6 +166,7 @@ impl Workload {
     fn name(self) -> &'static str {
         match self {
             Workload::Healthz => "healthz",
+            Workload::AuthCheck => "authcheck",
             Workload::Query => "query",
             Workload::AddUser => "adduser",
             Workload::Renew => "renew",
@@ -160,6 +179,7 @@ impl Workload {
     fn description(self) -> &'static str {
         match self {
             Workload::Healthz => "GET /healthz (baseline)",
+            Workload::AuthCheck => "GET /liveuser/Auth/Check, valid token",
             Workload::Query => "QueryUser, 10 random uids, valid token",
             Workload::AddUser => "AddUser, own record, durable",
             Workload::Renew => "RenewToken with rotation, durable",
@@ -173,6 +193,7 @@ impl Workload {
     fn target_ratio(self) -> Option<f64> {
         match self {
             Workload::Healthz => None,
+            Workload::AuthCheck => Some(0.70),
             Workload::Query => Some(0.60),
             Workload::AddUser => Some(0.40),
             Workload::Renew => Some(0.30),
@@ -251,7 +272,15 @@ fn main() {
     // All the load comes from one address (and /metrics is scraped beside it).
     config.server.max_connections_per_address = 0;
     config.log.level = "warn".into();
-    std::fs::write(&config_path, toml::to_string(&config).unwrap()).expect("write config");
+    let algorithms: Vec<KeyAlgorithm> = args
+        .algorithms
+        .split(',')
+        .map(|a| KeyAlgorithm::parse(a.trim()).unwrap_or_else(|| panic!("unknown algorithm {a:?}")))
+        .collect();
+    assert!(
+        algorithms.len() == 1 || (schema.is_none() && !args.reuse && args.growth.is_none()),
+        "several --algorithms run on sled, without --reuse or --growth"
+    );
 
     if args.reuse {
         assert!(
@@ -261,26 +290,52 @@ fn main() {
             "--reuse runs only healthz and query"
         );
     }
-    eprintln!("seeding {} users into {} …", args.users, dir.display());
-    let started = Instant::now();
-    let users = if args.reuse {
-        reuse(&config, args.connections)
-    } else {
-        seed(&config, args.users)
-    };
-    let seed_secs = started.elapsed().as_secs_f64();
-    eprintln!(
-        "seeded in {seed_secs:.1} s ({:.0} logins/s)",
-        args.users as f64 / seed_secs
-    );
-
-    let (server, addr, startup) = start_server(&config_path);
-    let mut server = ServerChild(server);
-    eprintln!(
-        "server pid {} on {addr}, healthy {:.0} ms after start",
-        server.0.id(),
-        startup.as_secs_f64() * 1000.0
-    );
+    let mut targets = Vec::new();
+    for &algorithm in &algorithms {
+        let mut config = config.clone();
+        let mut config_path = config_path.clone();
+        config.token.algorithm = algorithm;
+        if algorithms.len() > 1 {
+            let own = dir.join(algorithm.name());
+            std::fs::create_dir_all(&own).expect("bench dir");
+            config.storage.path = own.join("db");
+            config_path = own.join("liveuser.toml");
+        }
+        std::fs::write(&config_path, toml::to_string(&config).unwrap()).expect("write config");
+        eprintln!(
+            "seeding {} users into {} ({}) …",
+            args.users,
+            config.storage.path.display(),
+            algorithm.name()
+        );
+        let started = Instant::now();
+        let users = if args.reuse {
+            reuse(&config, args.connections)
+        } else {
+            seed(&config, args.users)
+        };
+        let seed_secs = started.elapsed().as_secs_f64();
+        eprintln!(
+            "seeded in {seed_secs:.1} s ({:.0} logins/s)",
+            args.users as f64 / seed_secs
+        );
+        let (server, addr, startup) = start_server(&config_path);
+        let server = ServerChild(server);
+        eprintln!(
+            "server pid {} on {addr}, healthy {:.0} ms after start",
+            server.0.id(),
+            startup.as_secs_f64() * 1000.0
+        );
+        targets.push(Target {
+            algorithm,
+            addr,
+            users: Arc::new(users),
+            server,
+            config,
+            startup,
+            seed_secs,
+        });
+    }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads)
@@ -303,28 +358,48 @@ fn main() {
             &format!("VACUUM ANALYZE {schema}.pgbench_one"),
         );
     }
-    let users = Arc::new(users);
     let mut results = Vec::new();
     for round in 0..args.rounds {
-        for &workload in &workloads {
-            eprintln!(
-                "round {}: running {} for {:.0}+{:.0} s …",
-                round + 1,
-                workload.name(),
-                args.warmup,
-                args.duration
-            );
-            let result = match (workload, &schema) {
-                (Workload::Pgbench, Some(schema)) => pgbench(&args, &schema.name, round),
-                _ => runtime.block_on(run_workload(addr, workload, &args, users.clone(), round)),
-            };
-            eprintln!(
-                "  {:.0} req/s, p99 {:.2} ms, {} errors",
-                result.rps, result.p99_ms, result.errors
-            );
-            results.push(result);
+        for target in &targets {
+            for &workload in &workloads {
+                eprintln!(
+                    "round {}: running {} ({}) for {:.0}+{:.0} s …",
+                    round + 1,
+                    workload.name(),
+                    target.algorithm.name(),
+                    args.warmup,
+                    args.duration
+                );
+                let mut result = match (workload, &schema) {
+                    (Workload::Pgbench, Some(schema)) => pgbench(&args, &schema.name, round),
+                    _ => runtime.block_on(run_workload(
+                        target.addr,
+                        workload,
+                        &args,
+                        target.users.clone(),
+                        round,
+                    )),
+                };
+                result.algorithm = target.algorithm;
+                eprintln!(
+                    "  {:.0} req/s, p99 {:.2} ms, {} errors",
+                    result.rps, result.p99_ms, result.errors
+                );
+                results.push(result);
+            }
         }
     }
+    // The figures of the run's server, and the growth run, are the first server's.
+    let (addr, users, config, startup, seed_secs) = {
+        let first = &targets[0];
+        (
+            first.addr,
+            first.users.clone(),
+            first.config.clone(),
+            first.startup,
+            first.seed_secs,
+        )
+    };
     let growth = args.growth.map(|total| {
         let size_before = dir_size(&config.storage.path);
         eprintln!(
@@ -364,11 +439,13 @@ fn main() {
             after,
         }
     });
-    let (rss_mb, peak_mb) = memory_of(server.0.id());
-    let _ = Command::new("kill")
-        .args(["-TERM", &server.0.id().to_string()])
-        .status();
-    let _ = server.0.wait();
+    let (rss_mb, peak_mb) = memory_of(targets[0].server.0.id());
+    for target in &mut targets {
+        let _ = Command::new("kill")
+            .args(["-TERM", &target.server.0.id().to_string()])
+            .status();
+        let _ = target.server.0.wait();
+    }
     let db_mb = match &schema {
         None => dir_size(&config.storage.path) as f64 / 1e6,
         Some(BenchSchema { name: schema, .. }) => {
@@ -688,6 +765,7 @@ fn pgbench(args: &Args, schema: &str, round: usize) -> Outcome {
     let latency = number("latency average");
     let _ = std::fs::remove_file(&script);
     Outcome {
+        algorithm: KeyAlgorithm::ES256,
         workload: Workload::Pgbench,
         round,
         requests: requests as u64,
@@ -701,8 +779,21 @@ fn pgbench(args: &Args, schema: &str, round: usize) -> Outcome {
     }
 }
 
+/// A server under test: its signing-key algorithm, address, seeded users and process.
+struct Target {
+    algorithm: KeyAlgorithm,
+    addr: SocketAddr,
+    users: Arc<Vec<Seeded>>,
+    server: ServerChild,
+    config: Config,
+    startup: Duration,
+    seed_secs: f64,
+}
+
 /// Figures of one workload.
 struct Outcome {
+    /// The algorithm of the server it ran on.
+    algorithm: KeyAlgorithm,
     workload: Workload,
     round: usize,
     requests: u64,
@@ -761,6 +852,7 @@ async fn run_workload(
     };
     let requests = latencies.len() as u64;
     Outcome {
+        algorithm: KeyAlgorithm::ES256,
         workload,
         round,
         requests,
@@ -899,10 +991,23 @@ async fn drive(
     // QueryUser and AddUser requests are built before the run, so the client spends its
     // share of the machine sending, not composing JSON (the server is what is measured).
     let pool: Vec<Vec<u8>> = match workload {
-        Workload::Query | Workload::AddUser => (0..POOL)
+        Workload::Query | Workload::AddUser | Workload::AuthCheck => (0..POOL)
             .map(|_| {
                 let mut request = Vec::with_capacity(1024);
-                if workload == Workload::Query {
+                if workload == Workload::AuthCheck {
+                    let me = match &users[rng.random_range(0..users.len())] {
+                        seeded if !seeded.access.is_empty() => seeded,
+                        _ => &users[conn],
+                    };
+                    request.extend_from_slice(
+                        format!(
+                            "GET /liveuser/Auth/Check HTTP/1.1\r\nHost: bench\r\n\
+                             Authorization: Bearer {}\r\n\r\n",
+                            me.access
+                        )
+                        .as_bytes(),
+                    );
+                } else if workload == Workload::Query {
                     let me = match &users[rng.random_range(0..users.len())] {
                         seeded if !seeded.access.is_empty() => seeded,
                         _ => &users[conn],
@@ -950,7 +1055,7 @@ async fn drive(
             Workload::Healthz => {
                 request.extend_from_slice(b"GET /healthz HTTP/1.1\r\nHost: bench\r\n\r\n")
             }
-            Workload::Query | Workload::AddUser => {
+            Workload::Query | Workload::AddUser | Workload::AuthCheck => {
                 request.extend_from_slice(&pool[cursor % POOL]);
                 cursor += 1;
             }
@@ -1128,7 +1233,28 @@ fn report(args: &Args, results: &[Outcome], growth: Option<&Growth>, server: Ser
          {} rounds of {:.0} s per workload; medians of the rounds",
         args.users, args.connections, args.rounds, args.duration
     );
-    let rows = table(results);
+    let mut algorithms: Vec<KeyAlgorithm> = Vec::new();
+    for r in results {
+        if !algorithms.contains(&r.algorithm) {
+            algorithms.push(r.algorithm);
+        }
+    }
+    let mut by_algorithm = serde_json::Map::new();
+    for &algorithm in &algorithms {
+        if algorithms.len() > 1 {
+            println!("{}:", algorithm.name());
+        }
+        let of: Vec<&Outcome> = results
+            .iter()
+            .filter(|r| r.algorithm == algorithm)
+            .collect();
+        by_algorithm.insert(algorithm.name().into(), Value::Array(table(&of)));
+    }
+    let comparison = compare(&by_algorithm);
+    let rows = by_algorithm
+        .get(algorithms[0].name())
+        .cloned()
+        .unwrap_or(Value::Null);
     // RenewToken against PostgreSQL's own ceiling for one durable single-row write.
     let per_round = |w: Workload| {
         (0..args.rounds)
@@ -1174,7 +1300,7 @@ fn report(args: &Args, results: &[Outcome], growth: Option<&Growth>, server: Ser
             g.size_after as f64 / 1e6,
             (g.size_after as f64 / g.size_before as f64 - 1.0) * 100.0
         );
-        let after = table(&g.after);
+        let after = table(&g.after.iter().collect::<Vec<_>>());
         json!({
             "renewals": g.total,
             "secs": g.secs,
@@ -1194,6 +1320,8 @@ fn report(args: &Args, results: &[Outcome], growth: Option<&Growth>, server: Ser
         "client_threads": args.threads,
         "rounds": args.rounds,
         "results": rows,
+        "results_by_algorithm": by_algorithm,
+        "es256_to_hs256": comparison,
         "growth": growth,
         "server": {
             "start_to_healthy_ms": startup.as_secs_f64() * 1000.0,
@@ -1212,9 +1340,44 @@ fn report(args: &Args, results: &[Outcome], growth: Option<&Growth>, server: Ser
     }
 }
 
+/// With both ES256 and HS256 results: each workload's ES256 ratio to healthz over its
+/// HS256 ratio (both against the healthz of their own server and round), printed and
+/// returned.
+fn compare(by_algorithm: &serde_json::Map<String, Value>) -> Value {
+    let (Some(Value::Array(es)), Some(Value::Array(hs))) =
+        (by_algorithm.get("ES256"), by_algorithm.get("HS256"))
+    else {
+        return Value::Null;
+    };
+    println!();
+    println!(
+        "{:<9} {:>12} {:>12} {:>10}  ES256 against HS256, ratios to healthz of the same server",
+        "workload", "ES256 ratio", "HS256 ratio", "ES / HS"
+    );
+    let mut out = serde_json::Map::new();
+    for row in es {
+        let name = row["workload"].as_str().unwrap_or_default();
+        let Some(other) = hs.iter().find(|r| r["workload"] == name) else {
+            continue;
+        };
+        let (Some(e), Some(h)) = (
+            row["ratio_to_healthz"].as_f64(),
+            other["ratio_to_healthz"].as_f64(),
+        ) else {
+            continue;
+        };
+        println!("{name:<9} {e:>12.3} {h:>12.3} {:>10.3}", e / h);
+        out.insert(
+            name.into(),
+            json!({"es256": e, "hs256": h, "es256_over_hs256": e / h}),
+        );
+    }
+    Value::Object(out)
+}
+
 /// Prints the table of `results` (medians of the rounds, each ratio against healthz of
 /// its own round) and returns its rows as JSON.
-fn table(results: &[Outcome]) -> Vec<Value> {
+fn table(results: &[&Outcome]) -> Vec<Value> {
     let baseline = |round: usize| {
         results
             .iter()
@@ -1243,6 +1406,7 @@ fn table(results: &[Outcome]) -> Vec<Value> {
         seen.push(first.workload);
         let rounds: Vec<&Outcome> = results
             .iter()
+            .copied()
             .filter(|r| r.workload == first.workload)
             .collect();
         let median_of = |mut v: Vec<f64>| {
@@ -1266,7 +1430,10 @@ fn table(results: &[Outcome]) -> Vec<Value> {
         );
         // Writers per flush: from the server's batch-size metric where it has one, else
         // every answered request of a durable workload counted as one writer.
-        let durable = !matches!(first.workload, Workload::Healthz | Workload::Query);
+        let durable = !matches!(
+            first.workload,
+            Workload::Healthz | Workload::Query | Workload::AuthCheck
+        );
         let flushes_per_s = median_of(
             rounds
                 .iter()
