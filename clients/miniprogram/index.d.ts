@@ -75,6 +75,12 @@ export interface Client {
    * and `-`); any other rejects with code `invalid_path` and sends nothing.
    */
   call<T = unknown>(path: string, body?: object): Promise<T>;
+  /**
+   * `"Bearer <access token>"` for the `Authorization` header of requests to your own
+   * backends, after a login or renewal if one is due (as before a call). Your backend
+   * checks it with liveuser's JWKS or `/liveuser/Auth/Check`.
+   */
+  authorization(): Promise<string>;
   /** The logged-in user's uid, or `null`. */
   readonly uid: string | null;
   /** Forgets the tokens, in memory and in storage. */

@@ -468,6 +468,17 @@ function createClient(options) {
       });
     },
     call: call,
+    /**
+     * `"Bearer <access token>"`, for the Authorization header of requests to your own
+     * backends (which check it with liveuser's JWKS or /liveuser/Auth/Check): logs in or
+     * renews first, as a call would. The client never sends the token anywhere itself
+     * but to liveuser; this hands it to you for the hosts you choose.
+     */
+    authorization: function () {
+      return tokensForCall().then(function (state) {
+        return 'Bearer ' + state.access_token;
+      });
+    },
     /** Forgets the tokens here and in storage. The session itself ends on the server when it expires. */
     logout: function () {
       epoch += 1;
