@@ -96,7 +96,59 @@ fn main() {
     let hs_mac = Hmac::<Sha256>::new_from_slice(&hs_secret).unwrap();
     let hs_input = signing_input("HS256");
 
+    let uid = liveuser::model::Uid::parse("a91b40478e4c885fea29e6e7").unwrap();
+    let record = liveuser::model::SigningKeyRecord {
+        kid: liveuser::token::kid_of_private(liveuser::model::KeyAlgorithm::ES256, pkcs8.as_ref())
+            .unwrap(),
+        algorithm: liveuser::model::KeyAlgorithm::ES256,
+        private: liveuser::secret::Secret::new(pkcs8.as_ref().to_vec()),
+        created_at: 0,
+        signs_at: 0,
+        retires_at: None,
+    };
+    let es_tokens = liveuser::token::AccessTokens::with_keys(
+        liveuser::token::KeyRing::from_records(&[record]).unwrap(),
+        "liveuser",
+        "liveuser",
+        7200,
+    );
+    let hs_tokens = liveuser::token::AccessTokens::new(&hs_secret, "liveuser", "liveuser", 7200);
     let variants: Vec<Variant> = vec![
+        ("issue ES256: liveuser's AccessTokens", {
+            let (t, uid) = (es_tokens.clone(), uid.clone());
+            Box::new(move || {
+                time(N, || {
+                    black_box(t.issue(
+                        &uid,
+                        liveuser::model::Sid([3; 16]),
+                        1_800_000_000,
+                        u64::MAX,
+                    ));
+                })
+            })
+        }),
+        ("issue HS256: liveuser's AccessTokens", {
+            let (t, uid) = (hs_tokens.clone(), uid.clone());
+            Box::new(move || {
+                time(N, || {
+                    black_box(t.issue(
+                        &uid,
+                        liveuser::model::Sid([3; 16]),
+                        1_800_000_000,
+                        u64::MAX,
+                    ));
+                })
+            })
+        }),
+        ("verify ES256 again: liveuser (cached)", {
+            let t = es_tokens.clone();
+            let (token, _) = t.issue(&uid, liveuser::model::Sid([3; 16]), 1_800_000_000, u64::MAX);
+            Box::new(move || {
+                time(N, || {
+                    black_box(t.verify(&token, 1_800_000_001).unwrap());
+                })
+            })
+        }),
         ("sign ES256: jsonwebtoken (p256)", {
             let (header, key) = (header.clone(), jwt_encoding.clone());
             Box::new(move || {
