@@ -408,11 +408,12 @@ async fn reload_keys_on_change<S: Store>(
     mut changes: watch::Receiver<u64>,
 ) {
     while changes.changed().await.is_ok() {
-        let reloaded = async {
-            service.reload_signing_keys(&token).await?;
-            service.reload_refresh_key().await
-        };
-        if let Err(e) = reloaded.await {
+        // Side by side: a change of either kind is in force as soon as its own read is.
+        let (signing, refresh) = tokio::join!(
+            service.reload_signing_keys(&token),
+            service.reload_refresh_key()
+        );
+        if let Err(e) = signing.and(refresh) {
             tracing::warn!(error = %e, "reloading the keys failed; retrying in 1 s");
             tokio::time::sleep(Duration::from_secs(1)).await;
             changes.mark_changed();

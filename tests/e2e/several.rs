@@ -600,7 +600,7 @@ fn instances_starting_at_once_migrate_once_and_a_newer_schema_is_refused() {
         assert_eq!(servers.len(), 3);
         let migrate = cli(&config, &["migrate"]);
         let said = migrate.ok();
-        assert!(said.contains("schema version 2 (was 2)"), "{said}");
+        assert!(said.contains("schema version 3 (was 3)"), "{said}");
         drop(servers);
 
         // The schema of this test, as the harness named it.
@@ -614,7 +614,7 @@ fn instances_starting_at_once_migrate_once_and_a_newer_schema_is_refused() {
         psql(
             &url,
             "SELECT count(*) FROM liveuser_schema_migrations; \
-             DO $$ BEGIN IF (SELECT count(*) FROM liveuser_schema_migrations) <> 2 THEN \
+             DO $$ BEGIN IF (SELECT count(*) FROM liveuser_schema_migrations) <> 3 THEN \
              RAISE EXCEPTION 'migrated more than once'; END IF; END $$;",
         )
         .unwrap();
