@@ -1,8 +1,7 @@
 //! The test harness: a real liveuser server on a loopback port 0, a real sled database
 //! in a temp dir, a fake WeChat that is a real HTTP server on loopback, and a blocking
 //! HTTP client (ureq) to talk to them as a mini-program would. The executable itself
-//! ([`Binary`]) runs on loopback ports the harness picks, and is ready when it answers
-//! `GET /healthz` on them.
+//! ([`Binary`]) runs on loopback port 0 too, and says on stdout which ports it bound.
 //!
 //! The storage backend is a parameter: a test run through [`on_postgres`] (modules list
 //! theirs with [`on_postgres!`](crate::on_postgres)) gets the real PostgreSQL at
@@ -707,126 +706,87 @@ pub struct Binary {
     pub child: std::process::Child,
     pub base: String,
     pub addr: SocketAddr,
+    /// The admin API's TCP address (none on PostgreSQL, which serves no admin API).
+    pub admin_addr: Option<SocketAddr>,
+    /// The line the server wrote on stdout when it began to serve.
+    pub ready: String,
     pub log: Arc<Mutex<String>>,
 }
 
-/// Starts of [`Binary::serve`] on fresh ports when a port it picked was taken before the
-/// server bound it: tests run in parallel, and any of them may bind a port in between.
-const START_ATTEMPTS: usize = 5;
-/// How long one start may take to answer `/healthz`.
+/// How long a start may take to say it serves.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Why one start of the executable gave no running server.
-enum StartFailure {
-    /// A port the harness picked was taken before the server bound it; the log.
-    PortTaken(String),
-    /// Anything else, said with the process's log.
-    Failed(String),
-}
-
 impl Binary {
-    /// Writes `config_toml` to `dir/liveuser.toml` and runs `liveuser serve` with it,
-    /// with extra environment variables, on loopback ports the harness picks (they
-    /// override `server.listen` and `server.admin_listen`); returns once the server
-    /// answers `GET /healthz`.
+    /// Writes `config_toml` to `dir/liveuser.toml` and runs `liveuser serve` with it, on
+    /// loopback port 0 for both listeners (the test's `env` may say otherwise); returns
+    /// once the server says on stdout which addresses it bound.
     pub fn serve(dir: &std::path::Path, config_toml: &str, env: &[(&str, &str)]) -> Binary {
         Self::serve_with(dir, config_toml, env, |_| {})
     }
 
     /// [`Binary::serve`], with `tweak` applied to the command before it starts (e.g. to
-    /// set resource limits on the child); it is applied again to each retried start.
+    /// set resource limits on the child).
     pub fn serve_with(
         dir: &std::path::Path,
         config_toml: &str,
         env: &[(&str, &str)],
-        tweak: impl Fn(&mut std::process::Command),
+        tweak: impl FnOnce(&mut std::process::Command),
     ) -> Binary {
         let config = dir.join("liveuser.toml");
         std::fs::write(&config, config_toml).unwrap();
-        let mut taken = String::new();
-        for _ in 0..START_ATTEMPTS {
-            let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_liveuser"));
-            command
-                .arg("--config")
-                .arg(&config)
-                .arg("serve")
-                .current_dir(dir)
-                .envs(env.iter().copied())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::piped());
-            tweak(&mut command);
-            match Self::start(command) {
-                Ok(binary) => return binary,
-                Err(StartFailure::PortTaken(log)) => taken = log,
-                Err(StartFailure::Failed(why)) => panic!("{why}"),
-            }
-        }
-        panic!(
-            "liveuser found a port taken at each of {START_ATTEMPTS} starts; the last:\n{taken}"
-        );
-    }
-
-    /// Runs `command` on two fresh loopback ports and waits until it is ready.
-    fn start(mut command: std::process::Command) -> Result<Binary, StartFailure> {
-        use std::io::BufRead;
-        let [port, admin_port] = free_ports();
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        // Set last, so that they win over the file and the test's variables.
-        command.env("LIVEUSER_SERVER_LISTEN", addr.to_string()).env(
-            "LIVEUSER_SERVER_ADMIN_LISTEN",
-            format!("127.0.0.1:{admin_port}"),
-        );
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_liveuser"));
+        command
+            .arg("--config")
+            .arg(&config)
+            .arg("serve")
+            .current_dir(dir)
+            .env("LIVEUSER_SERVER_LISTEN", "127.0.0.1:0")
+            .env("LIVEUSER_SERVER_ADMIN_LISTEN", "127.0.0.1:0")
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        tweak(&mut command);
         let mut child = command.spawn().expect("liveuser starts");
-        let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(String::new()));
-        // Read the log all along: a full pipe would stall the server.
-        let reader = {
+        // Both pipes are read all along: a full pipe would stall the server.
+        let stderr = read_lines(child.stderr.take().unwrap(), {
             let log = log.clone();
-            std::thread::spawn(move || {
-                for line in std::io::BufReader::new(stderr)
-                    .lines()
-                    .map_while(Result::ok)
-                {
-                    let mut log = log.lock().unwrap();
-                    log.push_str(&line);
-                    log.push('\n');
-                }
-            })
+            move |line| {
+                let mut log = log.lock().unwrap();
+                log.push_str(line);
+                log.push('\n');
+            }
+        });
+        let (ready, said) = std::sync::mpsc::channel();
+        read_lines(child.stdout.take().unwrap(), move |line| {
+            if line.starts_with("listening ") {
+                let _ = ready.send(line.to_string());
+            }
+        });
+        let ready = match said.recv_timeout(START_TIMEOUT) {
+            Ok(line) => line,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                // Stdout closed without the line: the process ended; its log says why.
+                let status = child.wait().unwrap();
+                let _ = stderr.join();
+                let log = log.lock().unwrap().clone();
+                panic!("liveuser exited ({status}) before it served:\n{log}");
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let log = log.lock().unwrap().clone();
+                panic!("liveuser did not serve within {START_TIMEOUT:?}:\n{log}");
+            }
         };
-        let mut binary = Binary {
+        let (addr, admin_addr) = bound_addresses(&ready);
+        Binary {
             child,
             base: format!("http://{addr}"),
             addr,
+            admin_addr,
+            ready,
             log,
-        };
-        let probe = agent_timing_out(Duration::from_secs(2));
-        let deadline = std::time::Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(status) = binary.child.try_wait().unwrap() {
-                let _ = reader.join();
-                let log = binary.log();
-                if log.contains("cannot listen on") && log.contains("in use") {
-                    return Err(StartFailure::PortTaken(log));
-                }
-                return Err(StartFailure::Failed(format!(
-                    "liveuser exited ({status}) before it answered /healthz:\n{log}"
-                )));
-            }
-            let healthy = probe
-                .get(format!("{}/healthz", binary.base))
-                .call()
-                .is_ok_and(|r| r.status() == 200);
-            // The answer may come from a process that took the port first.
-            if healthy && listens_on(binary.child.id(), port) {
-                return Ok(binary);
-            }
-            if std::time::Instant::now() > deadline {
-                return Err(StartFailure::Failed(format!(
-                    "liveuser did not answer /healthz at {addr} within {START_TIMEOUT:?}:\n{}",
-                    binary.log()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -858,56 +818,45 @@ impl Drop for Binary {
     }
 }
 
-/// Two loopback ports free when asked: bound together at port 0 (so they differ), read,
-/// and let go for the server to bind.
-fn free_ports() -> [u16; 2] {
-    let bind = || std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let (public, admin) = (bind(), bind());
-    [public, admin].map(|l| l.local_addr().unwrap().port())
-}
-
-/// Whether process `pid` holds a socket listening on loopback TCP `port`: one of its
-/// open files is the socket that `/proc/net/tcp` lists as listening there.
-#[cfg(target_os = "linux")]
-fn listens_on(pid: u32, port: u16) -> bool {
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return false;
-    };
-    let sockets: std::collections::HashSet<String> = fds
-        .filter_map(|fd| {
-            let target = std::fs::read_link(fd.ok()?.path()).ok()?;
-            let inode = target
-                .to_str()?
-                .strip_prefix("socket:[")?
-                .strip_suffix(']')?;
-            Some(inode.to_string())
-        })
-        .collect();
-    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
-    // Columns: sl, local_address (hex IP:port), rem_address, st (0A: listening), …,
-    // inode (the tenth).
-    table.lines().skip(1).any(|row| {
-        let columns: Vec<&str> = row.split_whitespace().collect();
-        columns.len() > 9
-            && columns[1]
-                .rsplit(':')
-                .next()
-                .and_then(|p| u16::from_str_radix(p, 16).ok())
-                == Some(port)
-            && columns[3] == "0A"
-            && sockets.contains(columns[9])
+/// Hands every line of `pipe` to `each` on a thread of its own, until the pipe closes.
+fn read_lines(
+    pipe: impl std::io::Read + Send + 'static,
+    mut each: impl FnMut(&str) + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    use std::io::BufRead;
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+            each(&line);
+        }
     })
 }
 
-/// Elsewhere there is no `/proc` to ask: an answer on the port is taken as the child's.
-#[cfg(not(target_os = "linux"))]
-fn listens_on(_pid: u32, _port: u16) -> bool {
-    true
+/// The public and admin addresses of a `listening public=<url> [admin=<url>]` line.
+fn bound_addresses(line: &str) -> (SocketAddr, Option<SocketAddr>) {
+    let mut public = None;
+    let mut admin = None;
+    for field in line.split(' ').skip(1) {
+        let (name, url) = field
+            .split_once('=')
+            .unwrap_or_else(|| panic!("a name=url field: {line}"));
+        let addr: SocketAddr = url
+            .split_once("://")
+            .and_then(|(_, addr)| addr.parse().ok())
+            .unwrap_or_else(|| panic!("a URL of an address: {line}"));
+        match name {
+            "public" => public = Some(addr),
+            "admin" => admin = Some(addr),
+            other => panic!("unknown field {other}: {line}"),
+        }
+    }
+    (
+        public.unwrap_or_else(|| panic!("no public address: {line}")),
+        admin,
+    )
 }
 
-/// A minimal config for the binary: port 0 (which [`Binary::serve`] overrides with ports
-/// of its own), database in `dir` (or, in a PostgreSQL test, the schema of `dir`), mock
-/// WeChat.
+/// A minimal config for the binary: port 0, database in `dir` (or, in a PostgreSQL test,
+/// the schema of `dir`), mock WeChat.
 pub fn binary_config(dir: &std::path::Path) -> String {
     let postgres = match postgres_url_for(dir) {
         Some(url) => format!(

@@ -12,7 +12,9 @@ use serde_json::{Value, json};
 
 use liveuser::clock::OffsetClock;
 
-use crate::common::{Binary, Reply, TestApp, agent, binary_config, cli, send, write_config};
+use crate::common::{
+    Backend, Binary, Reply, TestApp, agent, backend, binary_config, cli, post, send, write_config,
+};
 
 fn get(base: &str, path: &str) -> Reply {
     send(&agent(), "GET", &format!("{base}{path}"), &[], b"")
@@ -237,7 +239,7 @@ fn each_request_is_logged_once_as_json_with_its_request_id_and_uid() {
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .filter(|v| v["request_id"].is_string())
             .collect();
-        // The harness's own /healthz probes are logged too: wait for these two.
+        // The lines are written as the requests end: wait for these two.
         let logged = |id: &str| lines.iter().any(|v| v["request_id"] == id);
         if (logged("trace-abc-123") && logged(&generated)) || Instant::now() > deadline {
             break lines;
@@ -612,3 +614,60 @@ fn a_stop_while_the_users_are_being_counted_lets_the_next_start_open_the_databas
     }
     assert_eq!(get(&app.base, "/healthz").status, 200);
 }
+
+#[test]
+fn the_executable_says_on_stdout_which_addresses_it_bound_once_it_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Binary::serve(dir.path(), &binary_config(dir.path()), &[]);
+    let public = server.addr;
+    assert_ne!(public.port(), 0, "the port picked, not the one asked for");
+    let expected = match server.admin_addr {
+        Some(admin) => {
+            assert_eq!(backend(), Backend::Sled, "an admin API on PostgreSQL");
+            assert!(![0, public.port()].contains(&admin.port()), "{admin}");
+            format!("listening public=http://{public} admin=http://{admin}")
+        }
+        None => {
+            assert_eq!(backend(), Backend::Postgres, "no admin API on sled");
+            format!("listening public=http://{public}")
+        }
+    };
+    assert_eq!(server.ready, expected);
+    // Said once it serves: the first request is answered, with no wait before it.
+    assert_eq!(get(&server.base, "/healthz").status, 200);
+    if let Some(admin) = server.admin_addr {
+        let endpoint = std::fs::read_to_string(dir.path().join("db.admin-token")).unwrap();
+        let endpoint: Value = serde_json::from_str(&endpoint).unwrap();
+        let r = post(
+            &format!("http://{admin}"),
+            "/admin/v1/user-list",
+            json!({"after": null, "limit": 10}),
+            endpoint["token"].as_str(),
+        );
+        assert_eq!(r.status, 200, "the admin API answers there: {}", r.text);
+    }
+}
+
+#[test]
+fn with_a_certificate_the_executable_says_its_public_address_is_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, _) = certificate(dir.path());
+    let config = binary_config(dir.path()).replace(
+        "[storage]",
+        &format!(
+            "tls_cert = \"{}\"\ntls_key = \"{}\"\n[storage]",
+            cert.display(),
+            key.display()
+        ),
+    );
+    let server = Binary::serve(dir.path(), &config, &[]);
+    let public = format!("public=https://{}", server.addr);
+    assert_eq!(
+        server.ready.split(' ').nth(1),
+        Some(public.as_str()),
+        "{}",
+        server.ready
+    );
+}
+
+crate::on_postgres!(the_executable_says_on_stdout_which_addresses_it_bound_once_it_serves);
