@@ -49,7 +49,12 @@ impl Binary {
         tweak: impl FnOnce(&mut std::process::Command),
     ) -> Binary {
         let config = dir.join("liveuser.toml");
-        std::fs::write(&config, config_toml).unwrap();
+        // Written aside and renamed into place: instances started at once on one
+        // directory each write the file, and one must never read another's half-written
+        // (or just truncated) copy.
+        let written = dir.join(format!("liveuser.toml.{:?}", std::thread::current().id()));
+        std::fs::write(&written, config_toml).unwrap();
+        std::fs::rename(&written, &config).unwrap();
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_liveuser"));
         command
             .arg("--config")
