@@ -100,31 +100,8 @@ pub(crate) enum Line {
         /// The unionid, if WeChat gave one.
         unionid: Option<String>,
     },
-    /// A live session (refresh-token hashes only).
-    Session {
-        /// Session id, 32 hex digits.
-        sid: String,
-        /// Owner.
-        uid: String,
-        /// Login time, Unix seconds.
-        created_at: u64,
-        /// Last use, Unix seconds.
-        last_used_at: u64,
-        /// Absolute expiry, Unix seconds.
-        expires_at: u64,
-        /// Idle expiry, Unix seconds.
-        idle_expires_at: u64,
-        /// Rotations so far (format 2; absent in format 1).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        generation: Option<u32>,
-        /// Hash of the current refresh token, 64 hex digits.
-        current: String,
-        /// The last rotation: the token it retired and when (null before the first).
-        previous: Option<PreviousLine>,
-        /// Format 1 only: every refresh-token record of the family.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        tokens: Option<Vec<TokenLine>>,
-    },
+    /// A live session.
+    Session(SessionLine),
     /// Last line: what the file holds.
     End {
         /// User lines.
@@ -134,6 +111,34 @@ pub(crate) enum Line {
         /// Session lines.
         sessions: u64,
     },
+}
+
+/// A session line: a live session, with its refresh tokens as hashes only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SessionLine {
+    /// Session id, 32 hex digits.
+    pub sid: String,
+    /// Owner.
+    pub uid: String,
+    /// Login time, Unix seconds.
+    pub created_at: u64,
+    /// Last use, Unix seconds.
+    pub last_used_at: u64,
+    /// Absolute expiry, Unix seconds.
+    pub expires_at: u64,
+    /// Idle expiry, Unix seconds.
+    pub idle_expires_at: u64,
+    /// Rotations so far (format 2; absent in format 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u32>,
+    /// Hash of the current refresh token, 64 hex digits.
+    pub current: String,
+    /// The last rotation: the token it retired and when (null before the first).
+    pub previous: Option<PreviousLine>,
+    /// Format 1 only: every refresh-token record of the family.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<Vec<TokenLine>>,
 }
 
 /// A replaced refresh key of the header.
