@@ -25,17 +25,14 @@ pub enum StartError {
     /// The database could not be opened.
     #[error("cannot open the database at {path}: {source}")]
     Store {
-        /// `storage.path`.
+        /// Where the database is: `storage.path`, or PostgreSQL's host and database.
         path: String,
-        /// What failed.
         source: StoreError,
     },
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
-        /// The address.
         addr: SocketAddr,
-        /// What failed.
         source: std::io::Error,
     },
     /// The TLS certificate or key could not be used.
@@ -44,9 +41,7 @@ pub enum StartError {
     /// The admin endpoint file could not be written.
     #[error("cannot write the admin token file {path}: {source}")]
     AdminToken {
-        /// The file.
         path: String,
-        /// What failed.
         source: std::io::Error,
     },
     /// The admin socket could not be bound.
@@ -54,7 +49,6 @@ pub enum StartError {
     AdminSocket {
         /// The socket's path.
         path: String,
-        /// What failed.
         source: std::io::Error,
     },
 }

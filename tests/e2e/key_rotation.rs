@@ -80,7 +80,7 @@ fn rotating_a_generated_key_on_a_running_server_takes_effect_at_once() {
     let old_key = app
         .block_on(liveuser::store::Store::key_or_init(
             store.as_ref(),
-            "signing_key", // the generated signing key's name in the meta tree
+            "signing_key", // the generated signing key's name among the stored keys
             Vec::new,
         ))
         .unwrap();

@@ -78,11 +78,8 @@ pub(crate) enum Line {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         retired_refresh_keys: Option<Vec<RetiredKeyLine>>,
     },
-    /// A user record.
     User {
-        /// User id.
         uid: String,
-        /// Display name.
         name: String,
         /// Client description.
         agent: String,
@@ -93,7 +90,6 @@ pub(crate) enum Line {
     },
     /// A WeChat identity.
     Identity {
-        /// The openid.
         openid: String,
         /// The uid it maps to.
         uid: String,
@@ -119,7 +115,6 @@ pub(crate) enum Line {
 pub(crate) struct SessionLine {
     /// Session id, 32 hex digits.
     pub sid: String,
-    /// Owner.
     pub uid: String,
     /// Login time, Unix seconds.
     pub created_at: u64,
@@ -178,10 +173,7 @@ pub(crate) struct PreviousLine {
 /// What an import wrote (or an export holds).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Counts {
-    /// Users.
     pub users: u64,
-    /// Identities.
     pub identities: u64,
-    /// Sessions.
     pub sessions: u64,
 }
