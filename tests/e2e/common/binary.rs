@@ -48,25 +48,13 @@ impl Binary {
         env: &[(&str, &str)],
         tweak: impl FnOnce(&mut std::process::Command),
     ) -> Binary {
-        let config = dir.join("liveuser.toml");
-        // Written aside and renamed into place: instances started at once on one
-        // directory each write the file, and one must never read another's half-written
-        // (or just truncated) copy.
-        let written = dir.join(format!("liveuser.toml.{:?}", std::thread::current().id()));
-        std::fs::write(&written, config_toml).unwrap();
-        std::fs::rename(&written, &config).unwrap();
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_liveuser"));
-        command
-            .arg("--config")
-            .arg(&config)
-            .arg("serve")
-            .current_dir(dir)
-            .env("LIVEUSER_SERVER_LISTEN", "127.0.0.1:0")
-            .env("LIVEUSER_SERVER_ADMIN_LISTEN", "127.0.0.1:0")
-            .envs(env.iter().copied())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
+        let mut command = serve_command(dir, config_toml, env);
         tweak(&mut command);
+        Self::start(command)
+    }
+
+    /// Spawns `command` (a `liveuser serve`) and waits until it says where it serves.
+    fn start(mut command: std::process::Command) -> Binary {
         let mut child = command.spawn().expect("liveuser starts");
         let log = Arc::new(Mutex::new(String::new()));
         // Both pipes are read all along: a full pipe would stall the server.
@@ -137,6 +125,34 @@ impl Drop for Binary {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `liveuser serve` with `config_toml` written to `dir/liveuser.toml`, both listeners on
+/// loopback port 0 unless `env` says otherwise, and both output pipes captured.
+fn serve_command(
+    dir: &std::path::Path,
+    config_toml: &str,
+    env: &[(&str, &str)],
+) -> std::process::Command {
+    let config = dir.join("liveuser.toml");
+    // Written aside and renamed into place: instances started at once on one
+    // directory each write the file, and one must never read another's half-written
+    // (or just truncated) copy.
+    let written = dir.join(format!("liveuser.toml.{:?}", std::thread::current().id()));
+    std::fs::write(&written, config_toml).unwrap();
+    std::fs::rename(&written, &config).unwrap();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_liveuser"));
+    command
+        .arg("--config")
+        .arg(&config)
+        .arg("serve")
+        .current_dir(dir)
+        .env("LIVEUSER_SERVER_LISTEN", "127.0.0.1:0")
+        .env("LIVEUSER_SERVER_ADMIN_LISTEN", "127.0.0.1:0")
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    command
 }
 
 /// Hands every line of `pipe` to `each` on a thread of its own, until the pipe closes.
