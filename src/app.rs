@@ -25,17 +25,14 @@ pub enum StartError {
     /// The database could not be opened.
     #[error("cannot open the database at {path}: {source}")]
     Store {
-        /// `storage.path`.
+        /// Where the database is: `storage.path`, or PostgreSQL's host and database.
         path: String,
-        /// What failed.
         source: StoreError,
     },
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
-        /// The address.
         addr: SocketAddr,
-        /// What failed.
         source: std::io::Error,
     },
     /// The TLS certificate or key could not be used.
@@ -44,9 +41,7 @@ pub enum StartError {
     /// The admin endpoint file could not be written.
     #[error("cannot write the admin token file {path}: {source}")]
     AdminToken {
-        /// The file.
         path: String,
-        /// What failed.
         source: std::io::Error,
     },
     /// The admin socket could not be bound.
@@ -54,7 +49,6 @@ pub enum StartError {
     AdminSocket {
         /// The socket's path.
         path: String,
-        /// What failed.
         source: std::io::Error,
     },
 }
@@ -91,14 +85,18 @@ pub struct Running {
 }
 
 impl Running {
-    /// Asks the server to stop, waits for in-flight requests and the final flush.
+    /// Asks the server to stop, waits for in-flight requests, the final flush and the
+    /// database's release (so that a start in the same process can open it again).
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
-        let _ = self.done.await;
+        self.wait().await;
     }
 
     /// Waits until the server stops by itself (it does not, unless shut down).
     pub async fn wait(self) {
+        // The service holds the store: the server releases the database only once this
+        // reference is gone too.
+        drop(self.service);
         let _ = self.done.await;
     }
 
@@ -370,6 +368,7 @@ pub async fn start(config: &Config, clock: SharedClock) -> Result<Running, Start
             Ok(()) => tracing::info!("storage flushed; stopped"),
             Err(e) => tracing::error!(error = %e, "final flush failed"),
         }
+        release(store).await;
     });
     match admin_addr {
         Some(admin_addr) => tracing::info!(%addr, %admin_addr, scheme, "liveuser listening"),
@@ -382,6 +381,24 @@ pub async fn start(config: &Config, clock: SharedClock) -> Result<Running, Start
         stop,
         done,
     })
+}
+
+/// How long a stopping server waits for the tasks that still hold its store.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Drops `store` once no other task holds it, so that the database is closed (on sled,
+/// its lock let go) when the server's task ends. A census a start or a scrape began
+/// runs on a blocking thread past the listeners' end, and a connection's task lets go
+/// of its routes just after the drain counts it closed.
+async fn release<T>(store: Arc<T>) {
+    let deadline = tokio::time::Instant::now() + RELEASE_TIMEOUT;
+    while Arc::strong_count(&store) > 1 {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!("a task still holds the storage; it is closed when that task ends");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 async fn sweep_forever<S: Store>(

@@ -45,7 +45,6 @@ impl Uid {
         Uid(hex(&random_bytes::<12>()))
     }
 
-    /// The uid as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -60,9 +59,7 @@ impl fmt::Display for Uid {
 /// A user's profile as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserRecord {
-    /// The user's id.
     pub uid: Uid,
-    /// Display name.
     pub name: String,
     /// Client/terminal description.
     pub agent: String,
@@ -206,7 +203,6 @@ pub enum SessionState {
 pub struct Session {
     /// Session id (the `sid` claim of its access tokens).
     pub sid: Sid,
-    /// Owner.
     pub uid: Uid,
     /// Login time, Unix seconds.
     pub created_at: u64,
@@ -216,7 +212,6 @@ pub struct Session {
     pub expires_at: u64,
     /// Idle expiry: `last_used_at + refresh_idle_secs`, capped at `expires_at`.
     pub idle_expires_at: u64,
-    /// Active or revoked.
     pub state: SessionState,
     /// Rotations so far: the generation of the current token.
     pub generation: u32,
@@ -268,7 +263,6 @@ pub struct Identity {
 /// `retire_at` (Unix seconds).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RetiredKey {
-    /// The key bytes.
     pub key: Secret<Vec<u8>>,
     /// When it stops verifying: the rotation time plus the access-token lifetime (a
     /// signing key) or the session lifetime (a refresh key).

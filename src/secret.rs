@@ -14,7 +14,6 @@ use serde::{Deserialize, Serialize};
 pub struct Secret<T>(T);
 
 impl<T> Secret<T> {
-    /// Wraps a value.
     pub fn new(value: T) -> Self {
         Secret(value)
     }

@@ -219,7 +219,6 @@ impl fmt::Debug for RefreshKey {
 }
 
 impl RefreshKey {
-    /// Wraps key bytes.
     pub fn new(bytes: Vec<u8>) -> Self {
         RefreshKey {
             mac: Hmac::<Sha256>::new_from_slice(&bytes).expect("HMAC takes any key"),

@@ -95,7 +95,6 @@ impl Backend {
         }
     }
 
-    /// Runs one operation.
     pub(crate) fn run<O: Operation>(&self, op: O) -> Result<O::Output, AdminError> {
         match self {
             Backend::Direct { admin, runtime } => runtime.block_on(op.run(admin)),
@@ -103,7 +102,6 @@ impl Backend {
         }
     }
 
-    /// Starts an export.
     pub(crate) fn export(&self, request: ExportRequest) -> Result<ExportStream<'_>, AdminError> {
         let source = match self {
             Backend::Direct { admin, runtime } => Source::Direct {

@@ -236,8 +236,23 @@ fn session(config: &Config, out: Output, command: SessionCommand) -> Result<(), 
     Ok(backend.close()?)
 }
 
+/// The one line `serve` writes on stdout, when the listeners are bound and served:
+/// `listening public=<scheme>://<addr> admin=http://<addr>`, with the addresses bound
+/// (so with port 0, the ports picked), and no `admin=` on PostgreSQL, which serves no
+/// admin API. The log says the same at `info`, but the log's level and format are the
+/// operator's; this line is for a supervisor or a test to read.
+fn ready_line(running: &crate::app::Running, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    let mut line = format!("listening public={scheme}://{}", running.addr);
+    if let Some(admin) = running.admin_addr {
+        line.push_str(&format!(" admin=http://{admin}"));
+    }
+    line
+}
+
 /// `serve`: runs the server (public API and admin API) until SIGTERM or SIGINT, then
-/// finishes in-flight requests, flushes storage and returns.
+/// finishes in-flight requests, flushes storage and returns. Once it serves, it says so
+/// on stdout ([`ready_line`]).
 ///
 /// The signals are caught from the first moment, so they must also end a start that is
 /// still waiting — for the database, for the migration lock — or the process would
@@ -257,6 +272,11 @@ fn serve(config: Config) -> Result<(), CliError> {
                 return Ok(());
             }
         };
+        let tls = !config.server.tls_cert.as_os_str().is_empty();
+        // A reader that went away (a supervisor that does not keep stdout) is no reason
+        // to stop serving.
+        let _ = writeln!(std::io::stdout(), "{}", ready_line(&running, tls))
+            .and_then(|()| std::io::stdout().flush());
         let stop = running.stopper();
         tokio::spawn(async move {
             signal.await;

@@ -43,7 +43,6 @@ pub struct ConfigSource {
 /// A loaded configuration and the warnings to log once logging is up.
 #[derive(Debug)]
 pub struct Loaded {
-    /// The configuration.
     pub config: Config,
     /// Things worth telling the operator (unknown `LIVEUSER_*` variables).
     pub warnings: Vec<String>,

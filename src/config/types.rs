@@ -10,13 +10,12 @@ use serde::{Deserialize, Serialize};
 use crate::model::KeyAlgorithm;
 use crate::secret::Secret;
 
-/// The whole configuration.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// `[server]`: listeners and request limits.
     pub server: ServerConfig,
-    /// `[storage]`: the sled database.
+    /// `[storage]`: the backend and where its data lives, and the read caches.
     pub storage: StorageConfig,
     /// `[token]`: access tokens and refresh-token sessions.
     pub token: TokenConfig,
@@ -32,7 +31,8 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
-    /// Public API listener; port 0 picks a free port (the bound address is logged).
+    /// Public API listener; port 0 picks a free port (the bound address is logged, and
+    /// `serve` writes it on stdout).
     pub listen: SocketAddr,
     /// Admin API listener (loopback by default).
     pub admin_listen: SocketAddr,
@@ -106,16 +106,17 @@ pub struct StorageConfig {
     pub postgres_url: Secret<String>,
     /// Connections each instance keeps to PostgreSQL at most.
     pub postgres_pool_size: usize,
-    /// Directory of the sled database.
+    /// Directory of the sled database (not used on PostgreSQL).
     pub path: PathBuf,
     /// Size of sled's page cache. sled's own default (1 GiB) is far more than a login
     /// service needs, so liveuser defaults to 128 MiB.
     pub cache_capacity_bytes: u64,
     /// How often expired and revoked sessions are swept from storage.
     pub sweep_interval_secs: u64,
-    /// Entries of the user-record cache in front of sled (QueryUser's reads); 0 turns it off.
+    /// Entries of the user-record cache in front of the database (QueryUser's reads); 0
+    /// turns it off.
     pub user_cache_entries: usize,
-    /// Entries of the session cache in front of sled (the per-request live-session
+    /// Entries of the session cache in front of the database (the per-request live-session
     /// check); 0 turns it off.
     pub session_cache_entries: usize,
 }
@@ -206,7 +207,6 @@ pub enum WxMode {
 pub struct WxConfig {
     /// `wechat` or `mock`.
     pub mode: WxMode,
-    /// Mini-program appid.
     pub appid: String,
     /// Mini-program app secret.
     pub secret: Secret<String>,

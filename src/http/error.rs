@@ -157,7 +157,6 @@ pub(crate) fn error_response(code: ErrorCode, body: Vec<u8>) -> Response {
 }
 
 impl ApiError {
-    /// An error with `code`.
     pub(crate) fn new(code: ErrorCode, msg: impl Into<String>) -> Self {
         ApiError {
             code,
@@ -172,12 +171,10 @@ impl ApiError {
         Self::new(ErrorCode::InvalidArgument, msg)
     }
 
-    /// `malformed`.
     pub(crate) fn malformed(msg: impl Into<String>) -> Self {
         Self::new(ErrorCode::Malformed, msg)
     }
 
-    /// `unauthenticated`.
     pub(crate) fn unauthenticated(msg: impl Into<String>) -> Self {
         Self::new(ErrorCode::Unauthenticated, msg)
     }
@@ -227,7 +224,6 @@ impl ApiError {
         Self::new(ErrorCode::Internal, "internal error")
     }
 
-    /// The HTTP response.
     pub(crate) fn to_response(&self) -> Response {
         let body = serde_json::to_vec(&Body {
             code: self.code.name(),

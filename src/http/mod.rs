@@ -5,6 +5,10 @@
 //! client takes none of, and the number of connections (in all, and per client
 //! address), log and count every request, and drain connections on shutdown. It serves
 //! a TCP listener or, for the admin API, a Unix socket ([`Listener`]).
+//!
+//! [`serve`] is the listener's life: [`Admission`] accepts connections within the caps
+//! until shutdown, each is served on a task of its own by [`serve_connection`], whose
+//! [`handler`] prepares every request for the routes, and the drain ends it.
 
 mod body;
 mod deadline;
@@ -160,129 +164,24 @@ pub(crate) async fn serve<L, F>(
     // is a few hundred bytes of filters; a boxed filter clones as one reference count.
     let service = TowerToHyperService::new(warp::service(filter.boxed()));
     let graceful = GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown);
-    let slots = Arc::new(Semaphore::new(settings.max_connections));
-    let per_address = PerAddress::new(
-        settings.max_connections_per_address,
-        &settings.exempt_addresses,
-    );
-    let accept = |stream: L::Io,
-                  peer: Option<SocketAddr>,
-                  slot: Option<OwnedSemaphorePermit>,
-                  admitted: Admitted| {
+    let admission = Admission::new(&settings);
+    let accept = |stream: L::Io, peer: Option<SocketAddr>, place: Place| {
         let deadline = tokio::time::Instant::now() + settings.first_request_timeout;
-        let first = FirstRequest::default();
-        let service = service.clone();
-        let observer = settings.observer.clone();
-        let body_read_timeout = settings.body_read_timeout;
-        let arrived = first.clone();
-        let handler = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
-            arrived.arrived();
-            if let Some(peer) = peer {
-                request.extensions_mut().insert(PeerAddr(peer));
-            }
-            fold_repeated_headers(request.headers_mut());
-            let unread = deadline::Unread::of(request.body());
-            let request = request.map(|body| DeadlineBody::new(body, body_read_timeout, &unread));
-            let answer = observe::call(service.clone(), observer.clone(), request);
-            async move {
-                let mut response = answer.await?;
-                // An answer given without reading the body (404, 405, 415, 413): the
-                // rest of the body may still be on its way, so hyper will close the
-                // connection; say so, or a client may reuse it and see its next request
-                // fail.
-                if unread.remains() {
-                    response.headers_mut().insert(
-                        hyper::header::CONNECTION,
-                        hyper::header::HeaderValue::from_static("close"),
-                    );
-                }
-                Ok::<_, Infallible>(response)
-            }
-        });
-        let watcher = graceful.watcher();
-        let settings = settings.clone();
-        // Beneath TLS, so that the handshake and every record are bound too.
-        let stream = StalledWrite::new(stream, settings.write_timeout);
+        let connection = serve_connection(
+            stream,
+            peer,
+            service.clone(),
+            graceful.watcher(),
+            settings.clone(),
+            deadline,
+        );
         tokio::spawn(async move {
-            let served = async {
-                match &settings.tls {
-                    None => connection(stream, handler, watcher, &settings).await,
-                    Some(tls) => {
-                        let handshake = tls.acceptor().accept(stream);
-                        match tokio::time::timeout_at(deadline, handshake).await {
-                            Ok(Ok(stream)) => {
-                                connection(stream, handler, watcher, &settings).await;
-                            }
-                            Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-                            Err(_) => tracing::debug!("TLS handshake timed out"),
-                        }
-                    }
-                }
-            };
-            tokio::select! {
-                () = served => {}
-                () = first.missed(deadline) => {
-                    tracing::debug!("no request in time after connecting; closed");
-                }
-            }
-            drop(slot);
-            drop(admitted);
+            connection.await;
+            drop(place);
         });
     };
-    // A slot taken for a connection that was then refused serves the next one.
-    let mut spare = None;
-    loop {
-        // At the connection cap, wait for a slot instead of accepting: clients queue in
-        // the kernel's backlog, and slow ones are cut by the header timeout.
-        let slot = match spare.take() {
-            Some(slot) => slot,
-            None => tokio::select! {
-                slot = slots.clone().acquire_owned() => match slot {
-                    Ok(slot) => slot,
-                    Err(_) => break,
-                },
-                () = &mut shutdown => break,
-            },
-        };
-        let (stream, peer) = tokio::select! {
-            accepted = std::future::poll_fn(|cx| listener.poll_accept(cx)) => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    spare = Some(slot);
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        match per_address.admit(peer.map(|p| p.ip())) {
-            Some(admitted) => accept(stream, peer, Some(slot), admitted),
-            None => {
-                // Over its address's cap: closed at once.
-                tracing::debug!(?peer, "too many connections from this address; closed");
-                drop(stream);
-                spare = Some(slot);
-            }
-        }
-    }
-    // Connections the kernel completed before the listener closes would otherwise be
-    // reset: take every one already queued (past the cap if need be: there are at most
-    // a backlog's worth), and let the drain below answer them.
-    while let Some(Ok((stream, peer))) =
-        std::future::poll_fn(|cx| listener.poll_accept(cx)).now_or_never()
-    {
-        if let Some(admitted) = per_address.admit(peer.map(|p| p.ip())) {
-            accept(
-                stream,
-                peer,
-                slots.clone().try_acquire_owned().ok(),
-                admitted,
-            );
-        }
-    }
+    admission.accept_until(&listener, shutdown, &accept).await;
+    admission.accept_queued(&listener, &accept);
     drop(listener);
     if tokio::time::timeout(settings.drain_timeout, graceful.shutdown())
         .await
@@ -290,6 +189,224 @@ pub(crate) async fn serve<L, F>(
     {
         tracing::warn!("in-flight requests did not finish in time; closing them");
     }
+}
+
+/// The caps a listener admits connections under: its connection slots
+/// (`max_connections`) and the per-address cap.
+struct Admission {
+    slots: Arc<Semaphore>,
+    per_address: Arc<PerAddress>,
+}
+
+/// What an open connection holds of its listener's caps, given back when it closes.
+struct Place {
+    _slot: Option<OwnedSemaphorePermit>,
+    _admitted: Admitted,
+}
+
+impl Admission {
+    fn new(settings: &ConnSettings) -> Self {
+        Admission {
+            slots: Arc::new(Semaphore::new(settings.max_connections)),
+            per_address: PerAddress::new(
+                settings.max_connections_per_address,
+                &settings.exempt_addresses,
+            ),
+        }
+    }
+
+    /// Hands every connection `listener` accepts within the caps to `accept`, until
+    /// `shutdown` completes.
+    async fn accept_until<L: Listener>(
+        &self,
+        listener: &L,
+        shutdown: impl Future<Output = ()>,
+        accept: &impl Fn(L::Io, Option<SocketAddr>, Place),
+    ) {
+        let mut shutdown = std::pin::pin!(shutdown);
+        // A slot taken for a connection that was then refused serves the next one.
+        let mut spare = None;
+        loop {
+            // At the connection cap, wait for a slot instead of accepting: clients queue
+            // in the kernel's backlog, and slow ones are cut by the header timeout.
+            let slot = match spare.take() {
+                Some(slot) => slot,
+                None => tokio::select! {
+                    slot = self.slots.clone().acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => return,
+                    },
+                    () = &mut shutdown => return,
+                },
+            };
+            let (stream, peer) = tokio::select! {
+                accepted = std::future::poll_fn(|cx| listener.poll_accept(cx)) => match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        spare = Some(slot);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => return,
+            };
+            match self.per_address.admit(peer.map(|p| p.ip())) {
+                Some(admitted) => accept(
+                    stream,
+                    peer,
+                    Place {
+                        _slot: Some(slot),
+                        _admitted: admitted,
+                    },
+                ),
+                None => {
+                    // Over its address's cap: closed at once.
+                    tracing::debug!(?peer, "too many connections from this address; closed");
+                    drop(stream);
+                    spare = Some(slot);
+                }
+            }
+        }
+    }
+
+    /// Hands every connection already queued on `listener` to `accept`. Connections the
+    /// kernel completed before the listener closes would otherwise be reset: every one
+    /// is taken (past the connection cap if need be: there are at most a backlog's
+    /// worth), and the drain answers them.
+    fn accept_queued<L: Listener>(
+        &self,
+        listener: &L,
+        accept: &impl Fn(L::Io, Option<SocketAddr>, Place),
+    ) {
+        while let Some(Ok((stream, peer))) =
+            std::future::poll_fn(|cx| listener.poll_accept(cx)).now_or_never()
+        {
+            if let Some(admitted) = self.per_address.admit(peer.map(|p| p.ip())) {
+                let slot = self.slots.clone().try_acquire_owned().ok();
+                accept(
+                    stream,
+                    peer,
+                    Place {
+                        _slot: slot,
+                        _admitted: admitted,
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// Serves one accepted connection (TLS first if the listener has a certificate) until
+/// it ends or shutdown closes it; it is closed at `deadline` if its first request's
+/// headers have not all arrived by then.
+async fn serve_connection<I, S>(
+    stream: I,
+    peer: Option<SocketAddr>,
+    service: S,
+    watcher: hyper_util::server::graceful::Watcher,
+    settings: ConnSettings,
+    deadline: tokio::time::Instant,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: RouteService,
+{
+    let first = FirstRequest::default();
+    let handler = handler(
+        service,
+        peer,
+        first.clone(),
+        settings.observer.clone(),
+        settings.body_read_timeout,
+    );
+    // Beneath TLS, so that the handshake and every record are bound too.
+    let stream = StalledWrite::new(stream, settings.write_timeout);
+    let served = async {
+        match &settings.tls {
+            None => connection(stream, handler, watcher, &settings).await,
+            Some(tls) => {
+                let handshake = tls.acceptor().accept(stream);
+                match tokio::time::timeout_at(deadline, handshake).await {
+                    Ok(Ok(stream)) => connection(stream, handler, watcher, &settings).await,
+                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!("TLS handshake timed out"),
+                }
+            }
+        }
+    };
+    tokio::select! {
+        () = served => {}
+        () = first.missed(deadline) => {
+            tracing::debug!("no request in time after connecting; closed");
+        }
+    }
+}
+
+/// The routes as hyper calls them, with a request body whose reads are timed.
+trait RouteService:
+    hyper::service::Service<
+        hyper::Request<DeadlineBody<hyper::body::Incoming>>,
+        Response = Response,
+        Error = Infallible,
+        Future: Send,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> RouteService for S where
+    S: hyper::service::Service<
+            hyper::Request<DeadlineBody<hyper::body::Incoming>>,
+            Response = Response,
+            Error = Infallible,
+            Future: Send,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
+/// The handler of one connection's requests: each gets the client's address, its
+/// repeated headers folded, a timed body, and the access log; an answer given before
+/// its body was read says that the connection closes.
+fn handler<S: RouteService>(
+    service: S,
+    peer: Option<SocketAddr>,
+    first: FirstRequest,
+    observer: Arc<observe::Observer>,
+    body_read_timeout: Duration,
+) -> impl hyper::service::Service<
+    hyper::Request<hyper::body::Incoming>,
+    Response = Response,
+    Error = Infallible,
+    Future: Send,
+> + Send
++ 'static {
+    hyper::service::service_fn(move |mut request: hyper::Request<_>| {
+        first.arrived();
+        if let Some(peer) = peer {
+            request.extensions_mut().insert(PeerAddr(peer));
+        }
+        fold_repeated_headers(request.headers_mut());
+        let unread = deadline::Unread::of(request.body());
+        let request = request.map(|body| DeadlineBody::new(body, body_read_timeout, &unread));
+        let answer = observe::call(service.clone(), observer.clone(), request);
+        async move {
+            let mut response = answer.await?;
+            // An answer given without reading the body (404, 405, 415, 413): the rest of
+            // the body may still be on its way, so hyper will close the connection; say
+            // so, or a client may reuse it and see its next request fail.
+            if unread.remains() {
+                response.headers_mut().insert(
+                    hyper::header::CONNECTION,
+                    hyper::header::HeaderValue::from_static("close"),
+                );
+            }
+            Ok::<_, Infallible>(response)
+        }
+    })
 }
 
 /// Folds repeated header lines so that routes read one value each:

@@ -102,6 +102,23 @@ const AVATAR: &str = "^(https?://[^/\\u0000-\\u0020\\u007F-\\u00A0\\u1680\\u2000
 /// No character of Unicode category Cc.
 const NO_CONTROL: &str = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$";
 
+/// The paths other backends use to check tokens: `/liveuser/Auth/Check` and the JWKS.
+fn checking_paths() -> Value {
+    json!({
+        "/liveuser/Auth/Check": auth_check(),
+        "/.well-known/jwks.json": {"get": {
+            "operationId": "Jwks",
+            "summary": "The public keys that verify access tokens (JWK Set)",
+            "description": "The ES256 keys that sign, will sign (published before they do) or still verify tokens in circulation; never a private part, never an HS256 key. `{\"keys\": []}` when the server signs HS256 only. Cache-Control: public, max-age=token.jwks_max_age_secs.",
+            "security": [],
+            "responses": {"200": {
+                "description": "A JWK Set (RFC 7517).",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Jwks"}}}
+            }}
+        }}
+    })
+}
+
 /// `/liveuser/Auth/Check`: every method the path item can name, since the check takes
 /// any (a proxy forwards its request's method), each with its own operationId.
 fn auth_check() -> Value {
@@ -140,16 +157,50 @@ fn auth_check() -> Value {
     Value::Object(item)
 }
 
+/// The schemas of the answers of [`checking_paths`].
+fn checking_schemas() -> Value {
+    json!({
+        "AuthCheck": {
+            "type": "object", "required": ["uid", "sid", "exp"],
+            "properties": {
+                "uid": {"$ref": "#/components/schemas/Uid"},
+                "sid": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+                "exp": {"type": "integer", "description": "The token's expiry, Unix seconds."}
+            }
+        },
+        "Jwks": {
+            "type": "object", "required": ["keys"],
+            "properties": {"keys": {"type": "array", "items": {
+                "type": "object",
+                "required": ["kty", "crv", "alg", "use", "kid", "x", "y"],
+                "properties": {
+                    "kty": {"const": "EC"}, "crv": {"const": "P-256"},
+                    "alg": {"const": "ES256"}, "use": {"const": "sig"},
+                    "kid": {"type": "string"},
+                    "x": {"type": "string"}, "y": {"type": "string"}
+                },
+                "additionalProperties": false
+            }}}
+        }
+    })
+}
+
 /// The document; `max_query_uids` is `server.max_query_uids`.
 pub(crate) fn document(max_query_uids: usize) -> Value {
-    let uid = json!({
-        "type": "string", "minLength": 1, "maxLength": UID_MAX,
-        "pattern": "^[A-Za-z0-9_.-]+$"
-    });
-    let nullable = |mut schema: Value| {
-        schema["type"] = json!(["string", "null"]);
-        schema
-    };
+    let mut schemas = request_schemas(max_query_uids);
+    schemas
+        .as_object_mut()
+        .expect("an object")
+        .append(answer_schemas().as_object_mut().expect("an object"));
+    schemas
+        .as_object_mut()
+        .expect("an object")
+        .append(checking_schemas().as_object_mut().expect("an object"));
+    let mut paths = paths();
+    paths
+        .as_object_mut()
+        .expect("an object")
+        .append(checking_paths().as_object_mut().expect("an object"));
     let mut doc = json!({
         "openapi": "3.1.0",
         "info": {
@@ -158,71 +209,7 @@ pub(crate) fn document(max_query_uids: usize) -> Value {
             "description": "User and login-state service for WeChat mini-programs. Every method is POST with a JSON body (Content-Type: application/json). Unknown request fields are ignored. Strings may not hold control characters; limits count characters.",
             "license": {"name": "MIT OR Apache-2.0", "identifier": "MIT OR Apache-2.0"}
         },
-        "paths": {
-            "/liveuser/Wx/Login": rpc(
-                "Log in with a wx.login() code",
-                "Exchanges the code with WeChat and opens a new session. Repeating a code within 300 s opens another session for the same user without asking WeChat again.",
-                "LoginRequest", "Grant", false,
-                &["400", "401", "403", "404", "405", "413", "415", "429", "500", "503"],
-                json!({"code": "0a3Bxy000abcDE1"})
-            ),
-            "/liveuser/Wx/RenewToken": rpc(
-                "Renew the access token",
-                "Returns a new access token and, with rotation on, a new refresh token that replaces the one sent. A retired refresh token sent again after the grace period revokes the session.",
-                "RenewTokenRequest", "Grant", false,
-                &["400", "401", "404", "405", "413", "415", "429", "500", "503"],
-                json!({"refresh_token": "lvrt_3q2-7wAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"})
-            ),
-            "/liveuser/User/AddUser": rpc(
-                "Add or update a user record",
-                "Fields left out keep their stored value; a field present (even \"\") replaces it. An empty or missing uid means the caller; any other uid is permission_denied. update_at is set by the server.",
-                "AddUserRequest", "Empty", true,
-                &["400", "401", "403", "404", "405", "413", "415", "500", "503"],
-                json!({"user": {"name": "Alice", "agent": "iPhone", "avatar": "https://example.com/a.png"}})
-            ),
-            "/liveuser/User/QueryUser": rpc(
-                "Read user records",
-                "Returns the records that exist, in the order asked, each uid once; unknown uids are left out.",
-                "QueryUserRequest", "QueryUserResponse", true,
-                &["400", "401", "404", "405", "413", "415", "500", "503"],
-                json!({"uids": ["a91b40478e4c885fea29e6e7"]})
-            ),
-            "/liveuser/Auth/Check": auth_check(),
-            "/.well-known/jwks.json": {"get": {
-                "operationId": "Jwks",
-                "summary": "The public keys that verify access tokens (JWK Set)",
-                "description": "The ES256 keys that sign, will sign (published before they do) or still verify tokens in circulation; never a private part, never an HS256 key. `{\"keys\": []}` when the server signs HS256 only. Cache-Control: public, max-age=token.jwks_max_age_secs.",
-                "security": [],
-                "responses": {"200": {
-                    "description": "A JWK Set (RFC 7517).",
-                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Jwks"}}}
-                }}
-            }},
-            "/healthz": {"get": {
-                "summary": "Liveness",
-                "security": [],
-                "responses": {"200": {
-                    "description": "The server is up and its storage open.",
-                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Health"}}}
-                }}
-            }},
-            "/metrics": {"get": {
-                "summary": "Prometheus metrics",
-                "security": [],
-                "responses": {"200": {
-                    "description": "Prometheus text exposition format.",
-                    "content": {"text/plain": {"schema": {"type": "string"}}}
-                }}
-            }},
-            "/liveuser/openapi.json": {"get": {
-                "summary": "This document",
-                "security": [],
-                "responses": {"200": {
-                    "description": "OpenAPI 3.1.",
-                    "content": {"application/json": {"schema": {"type": "object"}}}
-                }}
-            }}
-        },
+        "paths": paths,
         "components": {
             "securitySchemes": {
                 "bearer": {
@@ -230,103 +217,7 @@ pub(crate) fn document(max_query_uids: usize) -> Value {
                     "description": "An access_token from Login or RenewToken, as `Authorization: Bearer <token>`."
                 }
             },
-            "schemas": {
-                "Uid": uid,
-                "LoginRequest": {
-                    "type": "object", "required": ["code"],
-                    "properties": {"code": {"type": "string", "minLength": 1, "maxLength": CODE_MAX, "pattern": NO_CONTROL}}
-                },
-                "RenewTokenRequest": {
-                    "type": "object", "required": ["refresh_token"],
-                    "properties": {"refresh_token": {"type": "string"}}
-                },
-                "Grant": {
-                    "type": "object",
-                    "required": ["access_token", "refresh_token", "expiry", "uid"],
-                    "properties": {
-                        "access_token": {"type": "string", "description": "JWT (ES256, or HS256 with a shared secret); send as a Bearer token."},
-                        "refresh_token": {
-                            "type": "string",
-                            "pattern": "^lvrt_([A-Za-z0-9_-]{70}|[A-Za-z0-9_-]{43})$",
-                            "description": "70 characters after the prefix; a format-1 token (43) renewed with rotation off comes back as it was sent."
-                        },
-                        "expiry": {"type": "integer", "description": "The access token's expiry, Unix seconds."},
-                        "uid": {"$ref": "#/components/schemas/Uid"}
-                    }
-                },
-                "UserRecord": {
-                    "type": "object",
-                    "required": ["uid", "name", "agent", "update_at", "avatar"],
-                    "properties": {
-                        "uid": {"$ref": "#/components/schemas/Uid"},
-                        "name": text(NAME_MAX),
-                        "agent": text(AGENT_MAX),
-                        "update_at": {"type": "string", "description": "Last write, Unix seconds as a decimal string; set by the server."},
-                        "avatar": {"type": "string", "maxLength": AVATAR_MAX, "pattern": AVATAR, "description": "Empty or an http(s):// URL."}
-                    }
-                },
-                "UserWrite": {
-                    "type": "object",
-                    "description": "A partial UserRecord: fields left out (or null) keep their stored value.",
-                    "properties": {
-                        "uid": {
-                            "type": ["string", "null"], "maxLength": UID_MAX,
-                            "pattern": "^[A-Za-z0-9_.-]*$",
-                            "description": "Empty, null or missing: the caller. Any other uid is permission_denied."
-                        },
-                        "name": nullable(text(NAME_MAX)),
-                        "agent": nullable(text(AGENT_MAX)),
-                        "avatar": {"type": ["string", "null"], "maxLength": AVATAR_MAX, "pattern": AVATAR},
-                        "update_at": {"description": "Ignored."}
-                    }
-                },
-                "AddUserRequest": {
-                    "type": "object", "required": ["user"],
-                    "properties": {"user": {"$ref": "#/components/schemas/UserWrite"}}
-                },
-                "Empty": {"type": "object", "properties": {}, "additionalProperties": false},
-                "QueryUserRequest": {
-                    "type": "object", "required": ["uids"],
-                    "properties": {"uids": {"type": "array", "maxItems": max_query_uids, "items": {"$ref": "#/components/schemas/Uid"}}}
-                },
-                "QueryUserResponse": {
-                    "type": "object", "required": ["users"],
-                    "properties": {"users": {"type": "array", "items": {"$ref": "#/components/schemas/UserRecord"}}}
-                },
-                "AuthCheck": {
-                    "type": "object", "required": ["uid", "sid", "exp"],
-                    "properties": {
-                        "uid": {"$ref": "#/components/schemas/Uid"},
-                        "sid": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
-                        "exp": {"type": "integer", "description": "The token's expiry, Unix seconds."}
-                    }
-                },
-                "Jwks": {
-                    "type": "object", "required": ["keys"],
-                    "properties": {"keys": {"type": "array", "items": {
-                        "type": "object",
-                        "required": ["kty", "crv", "alg", "use", "kid", "x", "y"],
-                        "properties": {
-                            "kty": {"const": "EC"}, "crv": {"const": "P-256"},
-                            "alg": {"const": "ES256"}, "use": {"const": "sig"},
-                            "kid": {"type": "string"},
-                            "x": {"type": "string"}, "y": {"type": "string"}
-                        },
-                        "additionalProperties": false
-                    }}}
-                },
-                "Health": {
-                    "type": "object", "required": ["status"],
-                    "properties": {"status": {"type": "string", "const": "ok"}}
-                },
-                "Error": {
-                    "type": "object", "required": ["code", "msg"],
-                    "properties": {
-                        "code": {"type": "string", "enum": error_codes()},
-                        "msg": {"type": "string", "description": "A sentence for people; never internals."}
-                    }
-                }
-            }
+            "schemas": schemas
         }
     });
     // Each method's operationId is its name, the last segment of its path (the links
@@ -338,4 +229,160 @@ pub(crate) fn document(max_query_uids: usize) -> Value {
         }
     }
     doc
+}
+
+/// The four methods, and the three GET endpoints beside them.
+fn paths() -> Value {
+    json!({
+        "/liveuser/Wx/Login": rpc(
+            "Log in with a wx.login() code",
+            "Exchanges the code with WeChat and opens a new session. Repeating a code within 300 s opens another session for the same user without asking WeChat again.",
+            "LoginRequest", "Grant", false,
+            &["400", "401", "403", "404", "405", "413", "415", "429", "500", "503"],
+            json!({"code": "0a3Bxy000abcDE1"})
+        ),
+        "/liveuser/Wx/RenewToken": rpc(
+            "Renew the access token",
+            "Returns a new access token and, with rotation on, a new refresh token that replaces the one sent. A retired refresh token sent again after the grace period revokes the session.",
+            "RenewTokenRequest", "Grant", false,
+            &["400", "401", "404", "405", "413", "415", "429", "500", "503"],
+            json!({"refresh_token": "lvrt_3q2-7wAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"})
+        ),
+        "/liveuser/User/AddUser": rpc(
+            "Add or update a user record",
+            "Fields left out keep their stored value; a field present (even \"\") replaces it. An empty or missing uid means the caller; any other uid is permission_denied. update_at is set by the server.",
+            "AddUserRequest", "Empty", true,
+            &["400", "401", "403", "404", "405", "413", "415", "500", "503"],
+            json!({"user": {"name": "Alice", "agent": "iPhone", "avatar": "https://example.com/a.png"}})
+        ),
+        "/liveuser/User/QueryUser": rpc(
+            "Read user records",
+            "Returns the records that exist, in the order asked, each uid once; unknown uids are left out.",
+            "QueryUserRequest", "QueryUserResponse", true,
+            &["400", "401", "404", "405", "413", "415", "500", "503"],
+            json!({"uids": ["a91b40478e4c885fea29e6e7"]})
+        ),
+        "/healthz": get(
+            "Liveness",
+            "The server is up and its storage open.",
+            "application/json",
+            json!({"$ref": "#/components/schemas/Health"})
+        ),
+        "/metrics": get(
+            "Prometheus metrics",
+            "Prometheus text exposition format.",
+            "text/plain",
+            json!({"type": "string"})
+        ),
+        "/liveuser/openapi.json": get(
+            "This document",
+            "OpenAPI 3.1.",
+            "application/json",
+            json!({"type": "object"})
+        )
+    })
+}
+
+/// A GET endpoint that needs no token and answers 200 with `schema` as `content_type`.
+fn get(summary: &str, description: &str, content_type: &str, schema: Value) -> Value {
+    json!({"get": {
+        "summary": summary,
+        "security": [],
+        "responses": {"200": {
+            "description": description,
+            "content": {content_type: {"schema": schema}}
+        }}
+    }})
+}
+
+/// The schemas of what clients send: the four requests and the parts they share.
+fn request_schemas(max_query_uids: usize) -> Value {
+    let nullable = |mut schema: Value| {
+        schema["type"] = json!(["string", "null"]);
+        schema
+    };
+    json!({
+        "Uid": {
+            "type": "string", "minLength": 1, "maxLength": UID_MAX,
+            "pattern": "^[A-Za-z0-9_.-]+$"
+        },
+        "LoginRequest": {
+            "type": "object", "required": ["code"],
+            "properties": {"code": {"type": "string", "minLength": 1, "maxLength": CODE_MAX, "pattern": NO_CONTROL}}
+        },
+        "RenewTokenRequest": {
+            "type": "object", "required": ["refresh_token"],
+            "properties": {"refresh_token": {"type": "string"}}
+        },
+        "UserWrite": {
+            "type": "object",
+            "description": "A partial UserRecord: fields left out (or null) keep their stored value.",
+            "properties": {
+                "uid": {
+                    "type": ["string", "null"], "maxLength": UID_MAX,
+                    "pattern": "^[A-Za-z0-9_.-]*$",
+                    "description": "Empty, null or missing: the caller. Any other uid is permission_denied."
+                },
+                "name": nullable(text(NAME_MAX)),
+                "agent": nullable(text(AGENT_MAX)),
+                "avatar": {"type": ["string", "null"], "maxLength": AVATAR_MAX, "pattern": AVATAR},
+                "update_at": {"description": "Ignored."}
+            }
+        },
+        "AddUserRequest": {
+            "type": "object", "required": ["user"],
+            "properties": {"user": {"$ref": "#/components/schemas/UserWrite"}}
+        },
+        "QueryUserRequest": {
+            "type": "object", "required": ["uids"],
+            "properties": {"uids": {"type": "array", "maxItems": max_query_uids, "items": {"$ref": "#/components/schemas/Uid"}}}
+        }
+    })
+}
+
+/// The schemas of what the server answers: grants, user records, health and errors.
+fn answer_schemas() -> Value {
+    json!({
+        "Grant": {
+            "type": "object",
+            "required": ["access_token", "refresh_token", "expiry", "uid"],
+            "properties": {
+                "access_token": {"type": "string", "description": "JWT (ES256, or HS256 with a shared secret); send as a Bearer token."},
+                "refresh_token": {
+                    "type": "string",
+                    "pattern": "^lvrt_([A-Za-z0-9_-]{70}|[A-Za-z0-9_-]{43})$",
+                    "description": "70 characters after the prefix; a format-1 token (43) renewed with rotation off comes back as it was sent."
+                },
+                "expiry": {"type": "integer", "description": "The access token's expiry, Unix seconds."},
+                "uid": {"$ref": "#/components/schemas/Uid"}
+            }
+        },
+        "UserRecord": {
+            "type": "object",
+            "required": ["uid", "name", "agent", "update_at", "avatar"],
+            "properties": {
+                "uid": {"$ref": "#/components/schemas/Uid"},
+                "name": text(NAME_MAX),
+                "agent": text(AGENT_MAX),
+                "update_at": {"type": "string", "description": "Last write, Unix seconds as a decimal string; set by the server."},
+                "avatar": {"type": "string", "maxLength": AVATAR_MAX, "pattern": AVATAR, "description": "Empty or an http(s):// URL."}
+            }
+        },
+        "Empty": {"type": "object", "properties": {}, "additionalProperties": false},
+        "QueryUserResponse": {
+            "type": "object", "required": ["users"],
+            "properties": {"users": {"type": "array", "items": {"$ref": "#/components/schemas/UserRecord"}}}
+        },
+        "Health": {
+            "type": "object", "required": ["status"],
+            "properties": {"status": {"type": "string", "const": "ok"}}
+        },
+        "Error": {
+            "type": "object", "required": ["code", "msg"],
+            "properties": {
+                "code": {"type": "string", "enum": error_codes()},
+                "msg": {"type": "string", "description": "A sentence for people; never internals."}
+            }
+        }
+    })
 }

@@ -36,7 +36,6 @@ pub(super) struct StalledWrite<I> {
 }
 
 impl<I> StalledWrite<I> {
-    /// Wraps `inner`.
     pub(super) fn new(inner: I, timeout: Duration) -> Self {
         StalledWrite {
             inner,

@@ -10,7 +10,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::common::{Binary, Reply, TestApp, agent, binary_config, send};
+use liveuser::clock::OffsetClock;
+
+use crate::common::{
+    Backend, Binary, Reply, TestApp, agent, backend, binary_config, cli, post, send, write_config,
+};
 
 fn get(base: &str, path: &str) -> Reply {
     send(&agent(), "GET", &format!("{base}{path}"), &[], b"")
@@ -235,7 +239,7 @@ fn each_request_is_logged_once_as_json_with_its_request_id_and_uid() {
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .filter(|v| v["request_id"].is_string())
             .collect();
-        // The harness's own /healthz probes are logged too: wait for these two.
+        // The lines are written as the requests end: wait for these two.
         let logged = |id: &str| lines.iter().any(|v| v["request_id"] == id);
         if (logged("trace-abc-123") && logged(&generated)) || Instant::now() > deadline {
             break lines;
@@ -582,3 +586,94 @@ fn sigterm_under_load_answers_or_refuses_every_request_and_exits_0() {
         );
     }
 }
+
+#[test]
+fn a_stop_while_the_users_are_being_counted_lets_the_next_start_open_the_database() {
+    // sled only: its lock is what a second open finds held. A start counts the users on
+    // a blocking thread; with this many, the count outlasts a stop made at once.
+    let dir = tempfile::tempdir().unwrap();
+    let export = dir.path().join("users.jsonl");
+    let mut lines = vec![
+        json!({"kind": "header", "format": "liveuser-export", "version": 2,
+               "exported_at": 1, "sessions": false})
+        .to_string(),
+    ];
+    const USERS: u64 = 30_000;
+    for i in 0..USERS {
+        lines.push(
+            json!({"kind": "user", "uid": format!("u{i:06}"), "name": "", "agent": "",
+                   "avatar": "", "update_at": 1})
+            .to_string(),
+        );
+    }
+    lines.push(json!({"kind": "end", "users": USERS, "identities": 0, "sessions": 0}).to_string());
+    std::fs::write(&export, lines.join("\n") + "\n").unwrap();
+    cli(
+        &write_config(dir.path()),
+        &["import", export.to_str().unwrap()],
+    )
+    .ok();
+
+    let mut app = TestApp::spawn_in(dir, std::sync::Arc::new(OffsetClock::new()));
+    for _ in 0..3 {
+        app.restart();
+    }
+    assert_eq!(get(&app.base, "/healthz").status, 200);
+}
+
+#[test]
+fn the_executable_says_on_stdout_which_addresses_it_bound_once_it_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Binary::serve(dir.path(), &binary_config(dir.path()), &[]);
+    let public = server.addr;
+    assert_ne!(public.port(), 0, "the port picked, not the one asked for");
+    let expected = match server.admin_addr {
+        Some(admin) => {
+            assert_eq!(backend(), Backend::Sled, "an admin API on PostgreSQL");
+            assert!(![0, public.port()].contains(&admin.port()), "{admin}");
+            format!("listening public=http://{public} admin=http://{admin}")
+        }
+        None => {
+            assert_eq!(backend(), Backend::Postgres, "no admin API on sled");
+            format!("listening public=http://{public}")
+        }
+    };
+    assert_eq!(server.ready, expected);
+    // Said once it serves: the first request is answered, with no wait before it.
+    assert_eq!(get(&server.base, "/healthz").status, 200);
+    if let Some(admin) = server.admin_addr {
+        let endpoint = std::fs::read_to_string(dir.path().join("db.admin-token")).unwrap();
+        let endpoint: Value = serde_json::from_str(&endpoint).unwrap();
+        let r = post(
+            &format!("http://{admin}"),
+            "/admin/v1/user-list",
+            json!({"after": null, "limit": 10}),
+            endpoint["token"].as_str(),
+        );
+        assert_eq!(r.status, 200, "the admin API answers there: {}", r.text);
+    }
+}
+
+#[test]
+fn with_a_certificate_the_executable_says_its_public_address_is_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, _) = certificate(dir.path());
+    let config = binary_config(dir.path()).replace(
+        "[storage]",
+        &format!(
+            "tls_cert = \"{}\"\ntls_key = \"{}\"\n[storage]",
+            cert.display(),
+            key.display()
+        ),
+    );
+    let server = Binary::serve(dir.path(), &config, &[]);
+    let public = format!("public=https://{}", server.addr);
+    assert_eq!(
+        server.ready.split(' ').nth(1),
+        Some(public.as_str()),
+        "{}",
+        server.ready
+    );
+}
+
+crate::on_postgres!(the_executable_says_on_stdout_which_addresses_it_bound_once_it_serves);

@@ -1,6 +1,6 @@
 'use strict';
 // Test harness: a real liveuser server (the binary `cargo build` makes) on loopback
-// ports picked here, ready when it answers /healthz, in mock WeChat mode, with its
+// port 0, ready when it says on stdout where it serves, in mock WeChat mode, with its
 // database in a temporary directory; and the client-side parts the tests plug into the
 // client (in-memory storage, mock codes, a `request` that counts and can lose answers).
 
@@ -15,8 +15,6 @@ const { createClient, fetchRequest } = require('..');
 const REPO = path.resolve(__dirname, '..', '..', '..');
 const BIN = process.env.LIVEUSER_BIN || path.join(REPO, 'target', 'debug', 'liveuser');
 const START_TIMEOUT_MS = 15000;
-// Starts on fresh ports when a port picked for the server was taken before it bound it.
-const START_ATTEMPTS = 5;
 
 const running = new Set();
 process.on('exit', () => {
@@ -58,123 +56,55 @@ async function startServer(settings = {}) {
   const config = path.join(dir, 'liveuser.toml');
   fs.writeFileSync(config, toml + '\n');
 
-  let taken = '';
-  for (let attempt = 0; attempt < START_ATTEMPTS; attempt += 1) {
-    const started = await startOnFreePorts(bin, config);
-    if (!started.child) {
-      taken = started.log;
-      continue;
-    }
-    return served(started, bin, config, dir);
-  }
-  throw new Error(`liveuser found a port taken at each of ${START_ATTEMPTS} starts; the last:\n${taken}`);
+  const started = await startOnPortZero(bin, config);
+  return served(started, bin, config, dir);
 }
 
 /**
- * Runs `liveuser serve` on two loopback ports picked here (they override the file's
- * `listen` and `admin_listen`). Resolves to `{ child, exited, base }` once it answers
- * `/healthz`, or to `{ log }` when a port was taken before the server bound it (another
- * test may bind one in between: start again); rejects on any other failure.
+ * Runs `liveuser serve` with both listeners on loopback port 0, and resolves to
+ * `{ child, exited, base }` once the server says on stdout where it serves
+ * (`listening public=<url> …`); rejects if it exits first or says nothing in time.
  */
-async function startOnFreePorts(bin, config) {
-  const [port, adminPort] = await freePorts();
+function startOnPortZero(bin, config) {
   const env = Object.assign({}, process.env, {
-    LIVEUSER_SERVER_LISTEN: `127.0.0.1:${port}`,
-    LIVEUSER_SERVER_ADMIN_LISTEN: `127.0.0.1:${adminPort}`,
+    LIVEUSER_SERVER_LISTEN: '127.0.0.1:0',
+    LIVEUSER_SERVER_ADMIN_LISTEN: '127.0.0.1:0',
   });
-  const child = spawn(bin, ['--config', config, 'serve'], { stdio: ['ignore', 'ignore', 'pipe'], env });
+  const child = spawn(bin, ['--config', config, 'serve'], { stdio: ['ignore', 'pipe', 'pipe'], env });
   running.add(child);
-  // 'close' comes after the process ended and its stderr was read to the end.
-  let ended = null;
-  const exited = new Promise((resolve) =>
-    child.once('close', (code, signal) => {
-      ended = { code, signal };
-      resolve(ended);
-    })
-  );
-  // Keep reading the log all the time (a full pipe would stall the server) and keep
-  // its start for error messages.
+  // 'close' comes after the process ended and its pipes were read to the end.
+  const exited = new Promise((resolve) => child.once('close', (code, signal) => resolve({ code, signal })));
+  // Keep reading both pipes all the time (a full pipe would stall the server) and keep
+  // the log's start for error messages.
   let logHead = '';
   child.stderr.setEncoding('utf8');
   child.stderr.on('data', (chunk) => {
     if (logHead.length < 20000) logHead += chunk;
   });
-
-  const base = `http://127.0.0.1:${port}`;
-  const deadline = Date.now() + START_TIMEOUT_MS;
-  for (;;) {
-    if (ended) {
-      running.delete(child);
-      if (logHead.includes('cannot listen on') && logHead.includes('in use')) return { log: logHead };
-      const how = ended.code === null ? ended.signal : ended.code;
-      throw new Error(`liveuser exited (${how}) before it answered /healthz:\n${logHead}`);
-    }
-    let healthy = false;
-    try {
-      const res = await fetch(`${base}/healthz`, { signal: AbortSignal.timeout(2000) });
-      await res.arrayBuffer();
-      healthy = res.status === 200;
-    } catch (e) {
-      // not ready yet
-    }
-    // The answer may come from a process that took the port first.
-    if (healthy && listensOn(child.pid, port)) return { child, exited, base };
-    if (Date.now() > deadline) {
+  return new Promise((resolve, reject) => {
+    let out = '';
+    const timer = setTimeout(() => {
       child.kill('SIGKILL');
-      throw new Error(`liveuser at ${base} never answered /healthz:\n${logHead}`);
-    }
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
-
-/** Two loopback ports free when asked: bound together at port 0 (so they differ), read, and let go. */
-async function freePorts() {
-  const bound = () =>
-    new Promise((resolve, reject) => {
-      const server = net.createServer();
-      server.once('error', reject);
-      server.listen(0, '127.0.0.1', () => resolve(server));
+      reject(new Error(`liveuser did not say where it serves within ${START_TIMEOUT_MS} ms:\n${logHead}`));
+    }, START_TIMEOUT_MS);
+    child.stdout.setEncoding('utf8');
+    child.stdout.on('data', (chunk) => {
+      out += chunk;
+      // Only whole lines: a chunk may end in the middle of the address.
+      const lines = out.split('\n').slice(0, -1);
+      const line = lines.find((l) => l.startsWith('listening '));
+      const url = line && /(?:^| )public=(\S+)/.exec(line);
+      if (url) {
+        clearTimeout(timer);
+        resolve({ child, exited, base: url[1] });
+      }
     });
-  const servers = [await bound(), await bound()];
-  const ports = servers.map((server) => server.address().port);
-  await Promise.all(servers.map((server) => new Promise((resolve) => server.close(resolve))));
-  return ports;
-}
-
-/**
- * Whether process `pid` holds a socket listening on loopback TCP `port`: one of its
- * open files is the socket `/proc/net/tcp` lists as listening there. Without `/proc`
- * (not Linux) an answer on the port is taken as the child's.
- */
-function listensOn(pid, port) {
-  if (process.platform !== 'linux') return true;
-  let sockets;
-  try {
-    sockets = new Set(
-      fs
-        .readdirSync(`/proc/${pid}/fd`)
-        .map((fd) => {
-          try {
-            return /^socket:\[(\d+)\]$/.exec(fs.readlinkSync(`/proc/${pid}/fd/${fd}`));
-          } catch (e) {
-            return null; // closed meanwhile
-          }
-        })
-        .filter(Boolean)
-        .map((m) => m[1])
-    );
-  } catch (e) {
-    return false;
-  }
-  // Columns: sl, local_address (hex IP:port), rem_address, st (0A: listening), …, inode (the tenth).
-  return fs
-    .readFileSync('/proc/net/tcp', 'utf8')
-    .split('\n')
-    .slice(1)
-    .some((row) => {
-      const c = row.trim().split(/\s+/);
-      return c.length > 9 && parseInt(c[1].split(':')[1], 16) === port && c[3] === '0A' && sockets.has(c[9]);
+    exited.then(({ code, signal }) => {
+      clearTimeout(timer);
+      running.delete(child);
+      reject(new Error(`liveuser exited (${code === null ? signal : code}) before it served:\n${logHead}`));
     });
+  });
 }
 
 /** The object `startServer` resolves to, for a server that answers at `started.base`. */

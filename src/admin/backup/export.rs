@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use super::{Counts, FORMAT, Line, PAGE, PreviousLine, RetiredKeyLine, VERSION};
+use super::{Counts, FORMAT, Line, PAGE, PreviousLine, RetiredKeyLine, SessionLine, VERSION};
 use crate::model::{Session, Sid, Uid};
 use crate::primitives::hex;
 use crate::store::{Store, StoreError};
@@ -162,7 +162,7 @@ fn push(out: &mut Vec<u8>, line: &Line) {
 }
 
 pub(super) fn session_line(session: &Session) -> Line {
-    Line::Session {
+    Line::Session(SessionLine {
         sid: session.sid.to_string(),
         uid: session.uid.to_string(),
         created_at: session.created_at,
@@ -177,5 +177,5 @@ pub(super) fn session_line(session: &Session) -> Line {
             rotated_at: None,
         }),
         tokens: None,
-    }
+    })
 }

@@ -19,7 +19,8 @@ use std::collections::HashSet;
 use std::io::BufRead;
 
 use super::{
-    Counts, FORMAT, Line, OLDEST_VERSION, PAGE, PreviousLine, RetiredKeyLine, TokenLine, VERSION,
+    Counts, FORMAT, Line, OLDEST_VERSION, PAGE, PreviousLine, RetiredKeyLine, SessionLine,
+    TokenLine, VERSION,
 };
 use crate::admin::AdminError;
 use crate::http::ErrorCode;
@@ -112,30 +113,8 @@ impl Checker {
     fn check(&mut self, n: u64, text: &str) -> Result<Option<Record>, AdminError> {
         let line: Line = serde_json::from_str(text)
             .map_err(|e| bad(n, format!("not a valid export line: {e}")))?;
-        let section = match &line {
-            Line::Header { .. } => Section::Start,
-            Line::User { .. } => Section::Users,
-            Line::Identity { .. } => Section::Identities,
-            Line::Session { .. } => Section::Sessions,
-            Line::End { .. } => Section::Ended,
-        };
-        if self.section == Section::Start && !matches!(line, Line::Header { .. }) {
-            return Err(bad(
-                n,
-                format!("the first line must be the {FORMAT} header"),
-            ));
-        }
-        if self.section == Section::Ended {
-            return Err(bad(n, "nothing may follow the end line"));
-        }
-        if section < self.section || (section == Section::Start && n > 1) {
-            return Err(bad(
-                n,
-                "out of order: a file lists the header, users, identities, sessions, then the end line",
-            ));
-        }
-        self.section = section.max(Section::Users);
-        match line {
+        self.enter(n, &line).map_err(|e| bad(n, e))?;
+        let record = match line {
             Line::Header {
                 format,
                 version,
@@ -143,24 +122,15 @@ impl Checker {
                 refresh_key,
                 retired_refresh_keys,
                 ..
-            } => {
-                if format != FORMAT {
-                    return Err(bad(n, format!("format must be {FORMAT:?}")));
-                }
-                if !(OLDEST_VERSION..=VERSION).contains(&version) {
-                    return Err(bad(
-                        n,
-                        format!(
-                            "format version {version} is not supported (this build reads {OLDEST_VERSION} to {VERSION})"
-                        ),
-                    ));
-                }
-                self.version = version;
-                self.sessions = sessions;
-                self.refresh_keys = check_refresh_keys(sessions, refresh_key, retired_refresh_keys)
-                    .map_err(|e| bad(n, e))?;
-                Ok(None)
-            }
+            } => self
+                .header(
+                    &format,
+                    version,
+                    sessions,
+                    refresh_key,
+                    retired_refresh_keys,
+                )
+                .map(|()| None),
             Line::User {
                 uid,
                 name,
@@ -168,171 +138,219 @@ impl Checker {
                 avatar,
                 update_at,
             } => {
-                let uid = Uid::parse(&uid).map_err(|e| bad(n, format!("uid {e}")))?;
                 let patch = UserPatch {
                     name: Some(name),
                     agent: Some(agent),
                     avatar: Some(avatar),
                 };
-                patch
-                    .validate()
-                    .map_err(|(field, e)| bad(n, format!("{field} {e}")))?;
-                if !self.users.insert(uid.clone()) {
-                    return Err(bad(n, format!("user {uid} appears twice")));
-                }
-                self.counts.users += 1;
-                let mut user = UserRecord::new(uid, update_at);
-                user.apply(&patch, update_at);
-                Ok(Some(Record::User(user)))
+                self.user(&uid, &patch, update_at).map(Some)
             }
             Line::Identity {
                 openid,
                 uid,
                 unionid,
-            } => {
-                if openid.is_empty() {
-                    return Err(bad(n, "openid must not be empty"));
-                }
-                check_text(&openid, OPENID_MAX).map_err(|e| bad(n, format!("openid {e}")))?;
-                if let Some(u) = &unionid {
-                    check_text(u, OPENID_MAX).map_err(|e| bad(n, format!("unionid {e}")))?;
-                }
-                let uid = Uid::parse(&uid).map_err(|e| bad(n, format!("uid {e}")))?;
-                if !self.users.contains(&uid) {
-                    return Err(bad(
-                        n,
-                        format!("identity of user {uid}, who has no user line"),
-                    ));
-                }
-                if !self.openids.insert(openid.clone()) {
-                    return Err(bad(n, "this openid appears twice"));
-                }
-                self.counts.identities += 1;
-                Ok(Some(Record::Identity(
-                    openid,
-                    Identity {
-                        uid,
-                        unionid,
-                        session_key: Secret::new(String::new()),
-                    },
-                )))
-            }
-            Line::Session {
-                sid,
-                uid,
-                created_at,
-                last_used_at,
-                expires_at,
-                idle_expires_at,
-                generation,
-                current,
-                previous,
-                tokens,
-            } => {
-                if !self.sessions {
-                    return Err(bad(
-                        n,
-                        "a session line in a file whose header says \"sessions\": false",
-                    ));
-                }
-                let sid =
-                    Sid::parse(&sid).ok_or_else(|| bad(n, "sid must be 32 hexadecimal digits"))?;
-                let uid = Uid::parse(&uid).map_err(|e| bad(n, format!("uid {e}")))?;
-                if !self.users.contains(&uid) {
-                    return Err(bad(
-                        n,
-                        format!("session of user {uid}, who has no user line"),
-                    ));
-                }
-                if created_at > last_used_at
-                    || last_used_at > expires_at
-                    || idle_expires_at > expires_at
-                {
-                    return Err(bad(
-                        n,
-                        "times must satisfy created_at ≤ last_used_at ≤ expires_at and idle_expires_at ≤ expires_at",
-                    ));
-                }
-                let current = parse_hash(&current, "current").map_err(|e| bad(n, e))?;
-                let mut session = Session {
-                    sid,
-                    uid,
-                    created_at,
-                    last_used_at,
-                    expires_at,
-                    idle_expires_at,
-                    state: SessionState::Active,
-                    generation: 0,
-                    current,
-                    previous: None,
-                };
-                if self.version == 1 {
-                    check_format_1_session(&session, previous, generation, tokens)
-                        .map_err(|e| bad(n, e))?;
-                    // As a database upgrade converts it: the id a format-1 token derives.
-                    session.sid = Sid(current.0[..16].try_into().expect("16 of 32 bytes"));
-                } else {
-                    if tokens.is_some() {
-                        return Err(bad(n, "tokens is a format 1 field"));
-                    }
-                    session.generation =
-                        generation.ok_or_else(|| bad(n, "generation is missing"))?;
-                    session.previous = match previous {
-                        None => None,
-                        Some(p) => {
-                            let token =
-                                parse_hash(&p.hash, "previous.hash").map_err(|e| bad(n, e))?;
-                            let rotated_at_ms = match (p.rotated_at_ms, p.rotated_at) {
-                                (Some(ms), None) => ms,
-                                _ => return Err(bad(n, "previous needs rotated_at_ms")),
-                            };
-                            if token == current {
-                                return Err(bad(n, "previous.hash must differ from current"));
-                            }
-                            if session.generation == 0 {
-                                return Err(bad(
-                                    n,
-                                    "a session of generation 0 has no previous token",
-                                ));
-                            }
-                            Some(Rotation {
-                                token,
-                                rotated_at_ms,
-                            })
-                        }
-                    };
-                }
-                if !self.sids.insert(session.sid) {
-                    return Err(bad(n, format!("session {} appears twice", session.sid)));
-                }
-                self.counts.sessions += 1;
-                Ok(Some(Record::Session(session)))
-            }
+            } => self.identity(openid, &uid, unionid).map(Some),
+            Line::Session(line) => self.session(line).map(Some),
             Line::End {
                 users,
                 identities,
                 sessions,
-            } => {
-                let declared = Counts {
+            } => self
+                .end(Counts {
                     users,
                     identities,
                     sessions,
-                };
-                if declared != self.counts {
-                    return Err(bad(
-                        n,
-                        format!(
-                            "the end line declares {users} users, {identities} identities and {sessions} sessions, \
-                             but the file holds {}, {} and {}",
-                            self.counts.users, self.counts.identities, self.counts.sessions
-                        ),
-                    ));
-                }
-                self.section = Section::Ended;
-                Ok(None)
-            }
-        }
+                })
+                .map(|()| None),
+        };
+        record.map_err(|e| bad(n, e))
     }
+
+    /// Checks that line `n` may come where it does (the sections in the export's
+    /// order), and moves on to its section.
+    fn enter(&mut self, n: u64, line: &Line) -> Result<(), String> {
+        let section = match line {
+            Line::Header { .. } => Section::Start,
+            Line::User { .. } => Section::Users,
+            Line::Identity { .. } => Section::Identities,
+            Line::Session(_) => Section::Sessions,
+            Line::End { .. } => Section::Ended,
+        };
+        if self.section == Section::Start && !matches!(line, Line::Header { .. }) {
+            return Err(format!("the first line must be the {FORMAT} header"));
+        }
+        if self.section == Section::Ended {
+            return Err("nothing may follow the end line".into());
+        }
+        if section < self.section || (section == Section::Start && n > 1) {
+            return Err(
+                "out of order: a file lists the header, users, identities, sessions, then the end line"
+                    .into(),
+            );
+        }
+        self.section = section.max(Section::Users);
+        Ok(())
+    }
+
+    fn header(
+        &mut self,
+        format: &str,
+        version: u32,
+        sessions: bool,
+        refresh_key: Option<String>,
+        retired_refresh_keys: Option<Vec<RetiredKeyLine>>,
+    ) -> Result<(), String> {
+        if format != FORMAT {
+            return Err(format!("format must be {FORMAT:?}"));
+        }
+        if !(OLDEST_VERSION..=VERSION).contains(&version) {
+            return Err(format!(
+                "format version {version} is not supported (this build reads {OLDEST_VERSION} to {VERSION})"
+            ));
+        }
+        self.version = version;
+        self.sessions = sessions;
+        self.refresh_keys = check_refresh_keys(sessions, refresh_key, retired_refresh_keys)?;
+        Ok(())
+    }
+
+    fn user(&mut self, uid: &str, patch: &UserPatch, update_at: u64) -> Result<Record, String> {
+        let uid = Uid::parse(uid).map_err(|e| format!("uid {e}"))?;
+        patch
+            .validate()
+            .map_err(|(field, e)| format!("{field} {e}"))?;
+        if !self.users.insert(uid.clone()) {
+            return Err(format!("user {uid} appears twice"));
+        }
+        self.counts.users += 1;
+        let mut user = UserRecord::new(uid, update_at);
+        user.apply(patch, update_at);
+        Ok(Record::User(user))
+    }
+
+    fn identity(
+        &mut self,
+        openid: String,
+        uid: &str,
+        unionid: Option<String>,
+    ) -> Result<Record, String> {
+        if openid.is_empty() {
+            return Err("openid must not be empty".into());
+        }
+        check_text(&openid, OPENID_MAX).map_err(|e| format!("openid {e}"))?;
+        if let Some(u) = &unionid {
+            check_text(u, OPENID_MAX).map_err(|e| format!("unionid {e}"))?;
+        }
+        let uid = self.known_user(uid, "identity")?;
+        if !self.openids.insert(openid.clone()) {
+            return Err("this openid appears twice".into());
+        }
+        self.counts.identities += 1;
+        Ok(Record::Identity(
+            openid,
+            Identity {
+                uid,
+                unionid,
+                session_key: Secret::new(String::new()),
+            },
+        ))
+    }
+
+    /// The uid of an `owned` line (an identity, a session), which must be a user's
+    /// listed before it.
+    fn known_user(&self, uid: &str, owned: &str) -> Result<Uid, String> {
+        let uid = Uid::parse(uid).map_err(|e| format!("uid {e}"))?;
+        if !self.users.contains(&uid) {
+            return Err(format!("{owned} of user {uid}, who has no user line"));
+        }
+        Ok(uid)
+    }
+
+    fn session(&mut self, line: SessionLine) -> Result<Record, String> {
+        if !self.sessions {
+            return Err("a session line in a file whose header says \"sessions\": false".into());
+        }
+        let sid = Sid::parse(&line.sid).ok_or("sid must be 32 hexadecimal digits")?;
+        let uid = self.known_user(&line.uid, "session")?;
+        if line.created_at > line.last_used_at
+            || line.last_used_at > line.expires_at
+            || line.idle_expires_at > line.expires_at
+        {
+            return Err(
+                "times must satisfy created_at ≤ last_used_at ≤ expires_at and idle_expires_at ≤ expires_at"
+                    .into(),
+            );
+        }
+        let current = parse_hash(&line.current, "current")?;
+        let mut session = Session {
+            sid,
+            uid,
+            created_at: line.created_at,
+            last_used_at: line.last_used_at,
+            expires_at: line.expires_at,
+            idle_expires_at: line.idle_expires_at,
+            state: SessionState::Active,
+            generation: 0,
+            current,
+            previous: None,
+        };
+        if self.version == 1 {
+            check_format_1_session(&session, line.previous, line.generation, line.tokens)?;
+            // As a database upgrade converts it: the id a format-1 token derives.
+            session.sid = Sid(current.0[..16].try_into().expect("16 of 32 bytes"));
+        } else {
+            if line.tokens.is_some() {
+                return Err("tokens is a format 1 field".into());
+            }
+            session.generation = line.generation.ok_or("generation is missing")?;
+            session.previous = line
+                .previous
+                .map(|p| format_2_rotation(&session, &p))
+                .transpose()?;
+        }
+        if !self.sids.insert(session.sid) {
+            return Err(format!("session {} appears twice", session.sid));
+        }
+        self.counts.sessions += 1;
+        Ok(Record::Session(session))
+    }
+
+    fn end(&mut self, declared: Counts) -> Result<(), String> {
+        if declared != self.counts {
+            return Err(format!(
+                "the end line declares {} users, {} identities and {} sessions, \
+                 but the file holds {}, {} and {}",
+                declared.users,
+                declared.identities,
+                declared.sessions,
+                self.counts.users,
+                self.counts.identities,
+                self.counts.sessions
+            ));
+        }
+        self.section = Section::Ended;
+        Ok(())
+    }
+}
+
+/// The last rotation of a format-2 session line, checked against the session (its
+/// current token and generation).
+fn format_2_rotation(session: &Session, previous: &PreviousLine) -> Result<Rotation, String> {
+    let token = parse_hash(&previous.hash, "previous.hash")?;
+    let rotated_at_ms = match (previous.rotated_at_ms, previous.rotated_at) {
+        (Some(ms), None) => ms,
+        _ => return Err("previous needs rotated_at_ms".into()),
+    };
+    if token == session.current {
+        return Err("previous.hash must differ from current".into());
+    }
+    if session.generation == 0 {
+        return Err("a session of generation 0 has no previous token".into());
+    }
+    Ok(Rotation {
+        token,
+        rotated_at_ms,
+    })
 }
 
 /// Reads the header's refresh keys: 32 bytes each, only in a file with sessions (the
@@ -878,6 +896,14 @@ mod tests {
                 format!("{HEADER}\n{USER}\n{}\n", session(&"11".repeat(32), "[]")),
                 3,
                 "current must be one of the tokens",
+            ),
+            (
+                format!(
+                    "{HEADER}\n{USER}\n{}\n",
+                    session(&"11".repeat(32), "[]").replace(r#""uid""#, r#""extra":1,"uid""#)
+                ),
+                3,
+                "unknown field `extra`",
             ),
             (
                 format!(

@@ -78,11 +78,8 @@ pub(crate) enum Line {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         retired_refresh_keys: Option<Vec<RetiredKeyLine>>,
     },
-    /// A user record.
     User {
-        /// User id.
         uid: String,
-        /// Display name.
         name: String,
         /// Client description.
         agent: String,
@@ -93,38 +90,14 @@ pub(crate) enum Line {
     },
     /// A WeChat identity.
     Identity {
-        /// The openid.
         openid: String,
         /// The uid it maps to.
         uid: String,
         /// The unionid, if WeChat gave one.
         unionid: Option<String>,
     },
-    /// A live session (refresh-token hashes only).
-    Session {
-        /// Session id, 32 hex digits.
-        sid: String,
-        /// Owner.
-        uid: String,
-        /// Login time, Unix seconds.
-        created_at: u64,
-        /// Last use, Unix seconds.
-        last_used_at: u64,
-        /// Absolute expiry, Unix seconds.
-        expires_at: u64,
-        /// Idle expiry, Unix seconds.
-        idle_expires_at: u64,
-        /// Rotations so far (format 2; absent in format 1).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        generation: Option<u32>,
-        /// Hash of the current refresh token, 64 hex digits.
-        current: String,
-        /// The last rotation: the token it retired and when (null before the first).
-        previous: Option<PreviousLine>,
-        /// Format 1 only: every refresh-token record of the family.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        tokens: Option<Vec<TokenLine>>,
-    },
+    /// A live session.
+    Session(SessionLine),
     /// Last line: what the file holds.
     End {
         /// User lines.
@@ -134,6 +107,33 @@ pub(crate) enum Line {
         /// Session lines.
         sessions: u64,
     },
+}
+
+/// A session line: a live session, with its refresh tokens as hashes only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SessionLine {
+    /// Session id, 32 hex digits.
+    pub sid: String,
+    pub uid: String,
+    /// Login time, Unix seconds.
+    pub created_at: u64,
+    /// Last use, Unix seconds.
+    pub last_used_at: u64,
+    /// Absolute expiry, Unix seconds.
+    pub expires_at: u64,
+    /// Idle expiry, Unix seconds.
+    pub idle_expires_at: u64,
+    /// Rotations so far (format 2; absent in format 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u32>,
+    /// Hash of the current refresh token, 64 hex digits.
+    pub current: String,
+    /// The last rotation: the token it retired and when (null before the first).
+    pub previous: Option<PreviousLine>,
+    /// Format 1 only: every refresh-token record of the family.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<Vec<TokenLine>>,
 }
 
 /// A replaced refresh key of the header.
@@ -173,10 +173,7 @@ pub(crate) struct PreviousLine {
 /// What an import wrote (or an export holds).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Counts {
-    /// Users.
     pub users: u64,
-    /// Identities.
     pub identities: u64,
-    /// Sessions.
     pub sessions: u64,
 }

@@ -11,7 +11,6 @@ use super::Admin;
 use crate::admin::backup::Exporter;
 use crate::store::Store;
 
-/// `export`'s request.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub(crate) struct ExportRequest {
     /// Include live sessions and their refresh-token hashes.

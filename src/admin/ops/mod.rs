@@ -61,7 +61,6 @@ pub struct AdminError {
 }
 
 impl AdminError {
-    /// A failure of kind `code`.
     pub fn new(code: ErrorCode, msg: impl Into<String>) -> Self {
         AdminError {
             code,
@@ -128,7 +127,6 @@ impl<S: Store> Admin<S> {
         Admin { service, token }
     }
 
-    /// The service underneath.
     pub(crate) fn service(&self) -> &Arc<Service<S>> {
         &self.service
     }
@@ -140,11 +138,9 @@ impl<S: Store> Admin<S> {
 
 /// One admin operation: its request (this type), its answer, and its API path.
 pub(crate) trait Operation: Serialize + DeserializeOwned + Send + 'static {
-    /// The answer.
     type Output: Serialize + DeserializeOwned + Send + 'static;
     /// The last segment of its admin API path, `/admin/v1/<PATH>`.
     const PATH: &'static str;
-    /// Runs it.
     fn run<S: Store>(
         self,
         admin: &Admin<S>,
@@ -154,9 +150,7 @@ pub(crate) trait Operation: Serialize + DeserializeOwned + Send + 'static {
 /// A user record as the admin surface shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct UserView {
-    /// User id.
     pub uid: String,
-    /// Display name.
     pub name: String,
     /// Client description.
     pub agent: String,
@@ -181,9 +175,7 @@ impl From<UserRecord> for UserView {
 /// A session as the admin surface shows it: never its tokens or their hashes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct SessionView {
-    /// Session id.
     pub sid: String,
-    /// Owner.
     pub uid: String,
     /// Login time, Unix seconds.
     pub created_at: u64,

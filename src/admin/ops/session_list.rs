@@ -19,7 +19,6 @@ pub(crate) struct SessionList {
 /// Answer of [`SessionList`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct SessionPage {
-    /// This page.
     pub sessions: Vec<SessionView>,
     /// Pass as `--after` for the next page; absent on the last page.
     pub next: Option<String>,

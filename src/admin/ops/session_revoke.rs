@@ -10,11 +10,9 @@ use crate::store::Store;
 /// of `sids`, `uid`, `all`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct SessionRevoke {
-    /// These sessions.
     pub sids: Vec<String>,
     /// Every session of this user.
     pub uid: Option<String>,
-    /// Every session.
     pub all: bool,
 }
 

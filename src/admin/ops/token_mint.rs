@@ -14,16 +14,13 @@ const MINT_MIN_TTL: u64 = 60;
 /// ends it early.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct TokenMint {
-    /// The user.
     pub uid: String,
-    /// Lifetime in seconds.
     pub ttl_secs: Option<u64>,
 }
 
 /// Answer of [`TokenMint`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Minted {
-    /// The user.
     pub uid: String,
     /// The new session (revoke it to end the token early).
     pub sid: String,

@@ -10,14 +10,12 @@ use crate::store::Store;
 /// do not.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct UserGet {
-    /// Uids to look up.
     pub uids: Vec<String>,
 }
 
 /// Answer of [`UserGet`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct UserGetOutput {
-    /// Found records.
     pub users: Vec<UserView>,
     /// Uids with no record.
     pub missing: Vec<String>,

@@ -17,7 +17,6 @@ pub(crate) struct UserList {
 /// Answer of [`UserList`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct UserPage {
-    /// This page.
     pub users: Vec<UserView>,
     /// Pass as `--after` for the next page; absent on the last page.
     pub next: Option<String>,

@@ -9,7 +9,6 @@ use crate::store::Store;
 /// `user put UID`: creates or updates a record; fields left out keep their value.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct UserPut {
-    /// Whose record.
     pub uid: String,
     /// New name.
     pub name: Option<String>,
