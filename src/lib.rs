@@ -14,7 +14,7 @@
 //! 2. `http` (server loop, routes, JSON, the one list of error codes, the OpenAPI
 //!    document) → `limits` (rate limits);
 //! 3. [`service`] (the four methods: login, rotation, access checks) → `keys` (signing
-//!    and refresh keys and their rotation), [`token`] (JWTs, refresh tokens), [`wechat`] (the code
+//!    and refresh keys and their rotation), [`token`] (JWTs signed ES256 or HS256 with their JWKS, refresh tokens), [`wechat`] (the code
 //!    exchange), `context` (the access log's per-request uid);
 //! 4. [`store`] (the `Store` trait, the sled and PostgreSQL backends, codec, group
 //!    commit, caches) →
